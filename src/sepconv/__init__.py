@@ -1,0 +1,35 @@
+"""sepconv: separable convolutions for PyTorch.
+
+Layers (depthwise, depthwise separable, blueprint separable, spatially separable), exact cost
+accounting, and optimal decomposition of trained convolutions into separable ones.
+"""
+
+from . import functional
+from .layers import (
+    BlueprintSeparableConv1d,
+    BlueprintSeparableConv2d,
+    BlueprintSeparableConv3d,
+    DepthwiseConv1d,
+    DepthwiseConv2d,
+    DepthwiseConv3d,
+    SeparableConv1d,
+    SeparableConv2d,
+    SeparableConv3d,
+    SpatiallySeparableConv2d,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "DepthwiseConv1d",
+    "DepthwiseConv2d",
+    "DepthwiseConv3d",
+    "SeparableConv1d",
+    "SeparableConv2d",
+    "SeparableConv3d",
+    "BlueprintSeparableConv1d",
+    "BlueprintSeparableConv2d",
+    "BlueprintSeparableConv3d",
+    "SpatiallySeparableConv2d",
+]

@@ -1,0 +1,491 @@
+"""Functional separable convolutions: the single source of truth for the math.
+
+Shapes use ``C`` input channels, ``N`` output channels, ``d`` the depth multiplier, ``r`` a rank,
+``k`` the kernel size and ``*`` the 1, 2 or 3 spatial dims. Every op is a cross-correlation, as in
+``torch.nn.functional.conv2d``, and accepts batched ``(B, C, *)`` or unbatched ``(C, *)`` input.
+
+=================================  ===========================================================
+op                                 weights
+=================================  ===========================================================
+``depthwise_conv{1,2,3}d``         ``weight (C*d, 1, *k)``
+``separable_conv{1,2,3}d``         ``depthwise (C*d, 1, *k)``, ``pointwise (N, C*d, *1)``
+``blueprint_separable_conv{..}d``  ``pointwise (N*r, C, *1)``, ``depthwise (N, r, *k)``
+``spatially_separable_conv2d``     ``vertical (r, C/g, kh, 1)``, ``horizontal (N, r/g, 1, kw)``
+``separable_filter2d``             fixed 1-D ``kernel_x (kw,)``, ``kernel_y (kh,)``
+=================================  ===========================================================
+
+``padding`` is an int, a tuple, ``'valid'`` or ``'same'`` (TensorFlow semantics, see
+:mod:`sepconv.padding`); ``padding_mode`` one of ``'zeros'``, ``'reflect'``, ``'replicate'``,
+``'circular'``. Padding is applied once, to the input of the spatial (k > 1) factor.
+"""
+
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_padding_mode, to_tuple
+from .padding import PaddingArg, normalize_padding, same_fpad, static_pads, to_fpad
+
+__all__ = [
+    "depthwise_conv1d",
+    "depthwise_conv2d",
+    "depthwise_conv3d",
+    "separable_conv1d",
+    "separable_conv2d",
+    "separable_conv3d",
+    "blueprint_separable_conv1d",
+    "blueprint_separable_conv2d",
+    "blueprint_separable_conv3d",
+    "spatially_separable_conv2d",
+    "separable_filter2d",
+]
+
+BORDERS = ("reflect", "replicate", "circular", "zeros")
+
+
+# --------------------------------------------------------------------------------------------
+# TorchScript-compatible core, shared by the public functions and the layers' forward().
+# --------------------------------------------------------------------------------------------
+def check_input(x: Tensor, n: int, channels: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, channels, *n dims)`` or ``(channels, *n dims)``."""
+    if x.dim() != n + 2 and x.dim() != n + 1:
+        raise ValueError(
+            f"input: expected a {n + 2}-D batched or {n + 1}-D unbatched tensor, got {x.dim()}-D of shape {list(x.shape)}"
+        )
+    if x.shape[-n - 1] != channels:
+        raise ValueError(f"input: expected {channels} channels at dim {-n - 1}, got {x.shape[-n - 1]} (shape {list(x.shape)})")
+
+
+def pad_input(x: Tensor, fpad: List[int], padding_mode: str) -> Tensor:
+    """Pad ``x`` with the ``F.pad``-ordered ``fpad`` using a torch ``padding_mode``."""
+    nonzero = False
+    for p in fpad:
+        if p != 0:
+            nonzero = True
+    if not nonzero:
+        return x
+    if padding_mode == "zeros":
+        return F.pad(x, fpad, mode="constant", value=0.0)
+    return F.pad(x, fpad, mode=padding_mode)
+
+
+def conv_nd(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: List[int],
+    fpad: List[int],
+    dilation: List[int],
+    groups: int,
+    padding_mode: str,
+) -> Tensor:
+    """``F.conv{1,2,3}d`` with explicit, possibly asymmetric ``F.pad``-ordered pads.
+
+    Symmetric zero padding is left to the convolution itself (no copy of the input); any other
+    padding is done by :func:`pad_input` first.
+    """
+    n = weight.dim() - 2
+    conv_pad: List[int] = [0] * n
+    symmetric = True
+    for i in range(n):
+        if fpad[2 * i] != fpad[2 * i + 1]:
+            symmetric = False
+    if padding_mode == "zeros" and symmetric:
+        conv_pad = [fpad[2 * (n - 1 - i)] for i in range(n)]
+    else:
+        x = pad_input(x, fpad, padding_mode)
+    if n == 1:
+        return F.conv1d(x, weight, bias, stride, conv_pad, dilation, groups)
+    if n == 2:
+        return F.conv2d(x, weight, bias, stride, conv_pad, dilation, groups)
+    return F.conv3d(x, weight, bias, stride, conv_pad, dilation, groups)
+
+
+def input_fpad(x: Tensor, static_fpad: List[int], dynamic: bool, kernel: List[int], stride: List[int], dilation: List[int]) -> List[int]:
+    """The pads for this input: the static ones, or TF 'same' computed from ``x``'s size."""
+    if not dynamic:
+        return static_fpad
+    n = len(kernel)
+    sizes: List[int] = [int(s) for s in x.shape[-n:]]
+    return same_fpad(sizes, kernel, stride, dilation)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument preparation for the public functions (plain Python, not scripted).
+# --------------------------------------------------------------------------------------------
+def _check_tensor(name: str, t: object, dim: int) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != dim:
+        raise ValueError(f"{name}: expected a {dim}-D tensor, got {t.dim()}-D of shape {tuple(t.shape)}")
+    return t
+
+
+def _check_bias(bias: Optional[Tensor], channels: int) -> None:
+    if bias is not None:
+        _check_tensor("bias", bias, 1)
+        if bias.shape[0] != channels:
+            raise ValueError(f"bias: expected shape ({channels},), got {tuple(bias.shape)}")
+
+
+def _geometry(
+    x: Tensor, n: int, kernel: Tuple[int, ...], stride, padding: PaddingArg, dilation, padding_mode: str
+) -> Tuple[List[int], List[int], List[int]]:
+    """Validate stride/padding/dilation/padding_mode; return stride, F.pad list, dilation."""
+    stride_t = to_tuple("stride", stride, n)
+    dilation_t = to_tuple("dilation", dilation, n)
+    pad = normalize_padding(padding, n)
+    check_padding_mode(padding_mode)
+    pads = static_pads(pad, kernel, stride_t, dilation_t)
+    if pads is None:
+        fpad = same_fpad([int(s) for s in x.shape[-n:]], list(kernel), list(stride_t), list(dilation_t))
+    else:
+        fpad = to_fpad(pads)
+    return list(stride_t), fpad, list(dilation_t)
+
+
+def _check_x(x: object, n: int, channels: int) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+    check_input(x, n, channels)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Public ops
+# --------------------------------------------------------------------------------------------
+def _depthwise(n: int, x, weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
+    _check_tensor("weight", weight, n + 2)
+    if weight.shape[1] != 1:
+        raise ValueError(f"weight: expected shape (C*d, 1, *k) for a depthwise conv, got {tuple(weight.shape)}")
+    c = x.shape[-n - 1] if isinstance(x, Tensor) and x.dim() >= n + 1 else -1
+    _check_x(x, n, c)
+    if weight.shape[0] % c != 0:
+        raise ValueError(f"weight: expected a multiple of the {c} input channels in dim 0, got {weight.shape[0]}")
+    _check_bias(bias, weight.shape[0])
+    kernel = tuple(weight.shape[2:])
+    s, fpad, d = _geometry(x, n, kernel, stride, padding, dilation, padding_mode)
+    return conv_nd(x, weight, bias, s, fpad, d, c, padding_mode)
+
+
+def depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0,
+                     dilation=1, padding_mode: str = "zeros") -> Tensor:
+    """Depthwise 1-D convolution: each input channel filtered by its own ``d`` kernels.
+
+    Args:
+        x: ``(B, C, L)`` or ``(C, L)``.
+        weight: ``(C*d, 1, k)``; output channel ``c*d + j`` is input channel ``c``'s ``j``-th filter.
+        bias: ``(C*d,)`` or None.
+
+    Returns:
+        ``(B, C*d, L_out)``.
+
+    Example:
+        >>> depthwise_conv1d(torch.randn(2, 4, 10), torch.randn(8, 1, 3), padding='same').shape
+        torch.Size([2, 8, 10])
+    """
+    return _depthwise(1, x, weight, bias, stride, padding, dilation, padding_mode)
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0,
+                     dilation=1, padding_mode: str = "zeros") -> Tensor:
+    """Depthwise 2-D convolution (``groups = C``), Keras ``DepthwiseConv2D`` semantics.
+
+    Args:
+        x: ``(B, C, H, W)`` or ``(C, H, W)``.
+        weight: ``(C*d, 1, kh, kw)``.
+        bias: ``(C*d,)`` or None.
+
+    Returns:
+        ``(B, C*d, H_out, W_out)``.
+
+    Example:
+        >>> depthwise_conv2d(torch.randn(1, 3, 15, 15), torch.randn(3, 1, 3, 3)).shape
+        torch.Size([1, 3, 13, 13])
+    """
+    return _depthwise(2, x, weight, bias, stride, padding, dilation, padding_mode)
+
+
+def depthwise_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0,
+                     dilation=1, padding_mode: str = "zeros") -> Tensor:
+    """Depthwise 3-D convolution.
+
+    Args:
+        x: ``(B, C, D, H, W)`` or ``(C, D, H, W)``.
+        weight: ``(C*d, 1, kd, kh, kw)``.
+        bias: ``(C*d,)`` or None.
+
+    Example:
+        >>> depthwise_conv3d(torch.randn(1, 2, 5, 5, 5), torch.randn(2, 1, 3, 3, 3), padding='same').shape
+        torch.Size([1, 2, 5, 5, 5])
+    """
+    return _depthwise(3, x, weight, bias, stride, padding, dilation, padding_mode)
+
+
+def _separable(n: int, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
+    _check_tensor("depthwise_weight", depthwise_weight, n + 2)
+    _check_tensor("pointwise_weight", pointwise_weight, n + 2)
+    mid = depthwise_weight.shape[0]
+    if depthwise_weight.shape[1] != 1:
+        raise ValueError(f"depthwise_weight: expected shape (C*d, 1, *k), got {tuple(depthwise_weight.shape)}")
+    if pointwise_weight.shape[1] != mid or any(k != 1 for k in pointwise_weight.shape[2:]):
+        raise ValueError(
+            f"pointwise_weight: expected shape (N, {mid}{', 1' * n}), got {tuple(pointwise_weight.shape)}"
+        )
+    c = x.shape[-n - 1] if isinstance(x, Tensor) and x.dim() >= n + 1 else -1
+    _check_x(x, n, c)
+    if mid % c != 0:
+        raise ValueError(f"depthwise_weight: expected a multiple of the {c} input channels in dim 0, got {mid}")
+    _check_bias(bias, pointwise_weight.shape[0])
+    kernel = tuple(depthwise_weight.shape[2:])
+    s, fpad, d = _geometry(x, n, kernel, stride, padding, dilation, padding_mode)
+    y = conv_nd(x, depthwise_weight, None, s, fpad, d, c, padding_mode)
+    ones = [1] * n
+    return conv_nd(y, pointwise_weight, bias, ones, [0] * (2 * n), ones, 1, "zeros")
+
+
+def separable_conv1d(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor, bias: Optional[Tensor] = None,
+                     stride=1, padding: PaddingArg = 0, dilation=1, padding_mode: str = "zeros") -> Tensor:
+    """Depthwise separable 1-D convolution: depthwise then pointwise, one bias at the end.
+
+    Args:
+        x: ``(B, C, L)``.
+        depthwise_weight: ``(C*d, 1, k)``.
+        pointwise_weight: ``(N, C*d, 1)``.
+        bias: ``(N,)`` or None.
+
+    Example:
+        >>> separable_conv1d(torch.randn(2, 4, 9), torch.randn(4, 1, 3), torch.randn(6, 4, 1)).shape
+        torch.Size([2, 6, 7])
+    """
+    return _separable(1, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode)
+
+
+def separable_conv2d(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor, bias: Optional[Tensor] = None,
+                     stride=1, padding: PaddingArg = 0, dilation=1, padding_mode: str = "zeros") -> Tensor:
+    """Depthwise separable 2-D convolution (MobileNet, Xception, Keras ``SeparableConv2D``).
+
+    Equals a dense conv with kernel ``W[n, c] = sum_j P[n, c*d + j] * D[c*d + j]``.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        depthwise_weight: ``(C*d, 1, kh, kw)``.
+        pointwise_weight: ``(N, C*d, 1, 1)``.
+        bias: ``(N,)`` or None.
+
+    Returns:
+        ``(B, N, H_out, W_out)``.
+
+    Example:
+        >>> x = torch.randn(1, 3, 15, 15)
+        >>> separable_conv2d(x, torch.randn(3, 1, 3, 3), torch.randn(10, 3, 1, 1)).shape
+        torch.Size([1, 10, 13, 13])
+    """
+    return _separable(2, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode)
+
+
+def separable_conv3d(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor, bias: Optional[Tensor] = None,
+                     stride=1, padding: PaddingArg = 0, dilation=1, padding_mode: str = "zeros") -> Tensor:
+    """Depthwise separable 3-D convolution.
+
+    Args:
+        x: ``(B, C, D, H, W)``.
+        depthwise_weight: ``(C*d, 1, kd, kh, kw)``.
+        pointwise_weight: ``(N, C*d, 1, 1, 1)``.
+
+    Example:
+        >>> x = torch.randn(1, 2, 6, 6, 6)
+        >>> separable_conv3d(x, torch.randn(2, 1, 3, 3, 3), torch.randn(4, 2, 1, 1, 1), padding=1).shape
+        torch.Size([1, 4, 6, 6, 6])
+    """
+    return _separable(3, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode)
+
+
+def _blueprint(n: int, x, pointwise_weight, depthwise_weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
+    _check_tensor("pointwise_weight", pointwise_weight, n + 2)
+    _check_tensor("depthwise_weight", depthwise_weight, n + 2)
+    out, rank = depthwise_weight.shape[0], depthwise_weight.shape[1]
+    if pointwise_weight.shape[0] != out * rank or any(k != 1 for k in pointwise_weight.shape[2:]):
+        raise ValueError(
+            f"pointwise_weight: expected shape ({out * rank}, C{', 1' * n}) for depthwise_weight "
+            f"{tuple(depthwise_weight.shape)}, got {tuple(pointwise_weight.shape)}"
+        )
+    _check_x(x, n, pointwise_weight.shape[1])
+    _check_bias(bias, out)
+    kernel = tuple(depthwise_weight.shape[2:])
+    s, fpad, d = _geometry(x, n, kernel, stride, padding, dilation, padding_mode)
+    ones = [1] * n
+    # A 1x1 conv commutes with every padding mode, so padding its (smaller or equal) output is exact.
+    y = conv_nd(x, pointwise_weight, None, ones, [0] * (2 * n), ones, 1, "zeros")
+    return conv_nd(y, depthwise_weight, bias, s, fpad, d, out, padding_mode)
+
+
+def blueprint_separable_conv1d(x: Tensor, pointwise_weight: Tensor, depthwise_weight: Tensor,
+                               bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0, dilation=1,
+                               padding_mode: str = "zeros") -> Tensor:
+    """Blueprint separable 1-D convolution: pointwise ``C -> N*r`` then grouped ``(N*r -> N, groups=N)``.
+
+    Args:
+        x: ``(B, C, L)``.
+        pointwise_weight: ``(N*r, C, 1)``.
+        depthwise_weight: ``(N, r, k)``.
+
+    Example:
+        >>> blueprint_separable_conv1d(torch.randn(1, 3, 8), torch.randn(5, 3, 1), torch.randn(5, 1, 3)).shape
+        torch.Size([1, 5, 6])
+    """
+    return _blueprint(1, x, pointwise_weight, depthwise_weight, bias, stride, padding, dilation, padding_mode)
+
+
+def blueprint_separable_conv2d(x: Tensor, pointwise_weight: Tensor, depthwise_weight: Tensor,
+                               bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0, dilation=1,
+                               padding_mode: str = "zeros") -> Tensor:
+    """Blueprint separable 2-D convolution (BSConv-U, Haase & Amthor 2020), generalized to rank ``r``.
+
+    Each output channel ``n`` has ``r`` spatial blueprints ``B[n, j]`` weighted per input channel:
+    ``W[n, c] = sum_j P[n*r + j, c] * B[n, j]``. At ``r = 1`` it is exactly BSConv-U.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        pointwise_weight: ``(N*r, C, 1, 1)``.
+        depthwise_weight: ``(N, r, kh, kw)``.
+        bias: ``(N,)`` or None.
+
+    Example:
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> blueprint_separable_conv2d(x, torch.randn(4, 3, 1, 1), torch.randn(4, 1, 3, 3), padding='same').shape
+        torch.Size([1, 4, 8, 8])
+    """
+    return _blueprint(2, x, pointwise_weight, depthwise_weight, bias, stride, padding, dilation, padding_mode)
+
+
+def blueprint_separable_conv3d(x: Tensor, pointwise_weight: Tensor, depthwise_weight: Tensor,
+                               bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0, dilation=1,
+                               padding_mode: str = "zeros") -> Tensor:
+    """Blueprint separable 3-D convolution; see :func:`blueprint_separable_conv2d`.
+
+    Example:
+        >>> x = torch.randn(1, 3, 5, 5, 5)
+        >>> blueprint_separable_conv3d(x, torch.randn(2, 3, 1, 1, 1), torch.randn(2, 1, 3, 3, 3)).shape
+        torch.Size([1, 2, 3, 3, 3])
+    """
+    return _blueprint(3, x, pointwise_weight, depthwise_weight, bias, stride, padding, dilation, padding_mode)
+
+
+def spatial_geometry(
+    stride: List[int], fpad: List[int], dilation: List[int]
+) -> Tuple[List[int], List[int], List[int], List[int], List[int], List[int]]:
+    """Split 2-D stride, pads (F.pad order ``[wl, wr, ht, hb]``) and dilation between the factors.
+
+    Returns ``(v_stride, v_fpad, v_dilation, h_stride, h_fpad, h_dilation)``: the vertical
+    ``(kh, 1)`` factor strides, dilates and pads along H only, the horizontal one along W only.
+    """
+    return (
+        [stride[0], 1], [0, 0, fpad[2], fpad[3]], [dilation[0], 1],
+        [1, stride[1]], [fpad[0], fpad[1], 0, 0], [1, dilation[1]],
+    )
+
+
+def spatially_separable_conv2d(x: Tensor, vertical_weight: Tensor, horizontal_weight: Tensor,
+                               bias: Optional[Tensor] = None, stride=1, padding: PaddingArg = 0, dilation=1,
+                               groups: int = 1, padding_mode: str = "zeros") -> Tensor:
+    """Spatially separable 2-D convolution: ``(kh, 1)`` filters to ``r`` channels, then ``(1, kw)``.
+
+    Equals a dense conv whose kernel in each group is ``W[o, i, y, x] = sum_r H[o, r, x] V[r, i, y]``
+    (rank ``r`` per group). Stride, dilation and padding of H go to the vertical factor, those of
+    W to the horizontal one, so the output shape is the dense conv's. The vertical factor has no
+    bias, which keeps zero padding of its output exact; every torch padding mode commutes with a
+    convolution along the other axis, so all modes are exact.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        vertical_weight: ``(r, C/groups, kh, 1)``.
+        horizontal_weight: ``(N, r/groups, 1, kw)``.
+        bias: ``(N,)`` or None.
+        groups: channel groups, applied to both factors.
+
+    Example:
+        >>> x = torch.randn(1, 1, 15, 15)   # the seeds' 3x1 then 1x3 example
+        >>> spatially_separable_conv2d(x, torch.randn(1, 1, 3, 1), torch.randn(1, 1, 1, 3)).shape
+        torch.Size([1, 1, 13, 13])
+    """
+    _check_tensor("vertical_weight", vertical_weight, 4)
+    _check_tensor("horizontal_weight", horizontal_weight, 4)
+    if vertical_weight.shape[3] != 1:
+        raise ValueError(f"vertical_weight: expected shape (r, C/groups, kh, 1), got {tuple(vertical_weight.shape)}")
+    if horizontal_weight.shape[2] != 1:
+        raise ValueError(f"horizontal_weight: expected shape (N, r/groups, 1, kw), got {tuple(horizontal_weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+    rank = vertical_weight.shape[0]
+    if rank % groups or horizontal_weight.shape[0] % groups:
+        raise ValueError(f"groups: expected a divisor of rank={rank} and out_channels={horizontal_weight.shape[0]}, got {groups}")
+    if horizontal_weight.shape[1] * groups != rank:
+        raise ValueError(
+            f"horizontal_weight: expected {rank // groups} channels in dim 1 (rank/groups), got {horizontal_weight.shape[1]}"
+        )
+    _check_x(x, 2, vertical_weight.shape[1] * groups)
+    _check_bias(bias, horizontal_weight.shape[0])
+    kernel = (vertical_weight.shape[2], horizontal_weight.shape[3])
+    s, fpad, d = _geometry(x, 2, kernel, stride, padding, dilation, padding_mode)
+    vs, vp, vd, hs, hp, hd = spatial_geometry(s, fpad, d)
+    y = conv_nd(x, vertical_weight, None, vs, vp, vd, groups, padding_mode)
+    return conv_nd(y, horizontal_weight, bias, hs, hp, hd, groups, padding_mode)
+
+
+def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, padding: str = "same",
+                       border: str = "reflect") -> Tensor:
+    """Apply a fixed separable filter to every channel in two 1-D passes (vertical, then horizontal).
+
+    Equals cross-correlating each channel with the 2-D kernel ``outer(kernel_y, kernel_x)``, at
+    ``kh + kw`` instead of ``kh * kw`` multiplications per pixel. Sobel-x is
+    ``kernel_x = [-1, 0, 1]``, ``kernel_y = [1, 2, 1]``.
+
+    Args:
+        image: ``(B, C, H, W)`` or ``(C, H, W)``, any float dtype.
+        kernel_x: ``(kw,)`` applied along W (or ``(C, kw)``, one per channel).
+        kernel_y: ``(kh,)`` applied along H (or ``(C, kh)``).
+        padding: ``'same'`` (output ``H x W``; even kernels put the smaller half before) or ``'valid'``.
+        border: how ``'same'`` extends the image: ``'reflect'`` (mirror without repeating the edge,
+            OpenCV's default ``BORDER_REFLECT_101``), ``'replicate'``, ``'circular'`` or ``'zeros'``.
+
+    Returns:
+        Same shape as ``image`` for ``'same'``; ``(B, C, H-kh+1, W-kw+1)`` for ``'valid'``.
+
+    Example:
+        >>> img = torch.rand(1, 3, 32, 32)
+        >>> gx = separable_filter2d(img, torch.tensor([-1., 0., 1.]), torch.tensor([1., 2., 1.]))
+        >>> gx.shape
+        torch.Size([1, 3, 32, 32])
+    """
+    if not isinstance(image, Tensor):
+        raise TypeError(f"image: expected a torch.Tensor, got {type(image).__name__}")
+    if image.dim() not in (3, 4):
+        raise ValueError(f"image: expected a 4-D (B, C, H, W) or 3-D (C, H, W) tensor, got {image.dim()}-D of shape {tuple(image.shape)}")
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding: expected one of ('same', 'valid'), got {padding!r}")
+    if border not in BORDERS:
+        raise ValueError(f"border: expected one of {BORDERS}, got {border!r}")
+    c = image.shape[-3]
+    weights = []
+    for name, k in (("kernel_y", kernel_y), ("kernel_x", kernel_x)):
+        if not isinstance(k, Tensor):
+            k = torch.as_tensor(k)
+        if k.dim() == 1:
+            k = k.expand(c, k.shape[0])
+        if k.dim() != 2 or k.shape[0] != c or k.shape[1] < 1:
+            raise ValueError(f"{name}: expected shape (k,) or ({c}, k), got {tuple(k.shape)}")
+        weights.append(k.to(device=image.device, dtype=image.dtype))
+    wy = weights[0].reshape(c, 1, -1, 1)
+    wx = weights[1].reshape(c, 1, 1, -1)
+    kh, kw = wy.shape[2], wx.shape[3]
+    if padding == "same":
+        fpad = to_fpad([((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)])
+    else:
+        fpad = [0, 0, 0, 0]
+    vs, vp, vd, hs, hp, hd = spatial_geometry([1, 1], fpad, [1, 1])
+    y = conv_nd(image, wy, None, vs, vp, vd, c, border)
+    return conv_nd(y, wx, None, hs, hp, hd, c, border)

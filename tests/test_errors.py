@@ -1,0 +1,92 @@
+"""Bad input raises ValueError/TypeError naming the argument, what was expected and what was got."""
+
+import pytest
+import torch
+
+import sepconv
+from sepconv import functional as SF
+
+CASES = [
+    (lambda: sepconv.SeparableConv2d(0, 4, 3), ValueError, "in_channels: expected a positive int, got 0"),
+    (lambda: sepconv.SeparableConv2d(3, -2, 3), ValueError, "out_channels: expected a positive int, got -2"),
+    (lambda: sepconv.SeparableConv2d(3.0, 4, 3), TypeError, "in_channels: expected a positive int, got 3.0 (float)"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 0), ValueError, "kernel_size: expected 2 positive ints, got 0"),
+    (lambda: sepconv.SeparableConv2d(3, 4, (3, 3, 3)), ValueError, "kernel_size: expected an int or 2 ints, got 3 values (3, 3, 3)"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, stride=(1,)), ValueError, "stride: expected an int or 2 ints, got 1 values (1,)"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, stride=0), ValueError, "stride: expected 2 positive ints, got 0"),
+    (lambda: sepconv.SeparableConv3d(3, 4, 3, dilation=(1, 2)), ValueError, "dilation: expected an int or 3 ints, got 2 values (1, 2)"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, depth_multiplier=0), ValueError, "depth_multiplier: expected a positive int, got 0"),
+    (lambda: sepconv.DepthwiseConv2d(3, 3, depth_multiplier=-1), ValueError, "depth_multiplier: expected a positive int, got -1"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, padding="full"), ValueError,
+     "padding: expected one of ('valid', 'same'), an int or a tuple of 2 ints, got 'full'"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, padding=(1, 1, 1)), ValueError, "padding: expected an int or 2 ints, got 3 values (1, 1, 1)"),
+    (lambda: sepconv.SeparableConv1d(3, 4, 3, padding_mode="mirror"), ValueError,
+     "padding_mode: expected one of ('zeros', 'reflect', 'replicate', 'circular'), got 'mirror'"),
+    (lambda: sepconv.SpatiallySeparableConv2d(3, 4, 3, rank=0), ValueError, "rank: expected a positive int, got 0"),
+    (lambda: sepconv.BlueprintSeparableConv2d(3, 4, 3, rank=0), ValueError, "rank: expected a positive int, got 0"),
+    (lambda: sepconv.SpatiallySeparableConv2d(3, 4, 3, rank=4, groups=2), ValueError, "in_channels: expected a multiple of groups=2, got 3"),
+    (lambda: sepconv.SpatiallySeparableConv2d(4, 4, 3, rank=3, groups=2), ValueError, "rank: expected a multiple of groups=2, got 3"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, norm_layer="batchnorm"), TypeError,
+     "norm_layer: expected a callable taking the channel count, got 'batchnorm'"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", CASES)
+def test_constructor_errors(make, exc, msg):
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == msg
+
+
+@pytest.mark.parametrize("layer,x,msg", [
+    (sepconv.SeparableConv2d(3, 4, 3), torch.randn(1, 5, 8, 8), "input: expected 3 channels at dim -3, got 5 (shape [1, 5, 8, 8])"),
+    (sepconv.SeparableConv2d(3, 4, 3), torch.randn(8, 8), "input: expected a 4-D batched or 3-D unbatched tensor, got 2-D of shape [8, 8]"),
+    (sepconv.DepthwiseConv1d(3, 3), torch.randn(1, 3, 4, 4), "input: expected a 3-D batched or 2-D unbatched tensor, got 4-D of shape [1, 3, 4, 4]"),
+    (sepconv.BlueprintSeparableConv3d(2, 4, 3), torch.randn(1, 3, 5, 5, 5), "input: expected 2 channels at dim -4, got 3 (shape [1, 3, 5, 5, 5])"),
+    (sepconv.SpatiallySeparableConv2d(2, 4, 3, rank=2), torch.randn(1, 3, 5, 5), "input: expected 2 channels at dim -3, got 3 (shape [1, 3, 5, 5])"),
+])
+def test_forward_errors(layer, x, msg):
+    with pytest.raises(ValueError) as info:
+        layer(x)
+    assert str(info.value) == msg
+
+
+def test_functional_errors():
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"weight: expected a multiple of the 3 input channels in dim 0, got 4"):
+        SF.depthwise_conv2d(x, torch.randn(4, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"weight: expected shape \(C\*d, 1, \*k\) for a depthwise conv, got \(3, 2, 3, 3\)"):
+        SF.depthwise_conv2d(x, torch.randn(3, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"weight: expected a 4-D tensor, got 3-D of shape \(3, 1, 3\)"):
+        SF.depthwise_conv2d(x, torch.randn(3, 1, 3))
+    with pytest.raises(ValueError, match=r"pointwise_weight: expected shape \(N, 3, 1, 1\), got \(4, 3, 3, 3\)"):
+        SF.separable_conv2d(x, torch.randn(3, 1, 3, 3), torch.randn(4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"bias: expected shape \(4,\), got \(5,\)"):
+        SF.separable_conv2d(x, torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1), torch.randn(5))
+    with pytest.raises(TypeError, match="input: expected a torch.Tensor, got list"):
+        SF.separable_conv2d([1.0], torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1))
+    with pytest.raises(ValueError, match=r"pointwise_weight: expected shape \(8, C, 1, 1\)"):
+        SF.blueprint_separable_conv2d(x, torch.randn(4, 3, 1, 1), torch.randn(4, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"horizontal_weight: expected 2 channels in dim 1 \(rank/groups\), got 3"):
+        SF.spatially_separable_conv2d(x, torch.randn(2, 3, 3, 1), torch.randn(4, 3, 1, 3))
+    with pytest.raises(ValueError, match=r"vertical_weight: expected shape \(r, C/groups, kh, 1\), got \(2, 3, 3, 3\)"):
+        SF.spatially_separable_conv2d(x, torch.randn(2, 3, 3, 3), torch.randn(4, 2, 1, 3))
+    with pytest.raises(ValueError, match=r"stride: expected 2 positive ints, got 0"):
+        SF.separable_conv2d(x, torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1), stride=0)
+    with pytest.raises(ValueError, match="padding_mode: expected one of"):
+        SF.separable_conv2d(x, torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1), padding_mode="edge")
+    with pytest.raises(ValueError, match=r"border: expected one of \('reflect', 'replicate', 'circular', 'zeros'\), got 'wrap'"):
+        SF.separable_filter2d(x, torch.ones(3), torch.ones(3), border="wrap")
+    with pytest.raises(ValueError, match=r"padding: expected one of \('same', 'valid'\), got 'full'"):
+        SF.separable_filter2d(x, torch.ones(3), torch.ones(3), padding="full")
+    with pytest.raises(ValueError, match=r"kernel_x: expected shape \(k,\) or \(3, k\), got \(2, 3\)"):
+        SF.separable_filter2d(x, torch.ones(2, 3), torch.ones(3))
+    with pytest.raises(ValueError, match=r"image: expected a 4-D \(B, C, H, W\) or 3-D \(C, H, W\) tensor, got 2-D"):
+        SF.separable_filter2d(torch.ones(8, 8), torch.ones(3), torch.ones(3))
+
+
+def test_from_dense_errors():
+    with pytest.raises(ValueError, match=r"conv: expected groups == in_channels \(4\) for a depthwise conv, got groups=1"):
+        sepconv.DepthwiseConv2d.from_dense(torch.nn.Conv2d(4, 4, 3))
+    with pytest.raises(TypeError, match="conv: expected nn.Conv2d, got Conv1d"):
+        sepconv.DepthwiseConv2d.from_dense(torch.nn.Conv1d(4, 4, 3, groups=4))
