@@ -4,7 +4,8 @@ Layers (depthwise, depthwise separable, blueprint separable, spatially separable
 accounting, and optimal decomposition of trained convolutions into separable ones.
 """
 
-from . import functional
+from . import cost, functional
+from .cost import ModelCost, compare, explain, profile
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -22,6 +23,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional",
+    "cost",
+    "profile",
+    "compare",
+    "explain",
+    "ModelCost",
     "DepthwiseConv1d",
     "DepthwiseConv2d",
     "DepthwiseConv3d",

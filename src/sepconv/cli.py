@@ -1,0 +1,189 @@
+"""The ``sepconv`` command: a thin layer over the library.
+
+User mistakes (bad shapes, unknown models, unreadable files) print one ``sepconv: error: ...``
+line on stderr and exit with status 2, never a traceback.
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class UsageError(Exception):
+    """A user mistake: reported as one line, exit status 2."""
+
+
+def parse_shape(text: str, what: str, dims: Optional[Sequence[int]] = None) -> tuple[int, ...]:
+    """``'1x3x224x224'`` -> ``(1, 3, 224, 224)``; checks positive ints and the number of dims."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{what}: expected sizes separated by 'x' like {'x'.join(['15'] * 2 + ['3'])}, got {text!r}") from None
+    if any(s < 1 for s in shape):
+        raise UsageError(f"{what}: expected positive sizes, got {text!r}")
+    if dims is not None and len(shape) not in dims:
+        raise UsageError(f"{what}: expected {' or '.join(str(d) for d in dims)} sizes, got {len(shape)} in {text!r}")
+    return shape
+
+
+def load_model(spec: str) -> tuple[nn.Module, Optional[tuple[int, ...]], str]:
+    """A built-in name (``mobilenet_v1:0.5``), ``file.py:factory``, or a ``torch.save``'d model.
+
+    Returns ``(model, default input size or None, label)``. Loading a saved model unpickles it:
+    only load files you trust.
+    """
+    from .models import BUILTIN, build
+
+    base = spec.partition(":")[0]
+    if base in BUILTIN:
+        try:
+            return build(spec), BUILTIN[base][1], spec
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from None
+    path, sep, factory = spec.rpartition(":")
+    if sep and path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise UsageError(f"model: file {path!r} not found")
+        module_spec = importlib.util.spec_from_file_location("_sepconv_user_model", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UsageError(f"model: could not import {path!r}: {type(exc).__name__}: {exc}") from None
+        fn = getattr(module, factory, None)
+        if not callable(fn):
+            raise UsageError(f"model: {path!r} has no callable {factory!r}")
+        model = fn()
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"model: {spec!r} returned {type(model).__name__}, expected an nn.Module")
+        return model, None, spec
+    if os.path.exists(spec):
+        try:
+            obj = torch.load(spec, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise UsageError(f"model: could not read {spec!r} with torch.load: {type(exc).__name__}: {exc}") from None
+        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], nn.Module):
+            obj = obj["model"]
+        if not isinstance(obj, nn.Module):
+            raise UsageError(f"model: {spec!r} holds a {type(obj).__name__}, expected a whole nn.Module saved with torch.save(model, path)")
+        return obj, None, os.path.basename(spec)
+    raise UsageError(
+        f"model: expected a built-in name ({', '.join(sorted(BUILTIN))}[:WIDTH]), FILE.py:FACTORY or a torch.save file, got {spec!r}"
+    )
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=max(100, Console().width))
+
+
+def cmd_explain(args) -> int:
+    from .cost import compare, explain
+
+    h, w, c = parse_shape(args.input, "--input", dims=(3,))
+    kernel = parse_shape(args.kernel, "--kernel", dims=(1, 2))
+    kernel = kernel * 2 if len(kernel) == 1 else kernel
+    padding = args.padding if args.padding in ("valid", "same") else _int_arg(args.padding, "--padding")
+    shape = (c, h, w)
+    print(explain(shape, args.filters, kernel, args.stride, padding, depth_multiplier=args.depth_multiplier,
+                  spatial=args.spatial, rank=args.rank))
+    if args.table:
+        _console().print(compare(shape, args.filters, kernel, args.stride, padding,
+                                 depth_multiplier=args.depth_multiplier, rank=args.rank))
+    return 0
+
+
+def _int_arg(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{what}: expected 'valid', 'same' or a non-negative int, got {text!r}") from None
+    if value < 0:
+        raise UsageError(f"{what}: expected 'valid', 'same' or a non-negative int, got {text!r}")
+    return value
+
+
+def cmd_profile(args) -> int:
+    from .cost import profile
+
+    model, default_input, label = load_model(args.model)
+    if args.input:
+        shape = parse_shape(args.input, "--input")
+    elif default_input is not None:
+        shape = default_input
+    else:
+        raise UsageError("--input: expected an input size like 1x3x224x224 for this model, got none")
+    try:
+        report = profile(model, shape, name=label)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    if args.json:
+        print(report.to_json())
+    elif args.markdown:
+        print(report.to_markdown())
+    else:
+        _console().print(report)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sepconv", description="Separable convolutions for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole story on real data (digits), in about two minutes")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (CI)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="sepconv-demo", help="directory for report.md and plots")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("explain", help="count a layer's multiplications step by step, as the seeds do")
+    p.add_argument("--input", required=True, help="HxWxC, e.g. 15x15x3")
+    p.add_argument("--kernel", default="3", help="K or KHxKW")
+    p.add_argument("--filters", type=int, required=True, help="number of kernels N")
+    p.add_argument("--padding", default="valid", help="valid, same or an int")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--depth-multiplier", type=int, default=1)
+    p.add_argument("--spatial", action="store_true", help="spatially separable (Kx1 then 1xK) instead")
+    p.add_argument("--rank", type=int, default=1, help="rank of the spatially separable / blueprint forms")
+    p.add_argument("--table", action="store_true", help="also print all separable forms side by side")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("profile", help="MACs, FLOPs, params per layer and per layer type")
+    p.add_argument("model", help="mobilenet_v1[:WIDTH], FILE.py:FACTORY, or a torch.save'd model file")
+    p.add_argument("--input", help="BxCxHxW, e.g. 1x3x224x224")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"sepconv: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sepconv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

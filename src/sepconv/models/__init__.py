@@ -1,0 +1,35 @@
+"""Models built from sepconv layers, and the built-in names the CLI accepts."""
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .mobilenet import MOBILENET_V1, MobileNetV1, conv_mobilenet_v1, mobilenet_v1
+
+__all__ = ["MOBILENET_V1", "MobileNetV1", "mobilenet_v1", "conv_mobilenet_v1", "BUILTIN", "build"]
+
+# name -> (factory taking the optional ':arg' as a float, default input size)
+BUILTIN: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
+    "mobilenet_v1": (lambda a=1.0: mobilenet_v1(a), (1, 3, 224, 224)),
+    "conv_mobilenet_v1": (lambda a=1.0: conv_mobilenet_v1(a), (1, 3, 224, 224)),
+}
+
+
+def build(name: str) -> nn.Module:
+    """Build a built-in model by name, e.g. ``'mobilenet_v1'`` or ``'mobilenet_v1:0.5'``.
+
+    Example:
+        >>> build('mobilenet_v1:0.25').num_features
+        256
+    """
+    base, _, arg = name.partition(":")
+    if base not in BUILTIN:
+        raise ValueError(f"model: expected one of {sorted(BUILTIN)} (optionally ':WIDTH'), got {name!r}")
+    factory = BUILTIN[base][0]
+    if not arg:
+        return factory()
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"model: expected a number after ':' in {name!r}, got {arg!r}") from None
+    return factory(value)

@@ -1,0 +1,96 @@
+"""The sepconv command: outputs, and one clean error line (exit 2) for user mistakes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from sepconv.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_depthwise(capsys):
+    code, out, _ = run(capsys, "explain", "--input", "15x15x3", "--kernel", "3", "--filters", "10", "--padding", "valid")
+    assert code == 0
+    assert "45,630" in out and "9,633" in out and "4,563 + 5,070" in out
+
+
+def test_explain_spatial(capsys):
+    code, out, _ = run(capsys, "explain", "--input", "15x15x1", "--kernel", "3", "--filters", "1", "--padding", "valid", "--spatial")
+    assert code == 0
+    assert "1,521" in out and "585 + 507 = 1,092" in out and "585 + 585 = 1,170" in out
+
+
+def test_explain_table(capsys):
+    code, out, _ = run(capsys, "explain", "--input", "7x7x3", "--filters", "256", "--padding", "same", "--table")
+    assert code == 0 and "338,688" in out and "38,955" in out and "blueprint separable" in out
+
+
+def test_profile_builtin_json_and_markdown(capsys):
+    code, out, _ = run(capsys, "profile", "mobilenet_v1", "--input", "1x3x224x224", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["macs"] == 568_740_352 and data["params"] == 4_231_976
+    code, out, _ = run(capsys, "profile", "mobilenet_v1:0.5", "--markdown")
+    assert code == 0 and "149,497,088 MACs" in out and "| conv 1x1 |" in out
+    code, out, _ = run(capsys, "profile", "mobilenet_v1:0.25", "--input", "1x3x128x128")
+    assert code == 0 and "features.13.0.pointwise" in out
+
+
+def test_profile_file_factory_and_saved_model(capsys, tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())\n")
+    code, out, _ = run(capsys, "profile", f"{src}:make", "--input", "1x3x10x10", "--json")
+    assert code == 0 and json.loads(out)["macs"] == 8 * 8 * 4 * 27
+    saved = tmp_path / "model.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3)), saved)
+    code, out, _ = run(capsys, "profile", str(saved), "--input", "1x3x10x10", "--json")
+    assert code == 0 and json.loads(out)["macs"] == 8 * 8 * 4 * 27
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["explain", "--input", "15x15", "--filters", "3"], "sepconv: error: --input: expected 3 sizes, got 2 in '15x15'"),
+    (["explain", "--input", "15xAx3", "--filters", "3"], "sepconv: error: --input: expected sizes separated by 'x'"),
+    (["explain", "--input", "15x15x3", "--filters", "3", "--padding", "full"],
+     "sepconv: error: --padding: expected 'valid', 'same' or a non-negative int, got 'full'"),
+    (["explain", "--input", "2x2x3", "--filters", "3"], "sepconv: error: input_shape: spatial size 2 (padded 2) is smaller than the dilated kernel 3"),
+    (["profile", "mobilenet_v2"], "sepconv: error: model: expected a built-in name"),
+    (["profile", "mobilenet_v1:wide"], "sepconv: error: model: expected a number after ':' in 'mobilenet_v1:wide', got 'wide'"),
+    (["profile", "mobilenet_v1", "--input", "1x3x0x224"], "sepconv: error: --input: expected positive sizes, got '1x3x0x224'"),
+    (["profile", "mobilenet_v1", "--input", "1x4x64x64"], "sepconv: error: profile: layer 'features.0.0' (Conv2d) failed on input of shape (1, 4, 64, 64)"),
+    (["profile", "missing.py:make"], "sepconv: error: model: file 'missing.py' not found"),
+])
+def test_cli_errors_are_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith(message), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unreadable_and_wrong_files(capsys, tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "profile", str(bad), "--input", "1x3x8x8")
+    assert code == 2 and err.startswith(f"sepconv: error: model: could not read '{bad}' with torch.load")
+    sd = tmp_path / "sd.pt"
+    torch.save(nn.Conv2d(3, 3, 3).state_dict(), sd)
+    code, _, err = run(capsys, "profile", str(sd), "--input", "1x3x8x8")
+    assert code == 2 and "holds a OrderedDict, expected a whole nn.Module" in err
+    code, _, err = run(capsys, "profile", str(sd))
+    assert code == 2
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    exe = [sys.executable, "-m", "sepconv.cli"]
+    ok = subprocess.run(exe + ["explain", "--input", "15x15x3", "--filters", "10"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "9,633" in ok.stdout
+    bad = subprocess.run(exe + ["profile", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
