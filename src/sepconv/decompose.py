@@ -7,10 +7,19 @@ structure: the dense kernel whose convolution equals the two-factor convolution.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "depthwise_separable",
+    "blueprint_separable",
+    "spatially_separable",
+    "spectrum",
+    "truncation_errors",
+    "kernel_rank",
+    "separate_kernel",
     "compose_depthwise_separable",
     "compose_blueprint_separable",
     "compose_spatially_separable",
@@ -75,3 +84,250 @@ def compose_spatially_separable(vertical_weight: Tensor, horizontal_weight: Tens
     v = vertical_weight.reshape(g, r // g, cg, kh)
     h = horizontal_weight.reshape(g, n_out // g, r // g, kw)
     return torch.einsum("goqx,gqiy->goiyx", h, v).reshape(n_out, cg, kh, kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Factorizations: optimal (Eckart-Young) splits of a dense kernel into separable factors
+# --------------------------------------------------------------------------------------------
+STRUCTURES = ("depthwise", "blueprint", "spatial")
+
+
+def _check_weight(weight: Tensor, name: str = "weight", dims: tuple = (3, 4, 5)) -> Tensor:
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() not in dims:
+        raise ValueError(f"{name}: expected a conv weight with {' or '.join(str(d) for d in dims)} dims (N, C, *k), got shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {weight.dtype}")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or Inf")
+    return weight
+
+
+def _check_rank(name: str, rank: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"{name}: expected a positive int, got {rank!r}")
+    if rank < 1:
+        raise ValueError(f"{name}: expected a positive int, got {rank}")
+    return rank
+
+
+def _svd(m: Tensor):
+    """Batched SVD in float64 (exact enough to test optimality), results in m's dtype."""
+    u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    return u, s, vh
+
+
+def _truncate(u: Tensor, s: Tensor, vh: Tensor, r: int):
+    """Best rank-r factors ``(a, b)`` with ``a @ b`` the truncation; singular values split as sqrt."""
+    k = min(r, s.shape[-1])
+    root = s[..., :k].sqrt()
+    a = u[..., :, :k] * root.unsqueeze(-2)
+    b = vh[..., :k, :] * root.unsqueeze(-1)
+    if k < r:  # more rank than the slice has: pad with zero factors (still exact)
+        pad_a = a.new_zeros(*a.shape[:-1], r - k)
+        pad_b = b.new_zeros(*b.shape[:-2], r - k, b.shape[-1])
+        a, b = torch.cat([a, pad_a], -1), torch.cat([b, pad_b], -2)
+    return a, b
+
+
+def _rel_error(s: Tensor, r: int) -> float:
+    total = float((s**2).sum())
+    if total == 0.0:
+        return 0.0
+    return float((s[..., r:] ** 2).sum() / total) ** 0.5
+
+
+def spectrum(weight: Tensor, structure: str, groups: int = 1) -> Tensor:
+    """Singular values that govern each separable structure of a conv weight ``(N, C, *k)``.
+
+    * ``'depthwise'``: per input channel c, the ``N x K`` slice ``W[:, c]`` -> ``(C, min(N, K))``.
+    * ``'blueprint'``: per output channel n, the ``C x K`` slice ``W[n]`` -> ``(N, min(C, K))``.
+    * ``'spatial'`` (2-D): ``W`` as the ``(C*kh) x (N*kw)`` matrix -> ``(groups, min(C*kh, N*kw))``
+      (per group for a grouped conv).
+
+    The squared relative error of the best rank-r factorization is the sum of the squared values
+    beyond r (over all slices) divided by the sum of all of them.
+
+    Example:
+        >>> spectrum(torch.randn(8, 4, 3, 3), 'depthwise').shape
+        torch.Size([4, 8])
+    """
+    weight = _check_weight(weight)
+    if structure == "depthwise":
+        n, c = weight.shape[:2]
+        return _svd(weight.reshape(n, c, -1).transpose(0, 1))[1]
+    if structure == "blueprint":
+        n, c = weight.shape[:2]
+        return _svd(weight.reshape(n, c, -1))[1]
+    if structure == "spatial":
+        return _svd(_spatial_matrix(weight, groups))[1]
+    raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
+
+
+def truncation_errors(weight: Tensor, structure: str, groups: int = 1) -> Tensor:
+    """Relative Frobenius error of the best factorization at every rank 0..max (float64).
+
+    ``errors[r]`` is the error at rank r (``errors[0] == 1``, the last entry is 0).
+
+    Example:
+        >>> truncation_errors(torch.randn(4, 2, 3, 3), 'depthwise').shape   # ranks 0..4
+        torch.Size([5])
+    """
+    s = spectrum(weight, structure, groups)
+    energy = (s**2).sum(0) if s.dim() > 1 else s**2  # per rank, summed over slices / groups
+    total = energy.sum()
+    if total == 0:
+        return torch.zeros(energy.shape[0] + 1, dtype=torch.float64)
+    tail = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])
+    return (tail / total).clamp_min(0).sqrt()
+
+
+def depthwise_separable(weight: Tensor, depth_multiplier: int = 1) -> tuple[Tensor, Tensor, float]:
+    """Best depthwise + pointwise factorization of a dense conv weight (Frobenius norm).
+
+    For each input channel c the ``N x K`` slice ``W[:, c]`` is replaced by its best rank-d
+    approximation (truncated SVD, optimal by Eckart-Young), written as ``d`` depthwise filters
+    ``D[c*d + j]`` and pointwise weights ``P[:, c*d + j]``. Exact iff every slice has rank <= d
+    (the output filters are linearly dependent channel by channel), in particular always at
+    ``d >= min(N, K)``.
+
+    Args:
+        weight: ``(N, C, *k)``, 1-3 spatial dims.
+        depth_multiplier: d.
+
+    Returns:
+        ``(depthwise_weight (C*d, 1, *k), pointwise_weight (N, C*d, *1), rel_error)`` with
+        ``rel_error = ||W - W_d|| / ||W||`` (the discarded singular energy).
+
+    Example:
+        >>> w = torch.randn(8, 3, 3, 3)
+        >>> dw, pw, err = depthwise_separable(w, depth_multiplier=8)
+        >>> err < 1e-6, torch.allclose(compose_depthwise_separable(dw, pw, 8), w, atol=1e-5)
+        (True, True)
+    """
+    weight = _check_weight(weight)
+    d = _check_rank("depth_multiplier", depth_multiplier)
+    n, c, *k = weight.shape
+    u, s, vh = _svd(weight.reshape(n, c, -1).transpose(0, 1))  # (C, N, K)
+    a, b = _truncate(u, s, vh, d)  # a: (C, N, d), b: (C, d, K)
+    dw = b.reshape(c * d, 1, *k)
+    pw = a.permute(1, 0, 2).reshape(n, c * d, *[1] * len(k))
+    return dw.to(weight.dtype), pw.to(weight.dtype), _rel_error(s, d)
+
+
+def blueprint_separable(weight: Tensor, rank: int = 1) -> tuple[Tensor, Tensor, float]:
+    """Best blueprint (pointwise then per-output spatial) factorization of a dense conv weight.
+
+    For each output channel n the ``C x K`` slice ``W[n]`` is replaced by its best rank-r
+    approximation: ``W[n, c] ~ sum_j P[n*r + j, c] B[n, j]``.
+
+    Args:
+        weight: ``(N, C, *k)``.
+        rank: r, blueprints per output channel.
+
+    Returns:
+        ``(pointwise_weight (N*r, C, *1), depthwise_weight (N, r, *k), rel_error)``.
+
+    Example:
+        >>> pw, dw, err = blueprint_separable(torch.randn(4, 2, 3, 3), rank=2)
+        >>> pw.shape, dw.shape, err < 1e-6
+        (torch.Size([8, 2, 1, 1]), torch.Size([4, 2, 3, 3]), True)
+    """
+    weight = _check_weight(weight)
+    r = _check_rank("rank", rank)
+    n, c, *k = weight.shape
+    u, s, vh = _svd(weight.reshape(n, c, -1))  # (N, C, K)
+    a, b = _truncate(u, s, vh, r)  # a: (N, C, r), b: (N, r, K)
+    pw = a.transpose(1, 2).reshape(n * r, c, *[1] * len(k))
+    dw = b.reshape(n, r, *k)
+    return pw.to(weight.dtype), dw.to(weight.dtype), _rel_error(s, r)
+
+
+def _spatial_matrix(weight: Tensor, groups: int) -> Tensor:
+    """``W (N, C/g, kh, kw)`` -> per group the ``(C/g*kh) x (N/g*kw)`` matrix ``A[(c,y),(n,x)]``."""
+    if weight.dim() != 4:
+        raise ValueError(f"weight: expected a 2-D conv weight (N, C, kh, kw) for a spatial factorization, got shape {tuple(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
+        raise ValueError(f"groups: expected a positive divisor of out_channels={weight.shape[0]}, got {groups!r}")
+    n, cg, kh, kw = weight.shape
+    w = weight.reshape(groups, n // groups, cg, kh, kw)
+    return w.permute(0, 2, 3, 1, 4).reshape(groups, cg * kh, (n // groups) * kw)
+
+
+def spatially_separable(weight: Tensor, rank: int = 1, groups: int = 1) -> tuple[Tensor, Tensor, float]:
+    """Best vertical ``(kh x 1)`` + horizontal ``(1 x kw)`` factorization (Jaderberg et al. 2014).
+
+    ``W`` read as the ``(C*kh) x (N*kw)`` matrix ``A[(c, y), (n, x)] = W[n, c, y, x]`` is replaced
+    by its truncated SVD (closed form, optimal in Frobenius norm): rank ``r`` vertical filters
+    ``V[q, c, :, 0]`` then horizontal filters ``H[n, q, 0, :]``. Grouped convs are factorized
+    per group (``r`` must be a multiple of ``groups``).
+
+    Args:
+        weight: ``(N, C/groups, kh, kw)``.
+        rank: r intermediate channels in total.
+        groups: the conv's groups.
+
+    Returns:
+        ``(vertical_weight (r, C/g, kh, 1), horizontal_weight (N, r/g, 1, kw), rel_error)``.
+
+    Example:
+        >>> sobel = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]).reshape(1, 1, 3, 3)
+        >>> v, h, err = spatially_separable(sobel, rank=1)
+        >>> err < 1e-6
+        True
+    """
+    weight = _check_weight(weight, dims=(4,))
+    r = _check_rank("rank", rank)
+    if r % groups:
+        raise ValueError(f"rank: expected a multiple of groups={groups}, got {r}")
+    n, cg, kh, kw = weight.shape
+    rg = r // groups
+    u, s, vh = _svd(_spatial_matrix(weight, groups))  # (g, C/g*kh, m), (g, m), (g, m, N/g*kw)
+    a, b = _truncate(u, s, vh, rg)  # a: (g, cg*kh, rg), b: (g, rg, ng*kw)
+    v = a.reshape(groups, cg, kh, rg).permute(0, 3, 1, 2).reshape(r, cg, kh, 1)
+    h = b.reshape(groups, rg, n // groups, kw).permute(0, 2, 1, 3).reshape(n, rg, 1, kw)
+    return v.to(weight.dtype), h.to(weight.dtype), _rel_error(s, rg)
+
+
+def kernel_rank(kernel: Tensor, rtol: float = 1e-6) -> int:
+    """Numerical rank of a 2-D kernel: singular values above ``rtol * largest``.
+
+    Example:
+        >>> kernel_rank(torch.tensor([[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]]))
+        1
+    """
+    if not isinstance(kernel, Tensor) or kernel.dim() != 2:
+        raise ValueError(f"kernel: expected a 2-D tensor (kh, kw), got {getattr(kernel, 'shape', type(kernel).__name__)}")
+    s = torch.linalg.svdvals(kernel.double())
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return 0
+    return int((s > rtol * s[0]).sum())
+
+
+def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor, Tensor]]:
+    """Split a 2-D kernel exactly into ``outer(column, row)``, or ``None`` if it has rank > 1.
+
+    The scale is put on the column; the row is scaled so its largest magnitude entry is positive
+    and its entries are the smallest integers when the kernel is an integer one (Sobel ->
+    ``[1, 2, 1]`` and ``[-1, 0, 1]`` up to sign conventions).
+
+    Returns:
+        ``(column (kh,), row (kw,))`` with ``outer(column, row) == kernel`` to rounding.
+
+    Example:
+        >>> col, row = separate_kernel(torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]))
+        >>> col.tolist(), row.tolist()
+        ([1.0, 2.0, 1.0], [-1.0, 0.0, 1.0])
+    """
+    if kernel_rank(kernel, rtol) > 1:
+        return None
+    k = kernel.double()
+    u, s, vh = torch.linalg.svd(k)
+    col, row = u[:, 0] * s[0], vh[0]
+    # normalize: row's first non-negligible entry sets the scale (smallest |entry| -> +/-1)
+    nz = row.abs() > rtol * row.abs().max()
+    scale = row[nz].abs().min()
+    sign = torch.sign(row[nz][-1])  # the last non-zero entry positive: [-1, 0, 1], not [1, 0, -1]
+    row, col = row / (scale * sign), col * (scale * sign)
+    return col.to(kernel.dtype), row.to(kernel.dtype)

@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from . import functional as SF
 from ._checks import check_divisible, check_padding_mode, check_positive_int, to_tuple
-from .decompose import compose_blueprint_separable, compose_depthwise_separable, compose_spatially_separable
+from .decompose import (
+    blueprint_separable,
+    compose_blueprint_separable,
+    compose_depthwise_separable,
+    compose_spatially_separable,
+    depthwise_separable,
+    spatially_separable,
+)
 from .padding import PaddingArg, is_symmetric, normalize_padding, resolve_pads, static_pads, to_fpad
 
 __all__ = [
@@ -90,6 +97,19 @@ def _dense_module(
         if bias is not None:
             conv.bias.copy_(bias)
     return module
+
+
+def _dense_options(conv: nn.Module, n: int, groups_ok: bool = False) -> dict:
+    """Geometry, bias, device and dtype of a dense ``nn.ConvNd``, checked for conversion."""
+    if not isinstance(conv, _CONV[n]):
+        raise TypeError(f"conv: expected nn.Conv{n}d, got {type(conv).__name__}")
+    if conv.groups != 1 and not groups_ok:
+        raise ValueError(f"conv: expected groups=1 (a dense conv), got groups={conv.groups}")
+    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    # torch's padding='same' (stride 1) puts the extra pad of an even kernel after, like TensorFlow
+    return dict(stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation),
+                bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype)
 
 
 class _Padded(nn.Module):
@@ -186,15 +206,10 @@ class _DepthwiseConvNd(_Padded):
     def from_dense(cls, conv: nn.Module):
         """Copy a grouped ``nn.ConvNd`` with ``groups == in_channels`` into a depthwise layer."""
         n = int(cls._N)
-        if not isinstance(conv, _CONV[n]):
-            raise TypeError(f"conv: expected nn.Conv{n}d, got {type(conv).__name__}")
-        if conv.groups != conv.in_channels:
+        if isinstance(conv, _CONV[n]) and conv.groups != conv.in_channels:
             raise ValueError(f"conv: expected groups == in_channels ({conv.in_channels}) for a depthwise conv, got groups={conv.groups}")
-        padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
-        if padding == "same" and any(k % 2 == 0 for k in conv.kernel_size):
-            raise ValueError("conv: padding='same' with an even kernel pads differently in torch and TensorFlow; use explicit padding")
-        layer = cls(conv.in_channels, conv.kernel_size, conv.out_channels // conv.in_channels, conv.stride, padding,
-                    conv.dilation, conv.bias is not None, conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+        opts = _dense_options(conv, n, groups_ok=True)
+        layer = cls(conv.in_channels, conv.kernel_size, conv.out_channels // conv.in_channels, **opts)
         with torch.no_grad():
             layer.weight.copy_(conv.weight)
             if conv.bias is not None:
@@ -382,6 +397,30 @@ class _SeparableConvNd(_Padded):
         return _dense_module(self._n, weight, bias, self.stride, self.dilation, 1, self._dense_pads(input_size),
                              self.padding_mode)
 
+    @classmethod
+    def from_dense(cls, conv: nn.Module, depth_multiplier: int = 1):
+        """The best depthwise separable approximation of a trained dense conv (truncated SVD).
+
+        Keeps stride, padding, dilation, padding_mode, bias, dtype and device. Exact when every
+        input channel's ``N x K`` filter slice has rank <= ``depth_multiplier``; see
+        :func:`sepconv.decompose.depthwise_separable` for the error.
+
+        Example:
+            >>> conv = nn.Conv2d(3, 8, 3, padding=1)
+            >>> SeparableConv2d.from_dense(conv, depth_multiplier=8).to_dense().weight.allclose(conv.weight, atol=1e-6)
+            True
+        """
+        n = int(cls._N)
+        opts = _dense_options(conv, n)
+        with torch.no_grad():
+            dw, pw, _ = depthwise_separable(conv.weight.detach(), depth_multiplier)
+            layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, depth_multiplier=depth_multiplier, **opts)
+            layer.depthwise.weight.copy_(dw)
+            layer.pointwise.weight.copy_(pw)
+            if conv.bias is not None:
+                layer.pointwise.bias.copy_(conv.bias)
+        return layer
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, {self._geometry_repr()}"
         if self.depth_multiplier != 1:
@@ -521,6 +560,24 @@ class _BlueprintSeparableConvNd(_Padded):
             bias = shifted if bias is None else bias + shifted
         weight = compose_blueprint_separable(pw, dw)
         return _dense_module(self._n, weight, bias, self.stride, self.dilation, 1, pads, self.padding_mode)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, rank: int = 1):
+        """The best blueprint separable approximation of a trained dense conv (truncated SVD).
+
+        Exact when every output filter's ``C x K`` slice has rank <= ``rank``; see
+        :func:`sepconv.decompose.blueprint_separable`.
+        """
+        n = int(cls._N)
+        opts = _dense_options(conv, n)
+        with torch.no_grad():
+            pw, dw, _ = blueprint_separable(conv.weight.detach(), rank)
+            layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank=rank, **opts)
+            layer.pointwise.weight.copy_(pw)
+            layer.depthwise.weight.copy_(dw)
+            if conv.bias is not None:
+                layer.depthwise.bias.copy_(conv.bias)
+        return layer
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, {self._geometry_repr()}"
@@ -668,6 +725,24 @@ class SpatiallySeparableConv2d(_Padded):
         weight = compose_spatially_separable(self.vertical.weight.detach(), self.horizontal.weight.detach(), self.groups)
         return _dense_module(2, weight, bias, self.stride, self.dilation, self.groups, self._dense_pads(input_size),
                              self.padding_mode)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, rank: int):
+        """The best rank-``rank`` vertical + horizontal approximation of a trained ``nn.Conv2d``.
+
+        Closed form (SVD of the kernel as a ``(C*kh) x (N*kw)`` matrix, per group); see
+        :func:`sepconv.decompose.spatially_separable`. ``rank`` must be a multiple of the
+        conv's groups.
+        """
+        opts = _dense_options(conv, 2, groups_ok=True)
+        with torch.no_grad():
+            v, h, _ = spatially_separable(conv.weight.detach(), rank, conv.groups)
+            layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, groups=conv.groups, **opts)
+            layer.vertical.weight.copy_(v)
+            layer.horizontal.weight.copy_(h)
+            if conv.bias is not None:
+                layer.horizontal.bias.copy_(conv.bias)
+        return layer
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, {self._geometry_repr()}, rank={self.rank}"

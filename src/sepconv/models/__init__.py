@@ -4,14 +4,28 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .digits import DIGITS_CNN, DigitsCNN, digits_cnn, digits_separable_cnn
 from .mobilenet import MOBILENET_V1, MobileNetV1, conv_mobilenet_v1, mobilenet_v1
 
-__all__ = ["MOBILENET_V1", "MobileNetV1", "mobilenet_v1", "conv_mobilenet_v1", "BUILTIN", "build"]
+__all__ = [
+    "MOBILENET_V1",
+    "MobileNetV1",
+    "mobilenet_v1",
+    "conv_mobilenet_v1",
+    "DIGITS_CNN",
+    "DigitsCNN",
+    "digits_cnn",
+    "digits_separable_cnn",
+    "BUILTIN",
+    "build",
+]
 
 # name -> (factory taking the optional ':arg' as a float, default input size)
 BUILTIN: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "mobilenet_v1": (lambda a=1.0: mobilenet_v1(a), (1, 3, 224, 224)),
     "conv_mobilenet_v1": (lambda a=1.0: conv_mobilenet_v1(a), (1, 3, 224, 224)),
+    "digits_cnn": (lambda w=32: digits_cnn(int(w)), (1, 1, 16, 16)),
+    "digits_separable_cnn": (lambda w=32: digits_separable_cnn(int(w)), (1, 1, 16, 16)),
 }
 
 
