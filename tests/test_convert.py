@@ -1,0 +1,240 @@
+"""Model conversion: exactness, budgets, global allocation, calibration, safety, bad input."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import sepconv
+from sepconv import decompose as D
+from sepconv.convert import convert
+from sepconv.train import evaluate
+
+F64 = torch.float64
+
+
+def _flops(model, x):
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as c:
+        model(x)
+    return c.get_total_flops()
+
+
+def _separable_weights(n, c, k, rng):
+    a, b = torch.randn(n, c, generator=rng, dtype=F64), torch.randn(c, k * k, generator=rng, dtype=F64)
+    return torch.einsum("nc,ck->nck", a, b).reshape(n, c, k, k)
+
+
+def test_lossless_finds_exact_structure_and_keeps_outputs():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(16, 8, 5, padding=2, bias=False)).double()
+    with torch.no_grad():
+        net[3].weight.copy_(_separable_weights(16, 16, 3, g))  # dependent filters: exact at d=1
+        a, b = torch.randn(16, 5, generator=g, dtype=F64), torch.randn(8, 5, generator=g, dtype=F64)
+        net[5].weight.copy_(torch.einsum("cy,nx->ncyx", a, b))  # rank-1 bank: spatial rank 1
+        net[1].running_mean.normal_(generator=g)
+        net[1].running_var.uniform_(0.5, 2, generator=g)
+    net.eval()
+    x = torch.randn(2, 4, 12, 12, dtype=F64)
+    new, report = convert(net, example_input=x)
+    kinds = {r.name: (r.structure, r.rank) for r in report.layers}
+    assert kinds["3"] == ("depthwise", 1) and kinds["5"] == ("spatial", 1)
+    assert kinds["0"] == ("dense", None)  # random 4->16 bank: no exact cheaper form
+    assert isinstance(new[3], sepconv.SeparableConv2d) and new[3].padding_mode == "reflect"
+    assert isinstance(new[5], sepconv.SpatiallySeparableConv2d)
+    assert isinstance(new[1], nn.Identity)  # BatchNorm folded into conv 0
+    torch.testing.assert_close(new(x), net(x))
+    assert report.output_error < 1e-10 and report.macs_after < report.macs_before
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.3])
+def test_budget_is_honoured(trained_digits_cnn, digits, budget):
+    x = digits[1].tensors(8)[0]
+    new, report = convert(trained_digits_cnn, budget=budget, example_input=x)
+    before, after = sepconv.profile(trained_digits_cnn, x.shape), sepconv.profile(new, x.shape)
+    assert after.macs <= budget * before.macs
+    assert report.macs_after == after.macs and report.macs_before == before.macs
+    assert _flops(new, x) <= budget * _flops(trained_digits_cnn, x)
+    assert any(r.structure != "dense" for r in report.layers)
+
+
+@pytest.mark.parametrize("method", ["depthwise", "spatial", "auto"])
+def test_global_allocation_beats_uniform_share(trained_digits_cnn, digits, method):
+    x = digits[1].tensors()[0]
+    g, rg = convert(trained_digits_cnn, method=method, budget=0.3, example_input=x)
+    u, ru = convert(trained_digits_cnn, method=method, budget=0.3, example_input=x, allocation="uniform")
+    assert rg.macs_after <= 0.3 * rg.macs_before and ru.macs_after <= 0.3 * ru.macs_before
+    objective = lambda r: sum(l.weight_error**2 for l in r.layers)  # noqa: E731
+    assert objective(rg) < objective(ru)
+    assert rg.output_error < ru.output_error  # and on the real test images, the model's outputs
+    assert evaluate(g, digits[1]) > evaluate(u, digits[1])
+
+
+def test_calibration_reduces_output_error(trained_digits_cnn, digits):
+    x = digits[1].tensors()[0]
+    calib = digits[0].tensors(256)[0]
+    free, r0 = convert(trained_digits_cnn, method="depthwise", budget=0.3, example_input=x)
+    cal, r1 = convert(trained_digits_cnn, method="depthwise", budget=0.3, example_input=x,
+                      calibration_data=[(calib[:128], None), (calib[128:], None)])
+    assert r1.objective == "output" and r0.objective == "weight"
+    assert r1.output_error < 0.5 * r0.output_error
+    assert evaluate(cal, digits[1]) >= 0.97
+    assert r1.macs_after <= 0.3 * r1.macs_before
+
+
+def test_input_model_is_never_modified(trained_digits_cnn, digits):
+    x = digits[1].tensors(4)[0]
+    state = copy.deepcopy(trained_digits_cnn.state_dict())
+    types = [type(m) for m in trained_digits_cnn.modules()]
+    new, report = convert(trained_digits_cnn, budget=0.5, example_input=x, calibration_data=digits[0].tensors(64)[0])
+    assert [type(m) for m in trained_digits_cnn.modules()] == types
+    assert all(torch.equal(v, trained_digits_cnn.state_dict()[k]) for k, v in state.items())
+    assert new is not trained_digits_cnn and not report.inplace
+
+
+def test_inplace_modifies_and_says_so():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    same, report = convert(net, rank=2, inplace=True, example_input=torch.randn(1, 3, 10, 10))
+    assert same is net and report.inplace and "modified in place" in report.to_markdown()
+    assert any(isinstance(m, (sepconv.SeparableConv2d, sepconv.BlueprintSeparableConv2d,
+                              sepconv.SpatiallySeparableConv2d)) for m in net.modules())
+
+
+def test_tolerance_and_rank_modes(trained_digits_cnn, digits):
+    x = digits[1].tensors(4)[0]
+    _, report = convert(trained_digits_cnn, tolerance=0.3, example_input=x)
+    assert all(r.weight_error <= 0.3 for r in report.layers)
+    assert any(r.structure != "dense" for r in report.layers)
+    new, report = convert(trained_digits_cnn, method="blueprint", rank=2, example_input=x)
+    convs = [r for r in report.layers if r.structure != "dense"]
+    assert convs and all(r.structure == "blueprint" and r.rank == 2 for r in convs)
+    assert all(r.macs_after < r.macs_before for r in convs)
+
+
+def test_converted_model_is_an_ordinary_module(trained_digits_cnn, digits, tmp_path):
+    x = digits[1].tensors(4)[0]
+    new, _ = convert(trained_digits_cnn, budget=0.4, example_input=x)
+    y = new(x)
+    path = tmp_path / "model.pt"
+    torch.save(new, path)
+    torch.testing.assert_close(torch.load(path, weights_only=False)(x), y)
+    fresh = copy.deepcopy(new)
+    buf = io.BytesIO()
+    torch.save(new.state_dict(), buf)
+    buf.seek(0)
+    for p in fresh.parameters():
+        p.data.zero_()
+    fresh.load_state_dict(torch.load(buf))
+    torch.testing.assert_close(fresh(x), y)
+    assert sepconv.profile(new, x.shape).macs < sepconv.profile(trained_digits_cnn, x.shape).macs
+    onnxruntime = pytest.importorskip("onnxruntime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(new, (x,), dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), y.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_1d_and_3d_convs_are_converted():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 16, 9)).double()
+    with torch.no_grad():  # dependent filters: exactly depthwise separable at d = 1
+        a, b = torch.randn(16, 8, generator=g, dtype=F64), torch.randn(8, 9, generator=g, dtype=F64)
+        net[2].weight.copy_(torch.einsum("nc,ck->nck", a, b))
+    x = torch.randn(2, 4, 20, dtype=F64)
+    new, report = convert(net, method="depthwise", rank=1, example_input=x)
+    assert isinstance(new[2], sepconv.SeparableConv1d) and new[2].depth_multiplier == 1
+    assert dict((r.name, r.weight_error) for r in report.layers)["2"] < 1e-12
+    y = nn.functional.conv1d(net[1](net[0](x)), net[2].weight, net[2].bias)
+    torch.testing.assert_close(new[2](net[1](net[0](x))), y)
+    net3 = nn.Sequential(nn.Conv3d(8, 6, 3, padding=1)).double()
+    with torch.no_grad():  # each output filter is one blueprint weighted per input channel
+        p, bp = torch.randn(6, 8, generator=g, dtype=F64), torch.randn(6, 27, generator=g, dtype=F64)
+        net3[0].weight.copy_(torch.einsum("nc,nk->nck", p, bp).reshape(6, 8, 3, 3, 3))
+    x3 = torch.randn(1, 8, 5, 5, 5, dtype=F64)
+    new3, report3 = convert(net3, method="blueprint", rank=1, example_input=x3)
+    assert isinstance(new3[0], sepconv.BlueprintSeparableConv3d)
+    torch.testing.assert_close(new3(x3), net3(x3))
+    with pytest.warns(UserWarning, match="no eligible convolution"):
+        _, rep = convert(net, method="spatial", example_input=x)
+    assert rep.skipped and all("spatial needs a 2-D kernel" in why for _, why in rep.skipped)
+
+
+def test_skipped_layers_are_listed():
+    net = nn.Sequential(sepconv.SeparableConv2d(4, 8, 3), nn.Conv2d(8, 8, 1), nn.ConvTranspose2d(8, 4, 2),
+                        nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3))
+    _, report = convert(net, rank=1, example_input=torch.randn(1, 4, 12, 12))
+    reasons = dict(report.skipped)
+    assert reasons["0.depthwise"].startswith("grouped conv (groups=4): already depthwise")
+    assert reasons["0.pointwise"] == "1x1 kernel: nothing to separate" and reasons["1"] == reasons["0.pointwise"]
+    assert reasons["2"] == "transposed conv" and reasons["3"].startswith("grouped conv (groups=2)")
+    assert [r.name for r in report.layers] == ["4"]
+
+
+def test_report_renderings(trained_digits_cnn, digits):
+    x = digits[1].tensors(4)[0]
+    _, report = convert(trained_digits_cnn, budget=0.5, example_input=x)
+    data = report.to_dict()
+    assert data["macs_after"] == report.macs_after and len(data["layers"]) == len(report.layers)
+    assert "| features.3 |" in report.to_markdown() and f"{report.macs_before:,}" in report.to_markdown()
+    from rich.console import Console
+
+    console = Console(record=True, width=150)
+    console.print(report)
+    assert "features.3" in console.export_text()
+
+
+# ---- bad input ----
+def _net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+
+
+X = torch.randn(1, 3, 10, 10)
+
+
+@pytest.mark.parametrize("kwargs,exc,msg", [
+    (dict(budget=0.0), ValueError, "budget: expected a fraction of the MACs in (0, 1], got 0.0"),
+    (dict(budget=1.5), ValueError, "budget: expected a fraction of the MACs in (0, 1], got 1.5"),
+    (dict(rank=0), ValueError, "rank: expected a positive int, got 0"),
+    (dict(rank=1.5), TypeError, "rank: expected a positive int, got 1.5"),
+    (dict(budget=0.5, rank=2), ValueError, "expected at most one of budget, rank, tolerance, got budget and rank"),
+    (dict(rank=2, tolerance=0.1), ValueError, "expected at most one of budget, rank, tolerance, got rank and tolerance"),
+    (dict(tolerance=1.0), ValueError, "tolerance: expected a relative error in [0, 1), got 1.0"),
+    (dict(method="tucker"), ValueError, "method: expected one of ('auto', 'depthwise', 'blueprint', 'spatial'), got 'tucker'"),
+])
+def test_bad_arguments(kwargs, exc, msg):
+    with pytest.raises(exc) as info:
+        convert(_net(), example_input=X, **kwargs)
+    assert str(info.value) == msg
+
+
+def test_budget_below_what_ineligible_layers_cost():
+    net = nn.Sequential(nn.Conv2d(3, 64, 1), nn.Conv2d(64, 4, 3))  # the 1x1 conv dominates
+    with pytest.raises(ValueError, match=r"budget: expected at least 0\.\d+, what the layers that cannot be factorized cost alone"):
+        convert(net, budget=0.05, example_input=X)
+    with pytest.raises(ValueError, match="example_input: a budget is a fraction of the model's MACs"):
+        convert(net, budget=0.5)
+
+
+def test_nan_weights_name_the_layer():
+    net = _net()
+    with torch.no_grad():
+        net[2].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer '2': expected finite weights, got NaN or Inf"):
+        convert(net, budget=0.5, example_input=X)
+
+
+def test_no_eligible_convolution_returns_model_unchanged():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten(), nn.Linear(800, 2))
+    with pytest.warns(UserWarning, match="no eligible convolution"):
+        new, report = convert(net, example_input=X)
+    assert "no eligible convolution" in report.message
+    torch.testing.assert_close(new(X), net(X))
+    assert [type(m) for m in new.modules()] == [type(m) for m in net.modules()]
