@@ -94,3 +94,34 @@ def test_console_script_runs_without_traceback(tmp_path):
     assert ok.returncode == 0 and "9,633" in ok.stdout
     bad = subprocess.run(exe + ["profile", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_convert_writes_model_and_report(capsys, tmp_path, trained_digits_cnn):
+    src = tmp_path / "digits.pt"
+    torch.save(trained_digits_cnn, src)
+    out = tmp_path / "small.pt"
+    code, text, err = run(capsys, "convert", str(src), "--input", "1x1x16x16", "--method", "auto", "--budget", "0.3",
+                          "--calibrate", "128", "--distill-epochs", "1", "--output", str(out), "--json")
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["macs_after"] <= 0.3 * report["macs_before"]
+    small = torch.load(out, weights_only=False)
+    from sepconv import profile
+
+    assert profile(small, (1, 1, 16, 16)).macs == report["macs_after"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.pt", "small.pt"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["convert", "mobilenet_v1:0.25", "--budget", "0.3"], "sepconv: error: --output: expected a path for the converted model"),
+    (["convert", "digits_cnn", "--budget", "1.5", "--output", "x.pt"],
+     "sepconv: error: budget: expected a fraction of the MACs in (0, 1], got 1.5"),
+    (["convert", "digits_cnn", "--budget", "0.001", "--output", "x.pt"], "sepconv: error: budget: expected at least"),
+    (["convert", "digits_cnn", "--rank", "0", "--output", "x.pt"], "sepconv: error: rank: expected a positive int, got 0"),
+    (["convert", "digits_cnn", "--output", "/no/such/dir/x.pt"], "sepconv: error: --output: directory of '/no/such/dir/x.pt' does not exist"),
+])
+def test_convert_errors(capsys, tmp_path, argv, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.startswith(message), err
+    assert err.count("\n") == 1 and not (tmp_path / "x.pt").exists()

@@ -4,8 +4,10 @@ Layers (depthwise, depthwise separable, blueprint separable, spatially separable
 accounting, and optimal decomposition of trained convolutions into separable ones.
 """
 
-from . import cost, functional
+from . import cost, decompose, functional
+from .convert import ConversionReport, convert
 from .cost import ModelCost, compare, explain, profile
+from .train import distill, train
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -23,7 +25,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional",
+    "decompose",
     "cost",
+    "convert",
+    "ConversionReport",
+    "distill",
+    "train",
     "profile",
     "compare",
     "explain",

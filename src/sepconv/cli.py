@@ -134,6 +134,58 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _digits_like(shape: tuple[int, ...], n: int, split: str = "train"):
+    """``n`` bundled digits (scikit-learn) resized to ``(C, H, W)`` of ``shape``: an offline data source."""
+    import torch.nn.functional as F
+
+    from .data import DigitsDataset
+
+    images, labels = DigitsDataset(split).tensors(n)
+    c, size = shape[1], tuple(shape[2:])
+    if len(size) != 2:
+        raise UsageError(f"--input: calibration/distillation data are 2-D images; expected BxCxHxW, got {shape}")
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False).repeat(1, c, 1, 1)
+    return images, labels
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+    from .train import distill, save_atomic
+
+    model, default_input, label = load_model(args.model)
+    shape = parse_shape(args.input, "--input") if args.input else default_input
+    if shape is None:
+        raise UsageError("--input: expected an input size like 1x3x32x32 for this model, got none")
+    if args.output is None:
+        raise UsageError("--output: expected a path for the converted model, got none")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UsageError(f"--output: directory of {args.output!r} does not exist")
+    model.eval()
+    example = _digits_like(shape, shape[0], "test")[0]  # real images, for the report's output errors
+    calibration = None
+    if args.calibrate:
+        calibration = _digits_like(shape, args.calibrate)[0]
+    new, report = convert(model, method=args.method, budget=args.budget, rank=args.rank, tolerance=args.tolerance,
+                          example_input=example, calibration_data=calibration)
+    if args.distill_epochs:
+        from torch.utils.data import TensorDataset
+
+        images = _digits_like(shape, None)[0]
+        distill(new, model, TensorDataset(images), epochs=args.distill_epochs, lr=args.lr,
+                batch_size=min(64, len(images)), progress=not args.json)
+        new.eval()
+    if args.json:
+        print(report.to_json())
+    elif args.markdown:
+        print(report.to_markdown())
+    else:
+        _console().print(report)
+    save_atomic(new, args.output)
+    if not args.json:
+        print(f"wrote {args.output}" + (f" (distilled {args.distill_epochs} epoch(s) on bundled digits)" if args.distill_epochs else ""))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -161,6 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=1, help="rank of the spatially separable / blueprint forms")
     p.add_argument("--table", action="store_true", help="also print all separable forms side by side")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("convert", help="replace a model's convolutions by separable ones, optimally")
+    p.add_argument("model", help="a built-in name, FILE.py:FACTORY, or a torch.save'd model file")
+    p.add_argument("--method", default="auto", choices=["auto", "depthwise", "blueprint", "spatial"])
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--budget", type=float, help="fraction of the model's MACs to keep, e.g. 0.3")
+    how.add_argument("--rank", type=int, help="one rank for every layer")
+    how.add_argument("--tolerance", type=float, help="per-layer cap on the relative error")
+    p.add_argument("--input", help="BxCxHxW input size, e.g. 1x1x16x16")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="refine with N bundled digit images (resized to --input)")
+    p.add_argument("--distill-epochs", type=int, default=0, metavar="E",
+                   help="then distill from the original for E epochs on the bundled digits (soft targets)")
+    p.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
+    p.add_argument("--output", help="where to write the converted model (atomically, with torch.save)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("profile", help="MACs, FLOPs, params per layer and per layer type")
     p.add_argument("model", help="mobilenet_v1[:WIDTH], FILE.py:FACTORY, or a torch.save'd model file")
