@@ -281,3 +281,42 @@ def test_gradients_flow_through_layers():
         layer = layer.double()
         x = _input_for(layer).double().requires_grad_()
         assert torch.autograd.gradcheck(lambda t: layer(t), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("conv,make", [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, padding_mode="reflect"),
+     lambda c: sepconv.SeparableConv2d.from_dense(c, depth_multiplier=6)),
+    (nn.Conv1d(4, 6, 5, padding="same", bias=False), lambda c: sepconv.SeparableConv1d.from_dense(c, depth_multiplier=5)),
+    (nn.Conv3d(2, 3, 3, padding=1), lambda c: sepconv.SeparableConv3d.from_dense(c, depth_multiplier=3)),
+    (nn.Conv2d(4, 6, (3, 5), padding=(1, 2), padding_mode="circular"),
+     lambda c: sepconv.BlueprintSeparableConv2d.from_dense(c, rank=4)),
+    (nn.Conv1d(3, 5, 4, dilation=2), lambda c: sepconv.BlueprintSeparableConv1d.from_dense(c, rank=3)),
+    (nn.Conv3d(2, 3, 2, stride=2), lambda c: sepconv.BlueprintSeparableConv3d.from_dense(c, rank=2)),
+    (nn.Conv2d(4, 6, (3, 5), stride=(1, 2), padding="valid", dilation=(2, 1)),
+     lambda c: sepconv.SpatiallySeparableConv2d.from_dense(c, rank=12)),
+    (nn.Conv2d(4, 6, 3, padding=1, groups=2, padding_mode="replicate"),
+     lambda c: sepconv.SpatiallySeparableConv2d.from_dense(c, rank=12)),
+])
+def test_from_dense_full_rank_is_exact_and_keeps_options(conv, make):
+    conv = conv.double()
+    layer = make(conv)
+    n = conv.weight.dim() - 2
+    x = torch.randn(2, conv.in_channels, *[9] * n, dtype=F64)
+    torch.testing.assert_close(layer(x), conv(x))
+    assert layer.stride == conv.stride and layer.dilation == conv.dilation
+    assert layer.padding_mode == conv.padding_mode and (layer.bias is None) == (conv.bias is None)
+    assert next(layer.parameters()).dtype == F64
+
+
+def test_from_dense_low_rank_is_the_svd_optimum():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1).double()
+    layer = sepconv.SeparableConv2d.from_dense(conv, depth_multiplier=1)
+    from sepconv.decompose import depthwise_separable
+
+    err = depthwise_separable(conv.weight.detach(), 1)[2]
+    assert abs(float((layer.weight - conv.weight).detach().norm() / conv.weight.detach().norm()) - err) < 1e-12
+    with pytest.raises(ValueError, match="conv: expected groups=1 \\(a dense conv\\), got groups=2"):
+        sepconv.SeparableConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(TypeError, match="conv: expected nn.Conv2d, got Linear"):
+        sepconv.BlueprintSeparableConv2d.from_dense(nn.Linear(3, 3))

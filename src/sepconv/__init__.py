@@ -7,7 +7,7 @@ accounting, and optimal decomposition of trained convolutions into separable one
 from . import cost, decompose, functional
 from .convert import ConversionReport, convert
 from .cost import ModelCost, compare, explain, profile
-from .train import distill, train
+from .train import distill
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -30,7 +30,6 @@ __all__ = [
     "convert",
     "ConversionReport",
     "distill",
-    "train",
     "profile",
     "compare",
     "explain",
