@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refine with N bundled digit images (resized to --input)")
     p.add_argument("--distill-epochs", type=int, default=0, metavar="E",
                    help="then distill from the original for E epochs on the bundled digits (soft targets)")
-    p.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
+    p.add_argument("--lr", type=float, default=3e-4, help="distillation learning rate")
     p.add_argument("--output", help="where to write the converted model (atomically, with torch.save)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")

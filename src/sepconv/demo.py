@@ -228,7 +228,7 @@ def run_demo(args) -> int:
             free, rep_free = convert(model, method=method, budget=budget, example_input=x_test[:1])
             cal, rep_cal = convert(model, method=method, budget=budget, example_input=x_test[:1], calibration_data=calib)
             acc_free, acc_cal = evaluate(free, test_set), evaluate(cal, test_set)
-            distill(cal, model, distill_set, epochs=cfg.distill_epochs, lr=1e-3, seed=args.seed, progress=False)
+            distill(cal, model, distill_set, epochs=cfg.distill_epochs, seed=args.seed, progress=False)
             acc_dist = evaluate(cal, test_set)
             row = dict(method=method, budget=budget, macs=rep_cal.macs_after, params=rep_cal.params_after,
                        free=acc_free, calibrated=acc_cal, distilled=acc_dist,

@@ -228,7 +228,7 @@ def train(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 3e-3, b
                 weight_decay, "train")
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int = 1, lr: float = 1e-3,
+def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int = 1, lr: float = 3e-4,
             temperature: float = 4.0, alpha: float = 0.9, batch_size: int = 64, eval_data: Optional[Dataset] = None,
             checkpoint: Optional[str] = None, resume: bool = True, seed: int = 0, progress: bool = True,
             weight_decay: float = 0.0) -> History:
@@ -242,6 +242,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int =
         student: e.g. the model :func:`sepconv.convert` returned; trained in place.
         teacher: the original model.
         data: a ``Dataset`` of inputs or ``(input, label)`` pairs.
+        lr: peak learning rate; small by default, since a converted student starts close to its
+            teacher and a large step would first undo the conversion's fit.
         temperature: T, softening both distributions.
         alpha: weight of the soft-target term.
         Others: as :func:`train`.
