@@ -1,0 +1,295 @@
+"""Side-by-side speed of separable convolutions on this machine: layers, MobileNetV1, filters.
+
+Every comparison interleaves its candidates round by round and reports medians, because this
+machine's timings are noisy (2x run to run): only ratios measured in one run mean anything.
+
+    python benchmarks/speed.py [--quick] [--no-compile]   # writes benchmarks/results/speed.{json,md}
+
+Sections:
+1. each distinct MobileNetV1 depthwise-separable layer shape (and the seeds' examples), batch 1
+   and 8, 1 and 2 threads: dense conv, naive ``nn.Sequential(depthwise, pointwise)`` in NCHW and
+   channels_last, sepconv's ``SeparableConv2d``, and ``sepconv.optimize_for_inference``; realized
+   speed-up vs dense, realized / theoretical (MAC ratio), and the depthwise part's effective GB/s
+   against a copy bandwidth measured in the same run;
+2. whole MobileNetV1, batch 1 and 8, 2 threads: eager, torch.compile, sepconv optimized, and ONNX
+   Runtime on the exported model with the same thread count (its spinning thread pool is turned
+   off so that it does not steal the cores from the candidate timed after it);
+3. ``separable_filter2d`` vs the dense 2-D filter for K = 3..25, and OpenCV's ``sepFilter2D``
+   when ``cv2`` is installed.
+"""
+
+import argparse
+import copy
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sepconv
+from sepconv import cost as C
+from sepconv.functional import separable_filter2d
+from sepconv.models import mobilenet_v1
+from sepconv.optimize import optimize_for_inference
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (in, out, input size, stride): MobileNetV1 1.0-224's distinct depthwise separable layers
+MOBILENET_SHAPES = [(32, 64, 112, 1), (64, 128, 112, 2), (128, 128, 56, 1), (128, 256, 56, 2), (256, 256, 28, 1),
+                    (256, 512, 28, 2), (512, 512, 14, 1), (512, 1024, 14, 2), (1024, 1024, 7, 1)]
+SEED_SHAPES = [(3, 10, 15, 1), (3, 256, 7, 1)]
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Median ms per candidate; one call of each per round, in turn."""
+    times = {k: [] for k in fns}
+    with torch.inference_mode():
+        for f in fns.values():
+            f()
+            f()
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def copy_bandwidth(threads: int) -> float:
+    """GB/s of a large tensor copy (read + write), the memory-bandwidth yardstick."""
+    torch.set_num_threads(threads)
+    src = torch.empty(64 * 2**20)  # 256 MiB
+    dst = torch.empty_like(src)
+    src.fill_(1.0)
+    dst.copy_(src)
+    ts = []
+    for _ in range(7):
+        t = time.perf_counter()
+        dst.copy_(src)
+        ts.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / statistics.median(ts) / 1e9
+
+
+def layer_rows(shapes, batches, threads_list, rounds):
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        bandwidth = copy_bandwidth(threads)
+        torch.set_num_threads(threads)
+        for batch in batches:
+            for cin, cout, size, stride in shapes:
+                torch.manual_seed(0)
+                x = torch.randn(batch, cin, size, size)
+                xc = x.contiguous(memory_format=torch.channels_last)
+                dense = nn.Conv2d(cin, cout, 3, stride, 1, bias=False).eval().to(memory_format=torch.channels_last)
+                dw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
+                pw = nn.Conv2d(cin, cout, 1, bias=False)
+                naive = nn.Sequential(dw, pw).eval()
+                naive_cl = copy.deepcopy(naive).to(memory_format=torch.channels_last)
+                layer = sepconv.SeparableConv2d(cin, cout, 3, stride, 1, bias=False).eval()
+                with torch.no_grad():
+                    layer.depthwise.weight.copy_(dw.weight)
+                    layer.pointwise.weight.copy_(pw.weight)
+                fast = optimize_for_inference(layer, xc, rounds=10)
+                dw_cl = naive_cl[0]
+                t = interleaved({
+                    "dense": lambda: dense(xc), "naive NCHW": lambda: naive(x), "naive channels_last": lambda: naive_cl(xc),
+                    "sepconv layer": lambda: layer(x), "sepconv optimized": lambda: fast(xc), "depthwise only": lambda: dw_cl(xc),
+                }, rounds)
+                shape = (batch, cin, size, size)
+                dense_macs = C.conv_cost(shape, cout, 3, stride, 1, bias=False).macs
+                sep_macs = C.separable_conv_cost(shape, cout, 3, stride, 1, bias=False).macs
+                out = size // stride
+                dw_bytes = 4 * batch * cin * (size * size + out * out)
+                theoretical = dense_macs / sep_macs
+                best_sep = min(t["sepconv optimized"], t["naive channels_last"])
+                rows.append(dict(
+                    threads=threads, batch=batch, cin=cin, cout=cout, size=size, stride=stride,
+                    ms={k: round(v, 4) for k, v in t.items()}, theoretical=theoretical,
+                    realized={k: t["dense"] / t[k] for k in ("naive NCHW", "naive channels_last", "sepconv layer", "sepconv optimized")},
+                    realized_over_theoretical=t["dense"] / t["sepconv optimized"] / theoretical,
+                    optimized_over_naive_cl=t["naive channels_last"] / t["sepconv optimized"],
+                    best_over_theoretical=t["dense"] / best_sep / theoretical,
+                    backend=fast.backend, depthwise_gbs=dw_bytes / t["depthwise only"] / 1e6, copy_gbs=bandwidth,
+                ))
+                print(f"  {threads}t b{batch} {cin}->{cout} @{size} s{stride}: dense {t['dense']:.2f} ms, "
+                      f"naive cl {t['naive channels_last']:.2f}, optimized {t['sepconv optimized']:.2f} ({fast.backend}); "
+                      f"realized {rows[-1]['realized']['sepconv optimized']:.2f}x of theoretical {theoretical:.2f}x",
+                      flush=True)
+    return rows
+
+
+def ort_session(model, x, threads):
+    import onnxruntime as ort
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda a: session.run(None, {name: a})[0]
+
+
+def mobilenet_rows(batches, threads, rounds, use_compile):
+    rows = []
+    torch.set_num_threads(threads)
+    for batch in batches:
+        torch.manual_seed(0)
+        model = mobilenet_v1().eval()
+        x = torch.randn(batch, 3, 224, 224)
+        xn = x.numpy()
+        fast = optimize_for_inference(model, x, rounds=5)
+        fns = {"eager": lambda: model(x), "sepconv optimized": lambda: fast(x)}
+        compile_s = None
+        if use_compile:
+            t0 = time.perf_counter()
+            compiled = torch.compile(copy.deepcopy(model))
+            with torch.inference_mode():
+                compiled(x)
+            compile_s = time.perf_counter() - t0
+            fns["torch.compile"] = lambda: compiled(x)
+        try:
+            run = ort_session(model, x, threads)
+            fns["onnxruntime"] = lambda: run(xn)
+        except ImportError:
+            pass
+        t = interleaved(fns, rounds)
+        row = dict(batch=batch, threads=threads, ms={k: round(v, 3) for k, v in t.items()}, backend=fast.backend,
+                   compile_seconds=compile_s)
+        if "onnxruntime" in t:
+            row["optimized_over_ort"] = t["sepconv optimized"] / t["onnxruntime"]
+        rows.append(row)
+        print(f"  MobileNetV1 b{batch} {threads}t: " + ", ".join(f"{k} {v:.1f} ms" for k, v in t.items()), flush=True)
+    return rows
+
+
+def filter_rows(ks, rounds, size=512):
+    rows = []
+    torch.set_num_threads(2)
+    try:
+        import cv2  # optional
+    except ImportError:
+        cv2 = None
+    img = torch.rand(1, 3, size, size)
+    for k in ks:
+        g = torch.exp(-((torch.arange(k) - (k - 1) / 2) ** 2) / (2 * (k / 6) ** 2))
+        g = g / g.sum()
+        full = torch.outer(g, g).expand(3, 1, k, k).contiguous()
+        p = (k - 1) // 2
+
+        def dense():
+            return F.conv2d(F.pad(img, [p, k - 1 - p, p, k - 1 - p], mode="reflect"), full, groups=3)
+
+        fns = {"separable_filter2d": lambda: separable_filter2d(img, g, g), "dense 2-D filter": dense}
+        if cv2 is not None:
+            hwc = img[0].permute(1, 2, 0).contiguous().numpy()
+            gn = g.numpy()
+            cv2.setNumThreads(2)
+            fns["OpenCV sepFilter2D"] = lambda: cv2.sepFilter2D(hwc, -1, gn, gn, borderType=cv2.BORDER_REFLECT_101)
+        t = interleaved(fns, rounds)
+        row = dict(k=k, ms={n: round(v, 4) for n, v in t.items()}, speedup=t["dense 2-D filter"] / t["separable_filter2d"],
+                   target=k / 4)
+        if cv2 is not None:
+            row["over_opencv"] = t["separable_filter2d"] / t["OpenCV sepFilter2D"]
+        rows.append(row)
+        print(f"  K={k}: separable {t['separable_filter2d']:.2f} ms, dense {t['dense 2-D filter']:.2f} ms "
+              f"({row['speedup']:.2f}x, target {k / 4:.2f}x)", flush=True)
+    return rows
+
+
+def median(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def markdown(meta, layers, nets, filters) -> str:
+    lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}; medians of {meta['rounds']} "
+             "interleaved rounds (this machine is noisy: compare ratios within a row).", ""]
+    lines += ["**Depthwise separable layers** (MobileNetV1 shapes, 3x3; times in ms; *realized* = dense time / "
+              "separable time; *theoretical* = dense MACs / separable MACs):", "",
+              "| threads | batch | layer | dense | naive NCHW | naive CL | sepconv layer | optimized | realized | theoretical | realized/theor. | opt./naive CL | dw GB/s (copy GB/s) |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in layers:
+        m = r["ms"]
+        lines.append(f"| {r['threads']} | {r['batch']} | {r['cin']}->{r['cout']} @{r['size']} s{r['stride']} | "
+                     f"{m['dense']:.2f} | {m['naive NCHW']:.2f} | {m['naive channels_last']:.2f} | {m['sepconv layer']:.2f} | "
+                     f"{m['sepconv optimized']:.2f} | {r['realized']['sepconv optimized']:.2f}x | {r['theoretical']:.2f}x | "
+                     f"{r['realized_over_theoretical']:.2f} | {r['optimized_over_naive_cl']:.2f} | "
+                     f"{r['depthwise_gbs']:.1f} ({r['copy_gbs']:.1f}) |")
+    mob = [r for r in layers if r["cin"] >= 32]
+    rot = [r["realized_over_theoretical"] for r in mob]
+    onc = [r["optimized_over_naive_cl"] for r in layers]
+    lines += ["", "Targets (issue: speed):", "",
+              "| target | measured | met |", "|---|---|---|",
+              f"| optimized / naive channels_last >= 1.0 on every shape | min {min(onc):.2f} | {'yes' if min(onc) >= 1.0 else f'no, short by {1 - min(onc):.0%}'} |",
+              f"| optimized / naive channels_last, median >= 1.3 | median {median(onc):.2f} | {'yes' if median(onc) >= 1.3 else f'no, short by {1.3 - median(onc):.2f}'} |",
+              f"| realized / theoretical over MobileNetV1 shapes, median >= 0.8 | median {median(rot):.2f} | {'yes' if median(rot) >= 0.8 else f'no, short by {0.8 - median(rot):.2f}'} |",
+              f"| realized / theoretical, minimum >= 0.5 | min {min(rot):.2f} | {'yes' if min(rot) >= 0.5 else f'no, short by {0.5 - min(rot):.2f}'} |"]
+    for r in nets:
+        if "optimized_over_ort" in r:
+            v = r["optimized_over_ort"]
+            lines.append(f"| MobileNetV1 batch {r['batch']}, {r['threads']} threads: optimized / ONNX Runtime <= 1.0 | {v:.2f} | "
+                         f"{'yes' if v <= 1.0 else f'no, {v - 1:.0%} slower'} |")
+    big = [f for f in filters if f["k"] >= 7]
+    if big:
+        worst = min(big, key=lambda f: f["speedup"] / f["target"])
+        lines.append(f"| separable filtering K >= 7: >= K/4 faster than dense | worst K={worst['k']}: {worst['speedup']:.2f}x vs {worst['target']:.2f}x | "
+                     f"{'yes' if all(f['speedup'] >= f['target'] for f in big) else 'no'} |")
+        if "over_opencv" in big[0]:
+            w = max(f["over_opencv"] for f in big)
+            lines.append(f"| separable filtering within 1.5x of OpenCV | worst {w:.2f}x | {'yes' if w <= 1.5 else 'no'} |")
+        else:
+            lines.append("| separable filtering within 1.5x of OpenCV | OpenCV not installed | not measured |")
+    lines += ["", "**MobileNetV1 1.0-224** (ms per batch):", "", "| batch | threads | " + " | ".join(nets[0]["ms"]) + " | chosen path |",
+              "|---:|---:|" + "---:|" * len(nets[0]["ms"]) + "---|"]
+    for r in nets:
+        lines.append(f"| {r['batch']} | {r['threads']} | " + " | ".join(f"{v:.1f}" for v in r["ms"].values()) + f" | {r['backend']} |")
+    lines += ["", "**Separable image filter** (Gaussian, 3x512x512, reflect border, 2 threads; ms):", "",
+              "| K | " + " | ".join(filters[0]["ms"]) + " | speed-up vs dense | target K/4 |", "|---:|" + "---:|" * (len(filters[0]["ms"]) + 2)]
+    for f in filters:
+        lines.append(f"| {f['k']} | " + " | ".join(f"{v:.2f}" for v in f["ms"].values()) + f" | {f['speedup']:.2f}x | {f['target']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer shapes and rounds (a smoke run)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of MobileNetV1")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    rounds = args.rounds or (5 if args.quick else 20)
+    shapes = (MOBILENET_SHAPES[:2] + SEED_SHAPES[:1]) if args.quick else (MOBILENET_SHAPES + SEED_SHAPES)
+    start = time.perf_counter()
+    print("1. layers", flush=True)
+    layers = layer_rows(shapes, (1,) if args.quick else (1, 8), (2,) if args.quick else (1, 2), rounds)
+    print("2. MobileNetV1", flush=True)
+    nets = mobilenet_rows((1,) if args.quick else (1, 8), 2, rounds, use_compile=not args.no_compile and not args.quick)
+    print("3. separable filtering", flush=True)
+    filters = filter_rows([3, 7, 15] if args.quick else list(range(3, 26, 2)), rounds)
+    meta = dict(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()} ({platform.processor() or 'cpu'}), "
+                f"{os.cpu_count()} cores", torch=torch.__version__, python=sys.version.split()[0], rounds=rounds,
+                quick=args.quick, seconds=round(time.perf_counter() - start, 1))
+    os.makedirs(args.out, exist_ok=True)
+    table = markdown(meta, layers, nets, filters)
+    for name, text in (("speed.json", json.dumps(dict(meta=meta, layers=layers, mobilenet=nets, filters=filters), indent=2)),
+                       ("speed.md", table)):
+        tmp = os.path.join(args.out, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(args.out, name))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""optimize_for_inference: equal outputs, inference-only, and the fallback path."""
+
+import pytest
+import torch
+from torch import nn
+
+import sepconv
+from sepconv.convert import convert
+from sepconv.models import digits_cnn, mobilenet_v1
+from sepconv.optimize import fold_batchnorms, optimize_for_inference
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: mobilenet_v1(0.25, num_classes=10), (2, 3, 64, 64)),
+    (lambda: digits_cnn(8), (4, 1, 16, 16)),
+    (lambda: nn.Sequential(sepconv.SeparableConv2d(3, 8, 3, stride=2, padding="same", norm_layer=nn.BatchNorm2d,
+                                                   act_layer=nn.ReLU), nn.BatchNorm2d(8), nn.ReLU6(),
+                           sepconv.BlueprintSeparableConv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                           sepconv.SpatiallySeparableConv2d(8, 4, 5, rank=4, padding="same", padding_mode="reflect")),
+     (2, 3, 17, 17)),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_optimized_equals_reference(make, shape, dtype):
+    torch.manual_seed(0)
+    model = _randomize_bn(make()).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize_for_inference(model, x, rounds=2)
+    out = fast(x)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert float((out - ref).norm() / ref.norm()) <= tol
+    assert fast.backend in ("eager", "torchscript")
+    # and on a different batch than the one it was prepared with
+    x2 = torch.randn(shape, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x2), model(x2), rtol=tol, atol=tol * 10)
+
+
+def test_fold_batchnorms_is_exact_and_leaves_original():
+    model = _randomize_bn(mobilenet_v1(0.25, num_classes=5))
+    x = torch.randn(2, 3, 32, 32)
+    folded = fold_batchnorms(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert sepconv.profile(folded, x.shape).macs == sepconv.profile(model, x.shape).macs
+
+
+def test_converted_model_optimizes(trained_digits_cnn, digits):
+    x = digits[1].tensors(64)[0]
+    small, _ = convert(trained_digits_cnn, budget=0.3, example_input=x[:1])
+    fast = optimize_for_inference(small, x, rounds=2)
+    with torch.no_grad():
+        ref = small(x)
+    assert float((fast(x) - ref).norm() / ref.norm()) <= 1e-4
+
+
+def test_inference_only_raises_clearly_for_gradients():
+    fast = optimize_for_inference(digits_cnn(4).eval(), torch.randn(1, 1, 16, 16), rounds=1)
+    with pytest.raises(RuntimeError, match="optimize_for_inference returned an inference-only model"):
+        fast(torch.randn(1, 1, 16, 16, requires_grad=True))
+    # without gradients it runs
+    assert fast(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+
+
+def test_fallback_to_eager_when_the_fast_path_is_unavailable(monkeypatch):
+    model = digits_cnn(4).eval()
+    x = torch.randn(2, 1, 16, 16)
+
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("tracing unavailable")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    fast = optimize_for_inference(model, x, rounds=1)
+    assert fast.backend == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    # no example input: the eager channels_last path, BatchNorm folded
+    plain = optimize_for_inference(model)
+    assert plain.backend == "eager" and plain.timings == {}
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_results_are_never_chosen(monkeypatch):
+    model = digits_cnn(4).eval()
+    x = torch.randn(2, 1, 16, 16)
+    real_freeze = torch.jit.freeze
+
+    def corrupting_freeze(module, *a, **k):
+        frozen = real_freeze(module, *a, **k)
+
+        class Wrong(nn.Module):
+            def forward(self, inp):
+                return frozen(inp) + 1.0
+
+        return torch.jit.script(Wrong())
+
+    monkeypatch.setattr(torch.jit, "freeze", corrupting_freeze)
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: m)
+    fast = optimize_for_inference(model, x, rounds=1)
+    assert fast.backend == "eager"
+
+
+def test_optimize_bad_input():
+    with pytest.raises(TypeError, match="model: expected an nn.Module, got str"):
+        optimize_for_inference("model")
+    with pytest.raises(ValueError, match="candidates: expected a non-empty subset of"):
+        optimize_for_inference(digits_cnn(4), candidates=("tensorrt",))
+    with pytest.raises(TypeError, match="example_input: expected a torch.Tensor, got list"):
+        optimize_for_inference(digits_cnn(4), [1, 2])
+
+
+def test_other_input_sizes_still_correct():
+    # TF 'same' with a stride depends on the input size, which a traced graph would bake in
+    model = nn.Sequential(sepconv.SeparableConv2d(3, 8, 4, stride=2, padding="same"), nn.ReLU()).eval()
+    fast = optimize_for_inference(model, torch.randn(1, 3, 16, 16), rounds=1, candidates=("torchscript",))
+    assert fast.backend == "torchscript"
+    x = torch.randn(2, 3, 19, 21)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
