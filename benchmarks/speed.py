@@ -20,7 +20,6 @@ Sections:
 
 import argparse
 import copy
-import io
 import json
 import os
 import platform
@@ -33,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import sepconv
-from sepconv import cost as C
+from sepconv.bench import copy_bandwidth, interleaved, layer_speed
 from sepconv.functional import separable_filter2d
 from sepconv.models import mobilenet_v1
 from sepconv.optimize import optimize_for_inference
@@ -46,82 +44,19 @@ MOBILENET_SHAPES = [(32, 64, 112, 1), (64, 128, 112, 2), (128, 128, 56, 1), (128
 SEED_SHAPES = [(3, 10, 15, 1), (3, 256, 7, 1)]
 
 
-def interleaved(fns: dict, rounds: int) -> dict:
-    """Median ms per candidate; one call of each per round, in turn."""
-    times = {k: [] for k in fns}
-    with torch.inference_mode():
-        for f in fns.values():
-            f()
-            f()
-        for _ in range(rounds):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                f()
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def copy_bandwidth(threads: int) -> float:
-    """GB/s of a large tensor copy (read + write), the memory-bandwidth yardstick."""
-    torch.set_num_threads(threads)
-    src = torch.empty(64 * 2**20)  # 256 MiB
-    dst = torch.empty_like(src)
-    src.fill_(1.0)
-    dst.copy_(src)
-    ts = []
-    for _ in range(7):
-        t = time.perf_counter()
-        dst.copy_(src)
-        ts.append(time.perf_counter() - t)
-    return 2 * src.numel() * 4 / statistics.median(ts) / 1e9
-
-
 def layer_rows(shapes, batches, threads_list, rounds):
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
-        bandwidth = copy_bandwidth(threads)
-        torch.set_num_threads(threads)
+        bandwidth = copy_bandwidth()
         for batch in batches:
             for cin, cout, size, stride in shapes:
-                torch.manual_seed(0)
-                x = torch.randn(batch, cin, size, size)
-                xc = x.contiguous(memory_format=torch.channels_last)
-                dense = nn.Conv2d(cin, cout, 3, stride, 1, bias=False).eval().to(memory_format=torch.channels_last)
-                dw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
-                pw = nn.Conv2d(cin, cout, 1, bias=False)
-                naive = nn.Sequential(dw, pw).eval()
-                naive_cl = copy.deepcopy(naive).to(memory_format=torch.channels_last)
-                layer = sepconv.SeparableConv2d(cin, cout, 3, stride, 1, bias=False).eval()
-                with torch.no_grad():
-                    layer.depthwise.weight.copy_(dw.weight)
-                    layer.pointwise.weight.copy_(pw.weight)
-                fast = optimize_for_inference(layer, xc, rounds=10)
-                dw_cl = naive_cl[0]
-                t = interleaved({
-                    "dense": lambda: dense(xc), "naive NCHW": lambda: naive(x), "naive channels_last": lambda: naive_cl(xc),
-                    "sepconv layer": lambda: layer(x), "sepconv optimized": lambda: fast(xc), "depthwise only": lambda: dw_cl(xc),
-                }, rounds)
-                shape = (batch, cin, size, size)
-                dense_macs = C.conv_cost(shape, cout, 3, stride, 1, bias=False).macs
-                sep_macs = C.separable_conv_cost(shape, cout, 3, stride, 1, bias=False).macs
-                out = size // stride
-                dw_bytes = 4 * batch * cin * (size * size + out * out)
-                theoretical = dense_macs / sep_macs
-                best_sep = min(t["sepconv optimized"], t["naive channels_last"])
-                rows.append(dict(
-                    threads=threads, batch=batch, cin=cin, cout=cout, size=size, stride=stride,
-                    ms={k: round(v, 4) for k, v in t.items()}, theoretical=theoretical,
-                    realized={k: t["dense"] / t[k] for k in ("naive NCHW", "naive channels_last", "sepconv layer", "sepconv optimized")},
-                    realized_over_theoretical=t["dense"] / t["sepconv optimized"] / theoretical,
-                    optimized_over_naive_cl=t["naive channels_last"] / t["sepconv optimized"],
-                    best_over_theoretical=t["dense"] / best_sep / theoretical,
-                    backend=fast.backend, depthwise_gbs=dw_bytes / t["depthwise only"] / 1e6, copy_gbs=bandwidth,
-                ))
-                print(f"  {threads}t b{batch} {cin}->{cout} @{size} s{stride}: dense {t['dense']:.2f} ms, "
-                      f"naive cl {t['naive channels_last']:.2f}, optimized {t['sepconv optimized']:.2f} ({fast.backend}); "
-                      f"realized {rows[-1]['realized']['sepconv optimized']:.2f}x of theoretical {theoretical:.2f}x",
-                      flush=True)
+                r = layer_speed(batch, cin, cout, size, stride, rounds=rounds, bandwidth=bandwidth)
+                rows.append(r)
+                m = r["ms"]
+                print(f"  {threads}t b{batch} {cin}->{cout} @{size} s{stride}: dense {m['dense']:.2f} ms, "
+                      f"naive cl {m['naive channels_last']:.2f}, optimized {m['sepconv optimized']:.2f} ({r['backend']}); "
+                      f"realized {r['realized']['sepconv optimized']:.2f}x of theoretical {r['theoretical']:.2f}x", flush=True)
     return rows
 
 

@@ -125,3 +125,13 @@ def test_convert_errors(capsys, tmp_path, argv, message, monkeypatch):
     code, _, err = run(capsys, *argv)
     assert code == 2 and err.startswith(message), err
     assert err.count("\n") == 1 and not (tmp_path / "x.pt").exists()
+
+
+def test_bench_command(capsys):
+    code, out, _ = run(capsys, "bench", "--input", "1x8x16x16", "--filters", "16", "--rounds", "2", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert set(r["ms"]) == {"dense", "naive NCHW", "naive channels_last", "sepconv layer", "sepconv optimized", "depthwise only"}
+    assert r["theoretical"] == pytest.approx((16 * 8 * 9) / (8 * 9 + 8 * 16))
+    code, _, err = run(capsys, "bench", "--input", "1x8x16", "--filters", "16")
+    assert code == 2 and err.startswith("sepconv: error: --input: expected 4 sizes, got 3")

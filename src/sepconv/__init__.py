@@ -7,6 +7,7 @@ accounting, and optimal decomposition of trained convolutions into separable one
 from . import cost, decompose, functional
 from .convert import ConversionReport, convert
 from .cost import ModelCost, compare, explain, profile
+from .optimize import optimize_for_inference
 from .train import distill
 from .layers import (
     BlueprintSeparableConv1d,
@@ -30,6 +31,7 @@ __all__ = [
     "convert",
     "ConversionReport",
     "distill",
+    "optimize_for_inference",
     "profile",
     "compare",
     "explain",

@@ -13,7 +13,6 @@
 import copy
 import os
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._timing import interleaved
 from .convert import convert
 from .cost import profile
 from .decompose import spectrum
@@ -67,20 +67,6 @@ def _config(quick: bool) -> _Config:
                        latency_rounds=7)
     return _Config(width=32, epochs=6, twin_epochs=8, calibrate=256, distill_epochs=1, distill_samples=1347,
                    latency_rounds=25)
-
-
-def _latency(models: dict, x: torch.Tensor, rounds: int) -> dict:
-    """Median forward time per model in ms, candidates interleaved round by round."""
-    times = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():  # warm-up
-            m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                t = time.perf_counter()
-                m(x)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _write_atomic(path: str, write) -> None:
@@ -253,7 +239,9 @@ def run_demo(args) -> int:
     console.print(f"\n[bold]6. Latency[/], batch of 64, {cfg.latency_rounds} interleaved rounds, medians "
                   f"({torch.get_num_threads()} threads; this machine is noisy, compare ratios)")
     models = {"original": model, **kept, "separable twin": twin_model}
-    latency = _latency({k: copy.deepcopy(m).eval() for k, m in models.items()}, x_test[:64], cfg.latency_rounds)
+    copies = {k: copy.deepcopy(m).eval() for k, m in models.items()}
+    batch = x_test[:64]
+    latency = interleaved({k: (lambda m=m: m(batch)) for k, m in copies.items()}, cfg.latency_rounds, warmup=1)
     for k, v in latency.items():
         console.print(f"   {k:16s} {v:7.2f} ms  ({latency['original'] / v:.2f}x vs original)")
 

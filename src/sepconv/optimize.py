@@ -20,14 +20,13 @@ kernel is open work; this module keeps to paths that are measurably correct and 
 """
 
 import copy
-import statistics
-import time
 import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ._timing import interleaved
 from .layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd, _SeparableConvNd
 
 __all__ = ["fold_batchnorms", "optimize_for_inference", "InferenceModule"]
@@ -133,19 +132,6 @@ class InferenceModule(nn.Module):
         return f"backend={self.backend!r}, channels_last={self.channels_last}"
 
 
-def _median_ms(fns: dict, x: Tensor, rounds: int) -> dict:
-    times = {k: [] for k in fns}
-    with torch.inference_mode():
-        for f in fns.values():
-            f(x)
-        for _ in range(rounds):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                f(x)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def _rel(a: Tensor, b: Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
@@ -221,7 +207,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
             correct[name] = m
     if not correct:
         return InferenceModule(folded, "eager", four_d, {})
-    timings = _median_ms(correct, x, rounds) if len(correct) > 1 else {}
+    timings = interleaved({k: (lambda m=m: m(x)) for k, m in correct.items()}, rounds, warmup=1) if len(correct) > 1 else {}
     best = min(correct, key=lambda k: timings.get(k, 0.0))
     if best == "eager":
         return InferenceModule(folded, "eager", four_d, timings)
