@@ -42,7 +42,7 @@ def test_optimized_equals_reference(make, shape, dtype):
     out = fast(x)
     tol = 1e-4 if dtype == torch.float32 else 1e-10
     assert float((out - ref).norm() / ref.norm()) <= tol
-    assert fast.backend in ("eager", "torchscript")
+    assert fast.backend in ("eager", "fused", "torchscript")
     # and on a different batch than the one it was prepared with
     x2 = torch.randn(shape, dtype=dtype)
     with torch.no_grad():
@@ -133,3 +133,73 @@ def test_other_input_sizes_still_correct():
     x = torch.randn(2, 3, 19, 21)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# ---- the fused depthwise + pointwise kernel ----
+@pytest.fixture(scope="module")
+def fused_ext():
+    from sepconv import _fused
+
+    ext = _fused.load()  # compiled on first use (~1 min), cached
+    assert ext is not None, f"the fused kernel failed to build: {_fused.error()}"
+    return ext
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,bias,act_mid,act_out,size", [
+    (3, 10, 3, 1, 0, True, None, None, 15),          # the seeds' example
+    (32, 64, 3, 1, 1, False, nn.ReLU, nn.ReLU, 20),
+    (24, 40, 3, 2, 1, True, nn.ReLU6, nn.ReLU6, 17),   # odd sizes, N not a multiple of 16
+    (33, 17, 5, 2, "same", True, None, nn.ReLU, 13),   # C not a multiple of 32, TF 'same' (stride: dynamic)
+    (16, 16, 4, 1, "same", True, nn.ReLU, None, 9),    # even kernel: asymmetric pads
+    (8, 48, 3, 3, 2, False, None, None, 11),
+])
+def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding, bias, act_mid, act_out, size):
+    from sepconv.optimize import FusedSeparableConv2d, _ACTS, _fusable
+
+    torch.manual_seed(0)
+    layer = sepconv.SeparableConv2d(cin, cout, k, stride, padding, bias=bias, act_layer=act_mid).eval()
+    with torch.no_grad():
+        layer.depthwise.bias = nn.Parameter(torch.randn(cin) * 0.1)  # as after BatchNorm folding
+    x = torch.randn(3, cin, size, size + 1).contiguous(memory_format=torch.channels_last)
+    act = act_out() if act_out else nn.Identity()
+    with torch.no_grad():
+        ref = act(layer(x))
+    if layer._dynamic:
+        assert not _fusable(layer)  # input-size dependent pads stay on the PyTorch path
+        return
+    assert _fusable(layer)
+    fused = FusedSeparableConv2d(layer, _ACTS[type(act)], fused_ext)
+    with torch.inference_mode():
+        out = fused(x)
+        out_nchw = fused(x.contiguous())  # any memory format in, channels_last out
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_nchw, ref, rtol=1e-4, atol=1e-5)
+    # float64 and gradient-carrying inputs run the reference layer
+    ref64 = act(layer.double()(x.double()))
+    torch.testing.assert_close(fused(x.double()), ref64)
+    layer.float()
+    xg = x.clone().requires_grad_()
+    y = fused(xg)
+    y.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_fused_path_is_chosen_where_it_wins_and_matches(fused_ext):
+    layer = sepconv.SeparableConv2d(3, 10, 3).eval()
+    x = torch.randn(1, 3, 15, 15)
+    fast = optimize_for_inference(layer, x, rounds=5, candidates=("eager", "fused"))
+    assert "fused" in fast.timings
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_unavailable_falls_back(monkeypatch):
+    from sepconv import _fused
+
+    monkeypatch.setattr(_fused, "load", lambda: None)
+    layer = sepconv.SeparableConv2d(3, 10, 3).eval()
+    x = torch.randn(1, 3, 15, 15)
+    fast = optimize_for_inference(layer, x, rounds=2, candidates=("eager", "fused"))
+    assert fast.backend == "eager" and "fused" not in fast.timings
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), layer(x), rtol=1e-4, atol=1e-5)

@@ -32,7 +32,104 @@ from .layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd, _Separa
 __all__ = ["fold_batchnorms", "optimize_for_inference", "InferenceModule"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CANDIDATES = ("eager", "torchscript", "compile")
+CANDIDATES = ("eager", "fused", "torchscript", "compile")
+_ACTS = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2}
+
+
+class FusedSeparableConv2d(nn.Module):
+    """Inference-only depthwise + pointwise in one pass (``csrc/fused_dwpw.cpp``), float32 NHWC.
+
+    Built by :func:`optimize_for_inference` from a BatchNorm-folded :class:`~sepconv.SeparableConv2d`
+    (and the ReLU/ReLU6 after it, fused). Any other input (another dtype, gradients) runs the
+    original layer, kept as ``reference``.
+    """
+
+    def __init__(self, layer: nn.Module, act_out: int, ext) -> None:
+        super().__init__()
+        dw, pw = layer.depthwise, layer.pointwise
+        c, n = layer.in_channels, layer.out_channels
+        kh, kw = layer.kernel_size
+        self.reference = layer
+        self.ext = ext
+        self.act_mid = _ACTS[type(layer.act)]
+        self.act_out = act_out
+        self.n = n
+        self.geometry = (kh, kw, *layer.stride, layer._fpad[2], layer._fpad[3], layer._fpad[0], layer._fpad[1])
+        blocks = (n + 15) // 16
+        packed = torch.zeros(blocks * 16, c)
+        packed[:n] = pw.weight.detach().float().reshape(n, c)
+        bias = torch.zeros(blocks * 16 if pw.bias is not None else 0)
+        if pw.bias is not None:
+            bias[:n] = pw.bias.detach().float()
+        self.register_buffer("dw_weight", dw.weight.detach().float().reshape(c, kh * kw).t().contiguous())
+        self.register_buffer("dw_bias", dw.bias.detach().float() if dw.bias is not None else torch.zeros(0))
+        self.register_buffer("pw_weight", packed.reshape(blocks, 16, c).transpose(1, 2).contiguous())
+        self.register_buffer("pw_bias", bias)
+        self.tile_bytes = 256 * 1024
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32 or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad):
+            y = self.reference(x)
+            return torch.relu(y) if self.act_out == 1 else (y.clamp(0, 6) if self.act_out == 2 else y)
+        return self.ext.fused_dwpw(x, self.dw_weight, self.dw_bias, self.act_mid, self.pw_weight, self.pw_bias, self.n,
+                                   self.act_out, *self.geometry, self.tile_bytes)
+
+
+def _fusable(m: nn.Module) -> bool:
+    from .layers import SeparableConv2d
+
+    return (isinstance(m, SeparableConv2d) and m.depth_multiplier == 1 and m.padding_mode == "zeros"
+            and not m._dynamic and all(d == 1 for d in m.dilation) and isinstance(m.norm, nn.Identity)
+            and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32)
+
+
+def _fuse(folded: nn.Module, x: Tensor, rounds: int):
+    """Replace each fusable separable layer (and a ReLU after it) by the fused kernel where it
+    measures faster on the layer's own input; None if the kernel is unavailable or never wins."""
+    from . import _fused
+
+    ext = _fused.load()
+    if ext is None:
+        return None
+    model = copy.deepcopy(folded)
+    if _fusable(model):  # the model is a single separable layer
+        model = nn.Sequential(model)
+    sites = []  # (parent Sequential, index of the layer, index of a fused activation or None)
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        keys = list(parent._modules)
+        for i, k in enumerate(keys):
+            if _fusable(parent._modules[k]):
+                nxt = next((j for j in range(i + 1, len(keys)) if not isinstance(parent._modules[keys[j]], nn.Identity)), None)
+                act = nxt if nxt is not None and type(parent._modules[keys[nxt]]) in (nn.ReLU, nn.ReLU6) else None
+                sites.append((parent, k, None if act is None else keys[act]))
+    if not sites:
+        return None
+    inputs = {}
+    hooks = [p._modules[k].register_forward_pre_hook(lambda m, a, key=(id(p), k): inputs.__setitem__(key, a[0]))
+             for p, k, _ in sites]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    used = 0
+    for parent, k, act_key in sites:
+        layer = parent._modules[k]
+        act = parent._modules[act_key] if act_key else nn.Identity()
+        fused = FusedSeparableConv2d(layer, _ACTS[type(act)], ext)
+        inp = inputs[(id(parent), k)]
+        with torch.inference_mode():
+            ref = act(layer(inp))
+            if _rel(fused(inp), ref) > 1e-4:
+                continue
+        t = interleaved({"eager": lambda: act(layer(inp)), "fused": lambda: fused(inp)}, rounds, warmup=1)
+        if t["fused"] < t["eager"]:
+            parent._modules[k] = fused
+            if act_key:
+                parent._modules[act_key] = nn.Identity()
+            used += 1
+    return model if used else None
 
 
 def _fold_into(conv: nn.Module, bn: nn.Module) -> nn.Module:
@@ -100,7 +197,7 @@ class InferenceModule(nn.Module):
     """The result of :func:`optimize_for_inference`: inference-only, input made channels_last.
 
     Attributes:
-        backend: ``'eager'``, ``'torchscript'`` or ``'compile'``, the path the dispatch chose.
+        backend: ``'eager'``, ``'fused'``, ``'torchscript'`` or ``'compile'``, the path chosen.
         timings: median ms per candidate measured on the example input (empty without one).
     """
 
@@ -137,7 +234,7 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = None, rounds: int = 10,
-                           candidates: tuple = ("eager", "torchscript")) -> InferenceModule:
+                           candidates: tuple = ("eager", "fused", "torchscript")) -> InferenceModule:
     """Prepare ``model`` for fast CPU inference; the original is not modified.
 
     Args:
@@ -147,8 +244,11 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
             medians of ``rounds`` runs) and the fastest correct one is kept. Without it, the eager
             channels_last path is used.
         rounds: timing rounds for the dispatch.
-        candidates: paths to consider, a subset of ``('eager', 'torchscript', 'compile')``;
-            ``'compile'`` (inductor with freezing) costs seconds to minutes of compilation.
+        candidates: paths to consider, a subset of ``('eager', 'fused', 'torchscript', 'compile')``.
+            ``'fused'`` replaces each depthwise separable layer by the fused kernel where that
+            measures faster on the layer's own input (a per-layer dispatch); the kernel is
+            compiled on first use (~1 min, cached). ``'compile'`` (inductor with freezing) costs
+            seconds to minutes of compilation.
 
     Returns:
         :class:`InferenceModule` (inference-only: gradients raise a clear error).
@@ -180,6 +280,10 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     paths = {}
     if "eager" in candidates:
         paths["eager"] = folded
+    if "fused" in candidates and four_d and x.dtype == torch.float32:
+        fused = _fuse(folded, x, rounds)
+        if fused is not None:
+            paths["fused"] = fused
     if "torchscript" in candidates:
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -209,6 +313,6 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         return InferenceModule(folded, "eager", four_d, {})
     timings = interleaved({k: (lambda m=m: m(x)) for k, m in correct.items()}, rounds, warmup=1) if len(correct) > 1 else {}
     best = min(correct, key=lambda k: timings.get(k, 0.0))
-    if best == "eager":
-        return InferenceModule(folded, "eager", four_d, timings)
+    if best in ("eager", "fused"):  # no baked-in sizes: any input size runs this path
+        return InferenceModule(correct[best], best, four_d, timings)
     return InferenceModule(correct[best], best, four_d, timings, eager=folded, shape=tuple(x.shape[1:]))
