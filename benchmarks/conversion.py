@@ -21,7 +21,7 @@ import torch
 from sepconv import convert, profile
 from sepconv.data import DigitsDataset
 from sepconv.models import digits_cnn, digits_separable_cnn
-from sepconv.train import distill, evaluate, save_atomic, train
+from sepconv.train import distill, evaluate, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -30,7 +30,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sepconv.bench import copy_bandwidth, interleaved, layer_speed
 from sepconv.functional import separable_filter2d

@@ -10,7 +10,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import sepconv
-from sepconv import decompose as D
 from sepconv.convert import convert
 from sepconv.train import evaluate
 

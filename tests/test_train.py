@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from sepconv.convert import convert
 from sepconv.models import digits_cnn, digits_separable_cnn

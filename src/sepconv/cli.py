@@ -85,6 +85,16 @@ def _console():
     return Console(width=max(100, Console().width))
 
 
+def _emit(report, args) -> None:
+    """Print a report as JSON, markdown, or a rich table, as the flags ask."""
+    if args.json:
+        print(report.to_json())
+    elif args.markdown:
+        print(report.to_markdown())
+    else:
+        _console().print(report)
+
+
 def cmd_explain(args) -> int:
     from .cost import compare, explain
 
@@ -125,12 +135,7 @@ def cmd_profile(args) -> int:
         report = profile(model, shape, name=label)
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
-    if args.json:
-        print(report.to_json())
-    elif args.markdown:
-        print(report.to_markdown())
-    else:
-        _console().print(report)
+    _emit(report, args)
     return 0
 
 
@@ -174,12 +179,7 @@ def cmd_convert(args) -> int:
         distill(new, model, TensorDataset(images), epochs=args.distill_epochs, lr=args.lr,
                 batch_size=min(64, len(images)), progress=not args.json)
         new.eval()
-    if args.json:
-        print(report.to_json())
-    elif args.markdown:
-        print(report.to_markdown())
-    else:
-        _console().print(report)
+    _emit(report, args)
     save_atomic(new, args.output)
     if not args.json:
         print(f"wrote {args.output}" + (f" (distilled {args.distill_epochs} epoch(s) on bundled digits)" if args.distill_epochs else ""))

@@ -364,40 +364,19 @@ def _allocate_uniform(layers: list[_Layer], limit: int, fixed: int) -> dict[str,
 # Building layers and measuring
 # --------------------------------------------------------------------------------------------
 def _build(structure: str, conv, weight: Tensor, bias: Optional[Tensor], rank: int) -> nn.Module:
+    """The separable layer for ``conv`` with (BatchNorm-folded) ``weight`` and ``bias``, via from_dense."""
+    dense = copy.deepcopy(conv)
+    dense.weight = nn.Parameter(weight.detach().clone())
+    dense.bias = None if bias is None else nn.Parameter(bias.detach().clone())
     n = weight.dim() - 2
-    opts = dict(stride=tuple(conv.stride), padding=_padding_arg(conv), dilation=tuple(conv.dilation),
-                bias=bias is not None, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        if structure == "depthwise":
-            dw, pw, _ = depthwise_separable(weight, rank)
-            layer = _SEPARABLE[n](conv.in_channels, conv.out_channels, conv.kernel_size, depth_multiplier=rank, **opts)
-            layer.depthwise.weight.copy_(dw)
-            layer.pointwise.weight.copy_(pw)
-            last = layer.pointwise
-        elif structure == "blueprint":
-            pw, dw, _ = blueprint_separable(weight, rank)
-            layer = _BLUEPRINT[n](conv.in_channels, conv.out_channels, conv.kernel_size, rank=rank, **opts)
-            layer.pointwise.weight.copy_(pw)
-            layer.depthwise.weight.copy_(dw)
-            last = layer.depthwise
-        else:
-            v, h, _ = spatially_separable(weight, rank)
-            layer = SpatiallySeparableConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, rank, **opts)
-            layer.vertical.weight.copy_(v)
-            layer.horizontal.weight.copy_(h)
-            last = layer.horizontal
-        if bias is not None:
-            last.bias.copy_(bias)
+    if structure == "depthwise":
+        layer = _SEPARABLE[n].from_dense(dense, depth_multiplier=rank)
+    elif structure == "blueprint":
+        layer = _BLUEPRINT[n].from_dense(dense, rank=rank)
+    else:
+        layer = SpatiallySeparableConv2d.from_dense(dense, rank=rank)
     layer.train(conv.training)
     return layer
-
-
-def _last_factor(layer: nn.Module) -> nn.Module:
-    if isinstance(layer, SpatiallySeparableConv2d):
-        return layer.horizontal
-    if isinstance(layer, tuple(_BLUEPRINT.values())):
-        return layer.depthwise
-    return layer.pointwise
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -725,8 +704,8 @@ def convert(
             if choice[l.name].structure == "dense" or l.weight.dim() > 4:
                 continue
             ys = [_dense_apply(l.conv, l.weight, l.bias, x) for x in orig_in[l.name]]
-            child = _last_factor(new)
-            child_name = f"{l.name}.{[n for n, m in new.named_children() if m is child][0]}"
+            child_name = f"{l.name}.{new._output_factor}"
+            child = target.get_submodule(child_name)
             zs = _capture_inputs(target, [child_name], batches)[child_name]
             with torch.no_grad():
                 _refit_last(child, zs, ys)

@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn

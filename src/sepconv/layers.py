@@ -23,7 +23,7 @@ factor, i.e. 9x per separable layer: after 20 layers ``9**-20``. Biases start at
 
 
 import math
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -335,6 +335,8 @@ def _check_no_act(act: nn.Module) -> None:
 
 
 class _SeparableConvNd(_Padded):
+    _output_factor = "pointwise"  # the child whose bias is the layer's; a following BatchNorm folds there
+
     def __init__(self, n: int, in_channels: int, out_channels: int, kernel_size, stride=1, padding: PaddingArg = 0,
                  dilation=1, depth_multiplier: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  norm_layer: Optional[NormLayer] = None, act_layer: Optional[ActLayer] = None,
@@ -496,6 +498,8 @@ SeparableConv3d.__doc__ = _SEPARABLE_DOC.format(n=3, example="SeparableConv3d(2,
 
 
 class _BlueprintSeparableConvNd(_Padded):
+    _output_factor = "depthwise"
+
     def __init__(self, n: int, in_channels: int, out_channels: int, kernel_size, stride=1, padding: PaddingArg = 0,
                  dilation=1, rank: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  norm_layer: Optional[NormLayer] = None, act_layer: Optional[ActLayer] = None,
@@ -675,6 +679,7 @@ class SpatiallySeparableConv2d(_Padded):
     """
 
     _N = 2
+    _output_factor = "horizontal"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1,
                  padding: PaddingArg = 0, dilation=1, groups: int = 1, bias: bool = True,

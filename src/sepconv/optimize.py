@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ._timing import interleaved
-from .layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd, _SeparableConvNd
+from .layers import _SeparableConvNd
 
 __all__ = ["fold_batchnorms", "optimize_for_inference", "InferenceModule"]
 
@@ -150,17 +150,6 @@ def _foldable(bn: nn.Module, channels: int) -> bool:
     return isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats and bn.num_features == channels
 
 
-def _last_factor(module: nn.Module) -> Optional[str]:
-    """The attribute holding a sepconv layer's output factor (a BatchNorm after it folds there)."""
-    if isinstance(module, _SeparableConvNd):
-        return "pointwise"
-    if isinstance(module, _BlueprintSeparableConvNd):
-        return "depthwise"
-    if isinstance(module, SpatiallySeparableConv2d):
-        return "horizontal"
-    return None
-
-
 def fold_batchnorms(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every foldable BatchNorm folded into its conv.
 
@@ -186,8 +175,8 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
                 if isinstance(conv, _CONVS) and _foldable(bn, conv.out_channels):
                     module._modules[a] = _fold_into(conv, bn)
                     module._modules[b] = nn.Identity()
-                elif _last_factor(conv) is not None and _foldable(bn, conv.out_channels):
-                    attr = _last_factor(conv)
+                elif hasattr(conv, "_output_factor") and _foldable(bn, conv.out_channels):
+                    attr = conv._output_factor
                     setattr(conv, attr, _fold_into(getattr(conv, attr), bn))
                     module._modules[b] = nn.Identity()
     return model
