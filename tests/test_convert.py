@@ -237,3 +237,12 @@ def test_no_eligible_convolution_returns_model_unchanged():
     assert "no eligible convolution" in report.message
     torch.testing.assert_close(new(X), net(X))
     assert [type(m) for m in new.modules()] == [type(m) for m in net.modules()]
+
+
+def test_calibration_notes_for_3d_layers():
+    net = nn.Sequential(nn.Conv3d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 8, 3, padding=1))
+    x = torch.randn(2, 4, 6, 6, 6)
+    _, report = convert(net, method="depthwise", rank=1, example_input=x[:1], calibration_data=x)
+    notes = {r.name: r.note for r in report.layers}
+    assert "not refit on calibration data (3-D)" in notes["2"]
+    assert "allocated by weight error" in notes["2"]

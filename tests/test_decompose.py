@@ -182,3 +182,23 @@ def test_decompose_bad_input():
         D.depthwise_separable(torch.ones(2, 2, 3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="rank: expected a multiple of groups=2, got 3"):
         D.spatially_separable(torch.randn(4, 2, 3, 3), 3, groups=2)
+
+
+@pytest.mark.parametrize("structure,shape,groups", [("depthwise", (6, 4, 3, 3), 1), ("blueprint", (5, 3, 2, 3, 3), 1),
+                                                    ("spatial", (6, 4, 3, 5), 1), ("spatial", (6, 2, 3, 3), 3)])
+def test_best_approximations_equal_composed_factors(structure, shape, groups):
+    w = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(5))
+    ranks = [3, 6] if structure == "spatial" and groups == 3 else [1, 2, 5]
+    approx = D.best_approximations(w, structure, ranks, groups=groups)
+    for r in ranks:
+        if structure == "depthwise":
+            dw, pw, err = D.depthwise_separable(w, r)
+            dense = D.compose_depthwise_separable(dw, pw, r)
+        elif structure == "blueprint":
+            pw, bw, err = D.blueprint_separable(w, r)
+            dense = D.compose_blueprint_separable(pw, bw)
+        else:
+            v, h, err = D.spatially_separable(w, r, groups)
+            dense = D.compose_spatially_separable(v, h, groups)
+        torch.testing.assert_close(approx[r][0], dense)
+        assert approx[r][1] == pytest.approx(err, abs=1e-12)

@@ -41,14 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cost as C
-from .decompose import (
-    blueprint_separable,
-    compose_blueprint_separable,
-    compose_depthwise_separable,
-    compose_spatially_separable,
-    depthwise_separable,
-    spatially_separable,
-)
+from .decompose import best_approximations
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -258,18 +251,6 @@ def _max_rank(structure: str, w: Tensor) -> int:
     return min(c * k[0], n * k[1])
 
 
-def _factor_dense(structure: str, w: Tensor, rank: int) -> tuple[Tensor, float]:
-    """The dense kernel of the best factorization and its relative weight error."""
-    if structure == "depthwise":
-        dw, pw, err = depthwise_separable(w, rank)
-        return compose_depthwise_separable(dw, pw, rank), err
-    if structure == "blueprint":
-        pw, dw, err = blueprint_separable(w, rank)
-        return compose_blueprint_separable(pw, dw), err
-    v, h, err = spatially_separable(w, rank)
-    return compose_spatially_separable(v, h), err
-
-
 def _output_error(w: Tensor, w_hat: Tensor, cov: Tensor) -> float:
     """sqrt(tr(dW S dW^T) / tr(W S W^T)) with W as (N, C*K)."""
     w2 = w.reshape(w.shape[0], -1).double()
@@ -283,9 +264,8 @@ def _candidates(layer: _Layer, structures: list[str], fixed_rank: Optional[int])
     out = []
     for st in structures:
         ranks = [fixed_rank] if fixed_rank is not None else _rank_grid(_max_rank(st, layer.weight))
-        for r in ranks:
+        for r, (w_hat, werr) in best_approximations(layer.weight, st, ranks).items():
             macs = _structure_macs(st, layer.conv, layer.in_shape, r)
-            w_hat, werr = _factor_dense(st, layer.weight.double(), r)
             err = _output_error(layer.weight, w_hat, layer.cov) if layer.cov is not None else werr
             out.append(_Candidate(st, r, macs, err, werr))
     return out
@@ -720,7 +700,12 @@ def convert(
             with torch.no_grad():
                 out_err = _rel(new_layers[l.name].eval()(x), _dense_apply(l.conv, l.weight, l.bias, x))
             new_layers[l.name].train(l.conv.training)
-        note = f"BatchNorm '{l.bn_name}' folded" if l.bn_name else ""
+        notes = [f"BatchNorm '{l.bn_name}' folded"] if l.bn_name else []
+        if batches is not None and l.cov is None:
+            notes.append("allocated by weight error (input covariance not estimated for 3-D or C*K > 4096)")
+        if batches is not None and c.structure != "dense" and l.weight.dim() > 4:
+            notes.append("not refit on calibration data (3-D)")
+        note = "; ".join(notes)
         report.layers.append(LayerConversion(l.name, c.structure, c.rank, l.dense_macs, c.macs, c.weight_error, out_err, note))
     if probe is not None:
         after = C.profile(target, tuple(probe.shape), dtype=probe.dtype)

@@ -18,6 +18,7 @@ __all__ = [
     "spatially_separable",
     "spectrum",
     "truncation_errors",
+    "best_approximations",
     "kernel_rank",
     "separate_kernel",
     "compose_depthwise_separable",
@@ -331,3 +332,44 @@ def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor
     sign = torch.sign(row[nz][-1])  # the last non-zero entry positive: [-1, 0, 1], not [1, 0, -1]
     row, col = row / (scale * sign), col * (scale * sign)
     return col.to(kernel.dtype), row.to(kernel.dtype)
+
+
+def best_approximations(weight: Tensor, structure: str, ranks, groups: int = 1) -> dict:
+    """The dense kernel of the best factorization at each rank, from one SVD (float64).
+
+    Equivalent to composing the factors of :func:`depthwise_separable` /
+    :func:`blueprint_separable` / :func:`spatially_separable` at every rank, without repeating
+    the decomposition.
+
+    Returns:
+        ``{rank: (approximation (N, C, *k) float64, rel_error)}``.
+
+    Example:
+        >>> w = torch.randn(4, 3, 3, 3)
+        >>> approx = best_approximations(w, 'depthwise', [1, 4])
+        >>> approx[4][1] < 1e-6
+        True
+    """
+    weight = _check_weight(weight)
+    n, c, *k = weight.shape
+    w = weight.double()
+    if structure == "depthwise":
+        m = w.reshape(n, c, -1).transpose(0, 1)
+        back = lambda a: a.transpose(0, 1).reshape(weight.shape)  # noqa: E731
+    elif structure == "blueprint":
+        m = w.reshape(n, c, -1)
+        back = lambda a: a.reshape(weight.shape)  # noqa: E731
+    elif structure == "spatial":
+        m = _spatial_matrix(w, groups)
+        kh, kw = k
+        back = lambda a: a.reshape(groups, c, kh, n // groups, kw).permute(0, 3, 1, 2, 4).reshape(weight.shape)  # noqa: E731
+    else:
+        raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    out = {}
+    for r in ranks:
+        r_slice = _check_rank("rank", r) // (groups if structure == "spatial" else 1)
+        q = min(r_slice, s.shape[-1])
+        approx = (u[..., :q] * s[..., None, :q]) @ vh[..., :q, :]
+        out[r] = (back(approx), _rel_error(s, q))
+    return out
