@@ -5,9 +5,11 @@
 1. **BatchNorm folding** — a BatchNorm directly after a conv (in an ``nn.Sequential``) and the
    norm between the factors of a sepconv layer are folded into the preceding conv's weight and
    bias (exact in eval mode), removing a full pass over the activations each.
-2. **Memory format** — ``channels_last`` (NHWC): oneDNN's depthwise and 1x1 kernels are several
+2. **Lowering** — a sepconv layer whose child convs do their own padding becomes a plain
+   ``nn.Sequential`` of them (no per-call input checks or identity modules).
+3. **Memory format** — ``channels_last`` (NHWC): oneDNN's depthwise and 1x1 kernels are several
    times faster on it than on NCHW, and the 1x1 conv becomes a plain GEMM over pixels.
-3. **Execution path**, chosen once by a measured dispatch on ``example_input`` (medians of
+4. **Execution path**, chosen once by a measured dispatch on ``example_input`` (medians of
    interleaved runs): eager PyTorch on channels_last, or a traced, frozen TorchScript graph run
    through ``torch.jit.optimize_for_inference`` (oneDNN with conv + ReLU fused and weights
    prepacked). The chosen path must match the reference output (relative error <= 1e-4 in
@@ -182,6 +184,33 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
     return model
 
 
+def _lower(model: nn.Module) -> nn.Module:
+    """Replace sepconv layers whose padding their child convs do themselves by a plain
+    ``nn.Sequential`` of those children (identities dropped): the same ops without the layer's
+    input checks and extra module calls, which matter at batch 1. Modifies ``model``."""
+    from .layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd
+
+    def lowered(m: nn.Module) -> Optional[nn.Module]:
+        if getattr(m, "_explicit", True):
+            return None
+        if isinstance(m, _SeparableConvNd):
+            parts = [m.depthwise, m.norm, m.act, m.pointwise]
+        elif isinstance(m, _BlueprintSeparableConvNd):
+            parts = [m.pointwise, m.norm, m.act, m.depthwise]
+        elif isinstance(m, SpatiallySeparableConv2d):
+            parts = [m.vertical, m.horizontal]
+        else:
+            return None
+        return nn.Sequential(*[p for p in parts if not isinstance(p, nn.Identity)])
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = lowered(child)
+            if new is not None:
+                setattr(parent, name, new)
+    return lowered(model) or model
+
+
 class InferenceModule(nn.Module):
     """The result of :func:`optimize_for_inference`: inference-only, input made channels_last.
 
@@ -260,7 +289,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     if four_d:
         folded = folded.to(memory_format=torch.channels_last)
     if example_input is None:
-        return InferenceModule(folded, "eager", four_d, {})
+        return InferenceModule(_lower(folded), "eager", four_d, {})
 
     x = example_input.contiguous(memory_format=torch.channels_last) if four_d else example_input
     reference_model = copy.deepcopy(model).eval()
@@ -268,11 +297,11 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         reference = reference_model(example_input)
     paths = {}
     if "eager" in candidates:
-        paths["eager"] = folded
+        paths["eager"] = _lower(copy.deepcopy(folded))
     if "fused" in candidates and four_d and x.dtype == torch.float32:
         fused = _fuse(folded, x, rounds)
         if fused is not None:
-            paths["fused"] = fused
+            paths["fused"] = _lower(fused)
     if "torchscript" in candidates:
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -299,9 +328,9 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         if _rel(out, reference) <= 1e-4:
             correct[name] = m
     if not correct:
-        return InferenceModule(folded, "eager", four_d, {})
+        return InferenceModule(folded, "eager", four_d, {})  # unlowered: checks stay in place
     timings = interleaved({k: (lambda m=m: m(x)) for k, m in correct.items()}, rounds, warmup=1) if len(correct) > 1 else {}
     best = min(correct, key=lambda k: timings.get(k, 0.0))
     if best in ("eager", "fused"):  # no baked-in sizes: any input size runs this path
         return InferenceModule(correct[best], best, four_d, timings)
-    return InferenceModule(correct[best], best, four_d, timings, eager=folded, shape=tuple(x.shape[1:]))
+    return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]))
