@@ -135,3 +135,14 @@ def test_bench_command(capsys):
     assert r["theoretical"] == pytest.approx((16 * 8 * 9) / (8 * 9 + 8 * 16))
     code, _, err = run(capsys, "bench", "--input", "1x8x16", "--filters", "16")
     assert code == 2 and err.startswith("sepconv: error: --input: expected 4 sizes, got 3")
+
+
+def test_missing_optional_dependency_is_one_line(capsys, monkeypatch):
+    import sepconv.data
+
+    def no_sklearn(*a, **k):
+        raise ImportError("DigitsDataset needs scikit-learn: pip install 'sepconv[demo]'")
+
+    monkeypatch.setattr(sepconv.data.DigitsDataset, "__init__", no_sklearn)
+    code, _, err = run(capsys, "convert", "digits_cnn", "--budget", "0.5", "--output", "x.pt")
+    assert code == 2 and err.startswith("sepconv: error: DigitsDataset needs scikit-learn") and err.count("\n") == 1

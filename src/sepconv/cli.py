@@ -294,6 +294,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"sepconv: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an optional extra is missing (e.g. scikit-learn for the demo)
+        print(f"sepconv: error: {exc} (install the extras: pip install 'sepconv[demo]')", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sepconv: interrupted", file=sys.stderr)
         return 130
