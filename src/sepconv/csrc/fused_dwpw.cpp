@@ -5,7 +5,8 @@
 // GEMM against the pointwise weights (C x N): the intermediate never goes to memory.
 //
 // Vectorization uses GCC/Clang vector extensions of 8 floats (one AVX2 register; pairs of SSE
-// registers elsewhere), with a 6 x 16 register-blocked GEMM micro-kernel (12 accumulators). Work is split over
+// registers elsewhere), with a 6 x 16 register-blocked GEMM micro-kernel (12 accumulators) on
+// packed operands. Work is split over
 // (batch, row tile) with at::parallel_for, i.e. torch's own thread pool and thread count.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -35,45 +36,48 @@ static inline v16 act_vec(v16 v, int64_t act) {
   return v;
 }
 
-// out[p, n] = act(bias[n] + sum_c t[p, c] * w[c, n]) for p < P, n < N, with the pointwise weights
-// prepacked as (ceil(N / 16), C, 16) panels (zero-padded) so each c step reads 64 contiguous bytes,
-// and bias zero-padded to a multiple of 16.
+// out[p, n] = act(bias[n] + sum_c t[p, c] * w[c, n]) for p < P, n < N.
+// The pointwise weights come prepacked as (ceil(N / 16), C, 16) panels (zero-padded) and the bias
+// zero-padded to a multiple of 16; the depthwise tile t (P x C) is repacked here into MR-row panels
+// (ceil(P / MR), C, MR), zero-padded, so the micro-kernel reads both operands contiguously. Loop
+// order: a weight panel stays in L1/L2 while all pixel panels stream past it.
+constexpr int MR = 6;
+constexpr int NB = 16;
+
+static void pack_rows(const float* t, int64_t P, int64_t C, float* ap) {
+  const int64_t panels = (P + MR - 1) / MR;
+  for (int64_t pb = 0; pb < panels; ++pb) {
+    float* dst = ap + pb * C * MR;
+    const int64_t rows = std::min<int64_t>(MR, P - pb * MR);
+    for (int64_t c = 0; c < C; ++c)
+      for (int m = 0; m < MR; ++m) dst[c * MR + m] = m < rows ? t[(pb * MR + m) * C + c] : 0.f;
+  }
+}
+
 static void gemm_tile(const float* t, int64_t P, int64_t C, const float* wpack, int64_t N, const float* bias,
-                      int64_t act, float* out) {
-  constexpr int MR = 6;
-  constexpr int NB = 16;
-  const int64_t blocks = (N + NB - 1) / NB;
+                      int64_t act, float* out, float* ap) {
+  pack_rows(t, P, C, ap);
+  const int64_t blocks = (N + NB - 1) / NB, panels = (P + MR - 1) / MR;
   alignas(64) float tmp[NB];
   for (int64_t nb = 0; nb < blocks; ++nb) {
     const int64_t n0 = nb * NB, width = std::min<int64_t>(NB, N - n0);
     const float* wp = wpack + nb * C * NB;
     const v16 b0 = bias ? load16(bias + n0) : splat(0.f), b1 = bias ? load16(bias + n0 + VL) : splat(0.f);
-    for (int64_t p = 0; p < P; p += MR) {
-      const int mr = (int)std::min<int64_t>(MR, P - p);
+    for (int64_t pb = 0; pb < panels; ++pb) {
       v16 a0[MR], a1[MR];
       for (int m = 0; m < MR; ++m) { a0[m] = b0; a1[m] = b1; }
-      const float* t0 = t + p * C;
-      if (mr == MR) {
-        for (int64_t c = 0; c < C; ++c) {
-          const v16 w0 = load16(wp + c * NB), w1 = load16(wp + c * NB + VL);
-          for (int m = 0; m < MR; ++m) {
-            const v16 x = splat(t0[m * C + c]);
-            a0[m] += x * w0;
-            a1[m] += x * w1;
-          }
-        }
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          const v16 w0 = load16(wp + c * NB), w1 = load16(wp + c * NB + VL);
-          for (int m = 0; m < mr; ++m) {
-            const v16 x = splat(t0[m * C + c]);
-            a0[m] += x * w0;
-            a1[m] += x * w1;
-          }
+      const float* a = ap + pb * C * MR;
+      for (int64_t c = 0; c < C; ++c) {
+        const v16 w0 = load16(wp + c * NB), w1 = load16(wp + c * NB + VL);
+        for (int m = 0; m < MR; ++m) {
+          const v16 x = splat(a[c * MR + m]);
+          a0[m] += x * w0;
+          a1[m] += x * w1;
         }
       }
+      const int mr = (int)std::min<int64_t>(MR, P - pb * MR);
       for (int m = 0; m < mr; ++m) {
-        float* o = out + (p + m) * N + n0;
+        float* o = out + (pb * MR + m) * N + n0;
         if (width == NB) {
           store16(o, act_vec(a0[m], act));
           store16(o + VL, act_vec(a1[m], act));
@@ -114,6 +118,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   const int64_t tiles = (Ho + rows - 1) / rows;
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(rows * Wo * C + VL);
+    std::vector<float> packed(((rows * Wo + MR - 1) / MR) * MR * C);
     float* t = buf.data();
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, oh0 = (job % tiles) * rows, oh1 = std::min(Ho, oh0 + rows);
@@ -154,7 +159,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
           }
         }
       }
-      gemm_tile(t, (oh1 - oh0) * Wo, C, pwp, N, pbp, act_out, op + ((b * Ho + oh0) * Wo) * N);
+      gemm_tile(t, (oh1 - oh0) * Wo, C, pwp, N, pbp, act_out, op + ((b * Ho + oh0) * Wo) * N, packed.data());
     }
   });
   return out;
