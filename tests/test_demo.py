@@ -38,8 +38,9 @@ def test_demo_report_contains_the_printed_numbers(demo_run):
     assert acc and f"| {acc.group(2)} |" in report and f"| {acc.group(1)} |" in report
     for seed_number in ("45,630", "9,633", "1,521", "1,092", "338,688", "38,955"):
         assert seed_number in printed and seed_number in report
-    latency = re.findall(r"^\s+(original|auto 50%|auto 25%|separable twin)\s+([\d.]+) ms", printed, re.M)
-    assert len(latency) == 4
+    latency = re.findall(r"^\s+(original|auto 50%|auto 25%|separable twin|original, optimized|auto 25%, optimized)"
+                         r"\s+([\d.]+) ms", printed, re.M)
+    assert len(latency) == 6
     for name, ms in latency:
         assert f"| {name} | {ms} |" in report
     assert "noisy" in report

@@ -168,12 +168,15 @@ def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding,
         assert not _fusable(layer)  # input-size dependent pads stay on the PyTorch path
         return
     assert _fusable(layer)
-    fused = FusedSeparableConv2d(layer, _ACTS[type(act)], fused_ext)
+    fused = FusedSeparableConv2d(layer, _ACTS[type(act)])
     with torch.inference_mode():
         out = fused(x)
         out_nchw = fused(x.contiguous())  # any memory format in, channels_last out
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out_nchw, ref, rtol=1e-4, atol=1e-5)
+    import copy
+
+    torch.testing.assert_close(copy.deepcopy(fused)(x), out)  # copyable, like any module
     # float64 and gradient-carrying inputs run the reference layer
     ref64 = act(layer.double()(x.double()))
     torch.testing.assert_close(fused(x.double()), ref64)

@@ -46,13 +46,12 @@ class FusedSeparableConv2d(nn.Module):
     original layer, kept as ``reference``.
     """
 
-    def __init__(self, layer: nn.Module, act_out: int, ext) -> None:
+    def __init__(self, layer: nn.Module, act_out: int) -> None:
         super().__init__()
         dw, pw = layer.depthwise, layer.pointwise
         c, n = layer.in_channels, layer.out_channels
         kh, kw = layer.kernel_size
         self.reference = layer
-        self.ext = ext
         self.act_mid = _ACTS[type(layer.act)]
         self.act_out = act_out
         self.n = n
@@ -73,7 +72,9 @@ class FusedSeparableConv2d(nn.Module):
         if x.dtype != torch.float32 or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad):
             y = self.reference(x)
             return torch.relu(y) if self.act_out == 1 else (y.clamp(0, 6) if self.act_out == 2 else y)
-        return self.ext.fused_dwpw(x, self.dw_weight, self.dw_bias, self.act_mid, self.pw_weight, self.pw_bias, self.n,
+        from . import _fused
+
+        return _fused.load().fused_dwpw(x, self.dw_weight, self.dw_bias, self.act_mid, self.pw_weight, self.pw_bias, self.n,
                                    self.act_out, *self.geometry, self.tile_bytes)
 
 
@@ -90,8 +91,7 @@ def _fuse(folded: nn.Module, x: Tensor, rounds: int):
     measures faster on the layer's own input; None if the kernel is unavailable or never wins."""
     from . import _fused
 
-    ext = _fused.load()
-    if ext is None:
+    if _fused.load() is None:
         return None
     model = copy.deepcopy(folded)
     if _fusable(model):  # the model is a single separable layer
@@ -119,7 +119,7 @@ def _fuse(folded: nn.Module, x: Tensor, rounds: int):
     for parent, k, act_key in sites:
         layer = parent._modules[k]
         act = parent._modules[act_key] if act_key else nn.Identity()
-        fused = FusedSeparableConv2d(layer, _ACTS[type(act)], ext)
+        fused = FusedSeparableConv2d(layer, _ACTS[type(act)])
         inp = inputs[(id(parent), k)]
         with torch.inference_mode():
             ref = act(layer(inp))
