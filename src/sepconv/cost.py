@@ -258,17 +258,14 @@ def spatially_separable_conv_cost(input_shape: Sequence[int], out_channels: int,
     if n != 2:
         raise ValueError(f"input_shape: expected (B, C, H, W) for a spatially separable conv, got {x}")
     r = check_positive_int("rank", rank)
-    b, c, h, w = x
-    pads = resolve_pads(normalize_padding(padding, 2), k, s, d, (h, w))
-    v = conv_cost(x, r, (k[0], 1), (s[0], 1), (pads[0][0], 0), (d[0], 1), groups=groups, bias=False) if pads[0][0] == pads[0][1] \
-        else _asym(x, r, (k[0], 1), (s[0], 1), (pads[0], (0, 0)), (d[0], 1), groups)
-    hz = conv_cost(v.output_shape, out_channels, (1, k[1]), (1, s[1]), (0, pads[1][0]), (1, d[1]), groups=groups, bias=bias) \
-        if pads[1][0] == pads[1][1] else _asym(v.output_shape, out_channels, (1, k[1]), (1, s[1]), ((0, 0), pads[1]), (1, d[1]), groups, bias)
-    return _combine([("vertical", v), ("horizontal", hz)])
+    (pt, pb), (pl, pr) = resolve_pads(normalize_padding(padding, 2), k, s, d, x[2:])
+    v = _padded_conv_cost(x, r, (k[0], 1), (s[0], 1), ((pt, pb), (0, 0)), (d[0], 1), groups, bias=False)
+    h = _padded_conv_cost(v.output_shape, out_channels, (1, k[1]), (1, s[1]), ((0, 0), (pl, pr)), (1, d[1]), groups, bias)
+    return _combine([("vertical", v), ("horizontal", h)])
 
 
-def _asym(x, out_channels, k, s, pads, d, groups, bias=False) -> LayerCost:
-    """Conv cost with asymmetric pads: equivalent to symmetric padding of the padded input."""
+def _padded_conv_cost(x, out_channels, k, s, pads, d, groups, bias) -> LayerCost:
+    """Conv cost with explicit (possibly asymmetric) pads: that of the padded input, unpadded."""
     padded = (*x[:2], *(size + b + a for size, (b, a) in zip(x[2:], pads)))
     cost = conv_cost(padded, out_channels, k, s, 0, d, groups=groups, bias=bias)
     return LayerCost(cost.macs, cost.params, tuple(x), cost.output_shape)
