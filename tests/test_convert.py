@@ -98,9 +98,16 @@ def test_input_model_is_never_modified(trained_digits_cnn, digits):
 
 
 def test_inplace_modifies_and_says_so():
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    same, report = convert(net, rank=2, inplace=True, example_input=torch.randn(1, 3, 10, 10))
+    x = torch.randn(1, 3, 10, 10)
+    copy_net = copy.deepcopy(net)
+    same, report = convert(net, rank=2, inplace=True, example_input=x)
     assert same is net and report.inplace and "modified in place" in report.to_markdown()
+    # the report still compares with the model as it was before the surgery
+    _, fresh = convert(copy_net, rank=2, example_input=x)
+    assert report.output_error == pytest.approx(fresh.output_error) and report.output_error > 0
+    assert [r.output_error for r in report.layers] == pytest.approx([r.output_error for r in fresh.layers])
     assert any(isinstance(m, (sepconv.SeparableConv2d, sepconv.BlueprintSeparableConv2d,
                               sepconv.SpatiallySeparableConv2d)) for m in net.modules())
 

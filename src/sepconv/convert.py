@@ -657,6 +657,16 @@ def convert(
                              f"layer ({cheapest:,} of {total:,} MACs), got {budget}")
         choice = _allocate_global(layers, limit - fixed) if allocation == "global" else _allocate_uniform(layers, limit, fixed)
 
+    # what the report compares against, taken before any surgery (the model itself may be the target)
+    probe_inputs, reference = {}, None
+    if probe is not None:
+        probe_inputs = _capture_inputs(model, [l.name for l in layers], [probe])
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            reference = model(probe)
+        model.train(was)
+
     # surgery
     new_layers = {}
     for l in layers:
@@ -691,7 +701,6 @@ def convert(
                 _refit_last(child, zs, ys)
 
     # the report
-    probe_inputs = _capture_inputs(model, [l.name for l in layers], [probe]) if probe is not None else {}
     for l in layers:
         c = choice[l.name]
         out_err = None
@@ -710,13 +719,11 @@ def convert(
     if probe is not None:
         after = C.profile(target, tuple(probe.shape), dtype=probe.dtype)
         report.macs_after = after.macs
-        was_m, was_t = model.training, target.training
-        model.eval()
+        was = target.training
         target.eval()
         with torch.no_grad():
-            report.output_error = _rel(target(probe), model(probe))
-        model.train(was_m)
-        target.train(was_t)
+            report.output_error = _rel(target(probe), reference)
+        target.train(was)
     else:
         report.macs_before = sum(l.dense_macs for l in layers)
         report.macs_after = sum(choice[l.name].macs for l in layers)
