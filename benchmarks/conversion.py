@@ -19,6 +19,7 @@ import time
 import torch
 
 from sepconv import convert, profile
+from sepconv._io import write_atomic
 from sepconv.data import DigitsDataset
 from sepconv.models import digits_cnn, digits_separable_cnn
 from sepconv.train import distill, evaluate, train
@@ -75,9 +76,7 @@ def main(argv=None) -> int:
                 python=sys.version.split()[0], width=width, epochs=epochs, seed=args.seed,
                 seconds=round(time.perf_counter() - start, 1), quick=args.quick)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "conversion.json.tmp"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=2)
-    os.replace(os.path.join(args.out, "conversion.json.tmp"), os.path.join(args.out, "conversion.json"))
+    write_atomic(os.path.join(args.out, "conversion.json"), lambda f: f.write(json.dumps(dict(meta=meta, rows=rows), indent=2).encode()))
     lines = [f"Digits CNN (width {width}, {epochs} epochs) on scikit-learn's digits, 16x16; {meta['machine']}, "
              f"torch {meta['torch']}; `python benchmarks/conversion.py`", "",
              "| model | MAC budget | stage | MACs | params | test accuracy | output rel. error |",
@@ -87,9 +86,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r['model']} | {r['budget']:.0%} | {r['stage']} | {r['macs']:,} | {r['params']:,} | "
                      f"{r['accuracy']:.2%} | {err} |")
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "conversion.md.tmp"), "w") as f:
-        f.write(table)
-    os.replace(os.path.join(args.out, "conversion.md.tmp"), os.path.join(args.out, "conversion.md"))
+    write_atomic(os.path.join(args.out, "conversion.md"), lambda f: f.write(table.encode()))
     print(table)
     return 0
 

@@ -31,6 +31,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from sepconv._io import write_atomic
 from sepconv.bench import copy_bandwidth, interleaved, layer_speed
 from sepconv.functional import separable_filter2d
 from sepconv.models import mobilenet_v1
@@ -217,10 +218,7 @@ def main(argv=None) -> int:
     table = markdown(meta, layers, nets, filters)
     for name, text in (("speed.json", json.dumps(dict(meta=meta, layers=layers, mobilenet=nets, filters=filters), indent=2)),
                        ("speed.md", table)):
-        tmp = os.path.join(args.out, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(args.out, name))
+        write_atomic(os.path.join(args.out, name), lambda f, text=text: f.write(text.encode()))
     print(table)
     return 0
 

@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from sepconv._io import write_atomic
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "..", "README.md")
 
@@ -35,10 +37,7 @@ def main() -> int:
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> markers")
         readme = pattern.sub(lambda m: m.group(1) + body + m.group(2), readme)
-    tmp = README + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(readme)
-    os.replace(tmp, README)
+    write_atomic(README, lambda f: f.write(readme.encode()))
     return 0
 
 

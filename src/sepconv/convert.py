@@ -50,6 +50,8 @@ from .layers import (
     SeparableConv2d,
     SeparableConv3d,
     SpatiallySeparableConv2d,
+    _bn_affine,
+    _foldable_bn,
 )
 
 __all__ = ["convert", "ConversionReport", "LayerConversion", "fold_batchnorm", "METHODS"]
@@ -173,14 +175,6 @@ class _Layer:
 # --------------------------------------------------------------------------------------------
 # BatchNorm folding
 # --------------------------------------------------------------------------------------------
-def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-    return scale.detach(), shift.detach()
-
-
 def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     """conv name -> name of the BatchNorm that directly follows it in the same nn.Sequential."""
     pairs = {}
@@ -189,8 +183,7 @@ def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
             continue
         children = list(parent.named_children())
         for (a, ma), (b, mb) in zip(children, children[1:]):
-            if isinstance(ma, _CONVS) and isinstance(mb, nn.modules.batchnorm._BatchNorm) \
-                    and mb.track_running_stats and mb.num_features == ma.out_channels:
+            if isinstance(ma, _CONVS) and _foldable_bn(mb, ma.out_channels):
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs[prefix + a] = prefix + b
     return pairs
@@ -615,15 +608,15 @@ def convert(
     # input covariances for output-error allocation
     orig_in: dict[str, list[Tensor]] = {}
     if batches is not None:
-        got = orig_in = _capture_inputs(model, [l.name for l in layers], batches)
+        orig_in = _capture_inputs(model, [l.name for l in layers], batches)
         for l in layers:
             if l.weight.dim() > 4 or l.weight[0].numel() > _MAX_COV:
                 continue
             # an estimate: at most _COV_ROWS patch rows, evenly subsampled, accumulated in float32
-            rows = sum(t.numel() for t in got[l.name]) // l.conv.in_channels // math.prod(l.conv.stride)
-            every = max(1, math.ceil(rows / _COV_ROWS))
+            positions = sum(t.numel() for t in orig_in[l.name]) // l.conv.in_channels // math.prod(l.conv.stride)
+            every = max(1, math.ceil(positions / _COV_ROWS))
             cov = None
-            for x in got[l.name]:
+            for x in orig_in[l.name]:
                 for (piece,) in _chunks(x, l.conv):
                     p = _patches(piece, l.conv)[::every].float()
                     cov = p.T @ p if cov is None else cov + p.T @ p

@@ -14,13 +14,13 @@
 import copy
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ._io import write_atomic
 from ._timing import interleaved
 from .convert import convert
 from .cost import profile
@@ -71,19 +71,6 @@ def _config(quick: bool) -> _Config:
                    latency_rounds=25)
 
 
-def _write_atomic(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _spectra(model: nn.Module) -> dict:
     """Normalized singular values per eligible conv and structure (energy share per rank)."""
     out = {}
@@ -109,7 +96,7 @@ def _plots(out_dir: str, results: list, base: dict, twin: dict, spectra: dict, l
 
     def save(fig, name):
         path = os.path.join(out_dir, name)
-        _write_atomic(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
+        write_atomic(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
         files.append(name)
 
@@ -276,7 +263,7 @@ def run_demo(args) -> int:
     report = _report_md(args, cfg, seeds, base, twin, results, spectra, latency, lines, plots, elapsed, len(train_set),
                         len(test_set))
     path = os.path.join(out_dir, "report.md")
-    _write_atomic(path, lambda p: open(p, "w", encoding="utf-8").write(report))
+    write_atomic(path, lambda f: f.write(report.encode("utf-8")))
     console.print(f"\nWrote {path}, {len(plots)} plots and digits_cnn.pt in {out_dir}/ ({elapsed:.0f} s). "
                   f"Try: sepconv convert {os.path.join(out_dir, 'digits_cnn.pt')} --input 1x1x16x16 --budget 0.3 "
                   "--calibrate 256 --output small.pt")

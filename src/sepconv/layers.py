@@ -312,17 +312,26 @@ def _middle(norm_layer: Optional[NormLayer], act_layer: Optional[ActLayer], chan
     return norm, act
 
 
+def _bn_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``bn(x) == scale * x + shift`` per channel in eval mode."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return scale.detach(), shift.detach()
+
+
+def _foldable_bn(bn: nn.Module, channels: int) -> bool:
+    """A BatchNorm with running statistics over ``channels`` channels (foldable in eval mode)."""
+    return isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats and bn.num_features == channels
+
+
 def _affine_of(norm: nn.Module, where: str) -> Optional[Tuple[Tensor, Tensor]]:
     """``(scale, shift)`` of an eval-mode BatchNorm (None for Identity); raise if not foldable."""
     if isinstance(norm, nn.Identity):
         return None
     if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training and norm.track_running_stats:
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        shift = -norm.running_mean * scale
-        if norm.affine:
-            scale = scale * norm.weight
-            shift = shift * norm.weight + norm.bias
-        return scale.detach(), shift.detach()
+        return _bn_affine(norm)
     raise ValueError(
         f"to_dense: expected no norm or an eval-mode BatchNorm {where} (foldable), got {type(norm).__name__}"
         f"{' in training mode' if norm.training else ''}"

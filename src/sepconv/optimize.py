@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from ._timing import interleaved
+from .convert import fold_batchnorm
+from .layers import _foldable_bn as _foldable
 from .layers import _SeparableConvNd
 
 __all__ = ["fold_batchnorms", "optimize_for_inference", "InferenceModule"]
@@ -136,20 +138,11 @@ def _fuse(folded: nn.Module, x: Tensor, rounds: int):
 
 def _fold_into(conv: nn.Module, bn: nn.Module) -> nn.Module:
     """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    weight, bias = fold_batchnorm(conv, bn)
     new = copy.deepcopy(conv)
-    with torch.no_grad():
-        new.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.dim() - 1)))
-        bias = shift if conv.bias is None else conv.bias * scale + shift
-        new.bias = nn.Parameter(bias.detach().clone())
+    new.weight = nn.Parameter(weight.clone())
+    new.bias = nn.Parameter(bias.clone())
     return new
-
-
-def _foldable(bn: nn.Module, channels: int) -> bool:
-    return isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats and bn.num_features == channels
 
 
 def fold_batchnorms(model: nn.Module) -> nn.Module:

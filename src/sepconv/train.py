@@ -22,7 +22,6 @@ Choices, and why:
 
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,6 +31,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ._io import write_atomic
 
 __all__ = ["train", "distill", "evaluate", "History", "save_atomic"]
 
@@ -49,19 +50,7 @@ class History:
 
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to a temporary file next to ``path``, then rename: never a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def _dist() -> tuple[int, int]:
