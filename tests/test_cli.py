@@ -118,6 +118,10 @@ def test_convert_writes_model_and_report(capsys, tmp_path, trained_digits_cnn):
      "sepconv: error: budget: expected a fraction of the MACs in (0, 1], got 1.5"),
     (["convert", "digits_cnn", "--budget", "0.001", "--output", "x.pt"], "sepconv: error: budget: expected at least"),
     (["convert", "digits_cnn", "--rank", "0", "--output", "x.pt"], "sepconv: error: rank: expected a positive int, got 0"),
+    (["convert", "digits_cnn", "--budget", "0.5", "--calibrate", "-5", "--output", "x.pt"],
+     "sepconv: error: --calibrate: expected a non-negative int, got -5"),
+    (["convert", "digits_cnn", "--budget", "0.5", "--distill-epochs", "-1", "--output", "x.pt"],
+     "sepconv: error: --distill-epochs: expected a non-negative int, got -1"),
     (["convert", "digits_cnn", "--output", "/no/such/dir/x.pt"], "sepconv: error: --output: directory of '/no/such/dir/x.pt' does not exist"),
 ])
 def test_convert_errors(capsys, tmp_path, argv, message, monkeypatch):

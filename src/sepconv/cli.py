@@ -165,6 +165,9 @@ def cmd_convert(args) -> int:
         raise UsageError("--output: expected a path for the converted model, got none")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise UsageError(f"--output: directory of {args.output!r} does not exist")
+    for name in ("calibrate", "distill_epochs"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative int, got {getattr(args, name)}")
     model.eval()
     example = _digits_like(shape, shape[0], "test")[0]  # real images, for the report's output errors
     calibration = None
