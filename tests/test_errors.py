@@ -81,6 +81,12 @@ def test_functional_errors():
         SF.separable_filter2d(x, torch.ones(3), torch.ones(3), padding="full")
     with pytest.raises(ValueError, match=r"kernel_x: expected shape \(k,\) or \(3, k\), got \(2, 3\)"):
         SF.separable_filter2d(x, torch.ones(2, 3), torch.ones(3))
+    with pytest.raises(ValueError, match=r"image: expected H > 3 and W > 3 for border='reflect' with a 7x7 kernel, got 3x8"):
+        SF.separable_filter2d(torch.ones(1, 1, 3, 8), torch.ones(7), torch.ones(7))
+    with pytest.raises(ValueError, match=r"limit: expected None or a non-negative int, got -5"):
+        from sepconv.data import DigitsDataset
+
+        DigitsDataset("test").tensors(-5)
     with pytest.raises(ValueError, match=r"image: expected a 4-D \(B, C, H, W\) or 3-D \(C, H, W\) tensor, got 2-D"):
         SF.separable_filter2d(torch.ones(8, 8), torch.ones(3), torch.ones(3))
 

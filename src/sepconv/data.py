@@ -67,4 +67,6 @@ class DigitsDataset(Dataset):
 
     def tensors(self, limit: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """All (or the first ``limit``) images and labels as two tensors."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit: expected None or a non-negative int, got {limit!r}")
         return self.images[:limit], self.labels[:limit]

@@ -483,6 +483,10 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
     kh, kw = ky.shape[1], kx.shape[1]
     if padding == "same":
         fpad = to_fpad([((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)])
+        h, w = image.shape[-2:]
+        if border == "reflect" and (max(fpad[2:]) >= h or max(fpad[:2]) >= w):
+            raise ValueError(f"image: expected H > {max(fpad[2:])} and W > {max(fpad[:2])} for border='reflect' with a "
+                             f"{kh}x{kw} kernel, got {h}x{w}")
     else:
         fpad = [0, 0, 0, 0]
     # Two 1-D passes as sums of shifted slices: each tap is one vectorized multiply-add over the
