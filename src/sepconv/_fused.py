@@ -6,6 +6,11 @@ gives; a small C++ file built with ``torch.utils.cpp_extension.load`` at first u
 ``~/.cache/torch_extensions``) uses the machine's own vector width (``-march=native``), needs only
 the compiler PyTorch's CPU wheels already expect, and keeps torch's thread pool. When it cannot be
 built (no compiler, no ninja) :func:`load` returns ``None`` and callers keep the PyTorch path.
+
+Threads: the kernel splits its tiles with ``at::parallel_for``. With torch's OpenMP backend (the
+pip wheels) that template expands to ``#pragma omp parallel`` in *our* translation unit, so the
+file is compiled with ``-fopenmp`` — without it the pragma is ignored and the kernel silently runs
+on one thread. The link resolves ``libgomp.so.1`` to the copy torch has already loaded.
 """
 
 import os
@@ -19,6 +24,8 @@ _state: dict = {}
 
 def load():
     """The compiled extension module, or ``None`` if it cannot be built here (reason in :func:`error`)."""
+    if "module" in _state:  # built (or failed) already: no lock, so torch.compile can trace callers
+        return _state["module"]
     with _lock:
         if "module" in _state:
             return _state["module"]
@@ -30,12 +37,33 @@ def load():
             bindir = os.path.dirname(sys.executable)
             if bindir not in os.environ.get("PATH", "").split(os.pathsep):
                 os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+            import torch
+
+            openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
             _state["module"] = load_extension(name="sepconv_fused_dwpw", sources=[source],
-                                              extra_cflags=["-O3", "-march=native"], verbose=False)
+                                              extra_cflags=["-O3", "-march=native", *openmp],
+                                              extra_ldflags=openmp, verbose=False)
+            _register_fake()
         except Exception as exc:  # no compiler / ninja: the PyTorch path remains
             _state["module"] = None
             _state["error"] = f"{type(exc).__name__}: {exc}"
         return _state["module"]
+
+
+def _register_fake() -> None:
+    """Output shape of ``torch.ops.sepconv.fused_dwpw`` for tracing with fake tensors (torch.compile)."""
+    import torch
+
+    if getattr(_register_fake, "done", False):
+        return
+
+    @torch.library.register_fake("sepconv::fused_dwpw")
+    def _(x, dw, dw_bias, act_mid, pw, pw_bias, n_out, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes):
+        ho = (x.shape[2] + pt + pb - kh) // sh + 1
+        wo = (x.shape[3] + pl + pr - kw) // sw + 1
+        return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+    _register_fake.done = True
 
 
 def error() -> Optional[str]:

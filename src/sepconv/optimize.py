@@ -9,16 +9,18 @@
    ``nn.Sequential`` of them (no per-call input checks or identity modules).
 3. **Memory format** — ``channels_last`` (NHWC): oneDNN's depthwise and 1x1 kernels are several
    times faster on it than on NCHW, and the 1x1 conv becomes a plain GEMM over pixels.
-4. **Execution path**, chosen once by a measured dispatch on ``example_input`` (medians of
-   interleaved runs): eager PyTorch on channels_last, or a traced, frozen TorchScript graph run
-   through ``torch.jit.optimize_for_inference`` (oneDNN with conv + ReLU fused and weights
-   prepacked). The chosen path must match the reference output (relative error <= 1e-4 in
-   float32) or the next best is used; eager channels_last always works and is the fallback.
-
-Why no hand-written fused depthwise + pointwise kernel here (yet): on this CPU the depthwise
-factor is memory-bound and the pointwise one is a GEMM that oneDNN already runs near peak; a fused
-kernel only pays if its GEMM matches oneDNN's while the depthwise tile stays in cache. That
-kernel is open work; this module keeps to paths that are measurably correct and fast today.
+4. **Fused depthwise + pointwise kernel** (``csrc/fused_dwpw.cpp``, candidate ``'fused'``): per
+   tile of output pixels, the depthwise result is computed into an L2-sized buffer and consumed
+   at once by a register-blocked GEMM, so the intermediate tensor never goes to memory; BatchNorm
+   (folded), ReLU/ReLU6 between and after the factors are fused. Chosen **per layer** by a
+   measured dispatch on the layer's own input (interleaved medians): it replaces the PyTorch
+   path only where it is faster.
+5. **Execution path**, chosen once by a measured dispatch on ``example_input`` (medians of
+   interleaved runs): eager PyTorch on channels_last, eager with fused layers, a traced, frozen
+   TorchScript graph run through ``torch.jit.optimize_for_inference`` (oneDNN with conv + ReLU
+   fused and weights prepacked), or (opt-in) inductor with freezing. The chosen path must match
+   the reference output (relative error <= 1e-4 in float32) or the next best is used; eager
+   channels_last always works and is the fallback, also when the kernel cannot be compiled.
 """
 
 import copy
@@ -44,8 +46,10 @@ class FusedSeparableConv2d(nn.Module):
     """Inference-only depthwise + pointwise in one pass (``csrc/fused_dwpw.cpp``), float32 NHWC.
 
     Built by :func:`optimize_for_inference` from a BatchNorm-folded :class:`~sepconv.SeparableConv2d`
-    (and the ReLU/ReLU6 after it, fused). Any other input (another dtype, gradients) runs the
-    original layer, kept as ``reference``.
+    (and the ReLU/ReLU6 after it, fused). Any other input (another dtype, gradients), or a machine
+    where the kernel cannot be compiled, runs the original layer, kept as ``reference``. The kernel
+    is the dispatcher op ``torch.ops.sepconv.fused_dwpw``, so tracing, freezing and the profiler
+    see it.
     """
 
     def __init__(self, layer: nn.Module, act_out: int) -> None:
@@ -71,13 +75,15 @@ class FusedSeparableConv2d(nn.Module):
         self.tile_bytes = 256 * 1024
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype != torch.float32 or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad):
-            y = self.reference(x)
-            return torch.relu(y) if self.act_out == 1 else (y.clamp(0, 6) if self.act_out == 2 else y)
         from . import _fused
 
-        return _fused.load().fused_dwpw(x, self.dw_weight, self.dw_bias, self.act_mid, self.pw_weight, self.pw_bias, self.n,
-                                   self.act_out, *self.geometry, self.tile_bytes)
+        # _fused.load() registers torch.ops.sepconv.fused_dwpw (compiled once, then a cached lookup)
+        if (x.dtype != torch.float32 or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad)
+                or _fused.load() is None):
+            y = self.reference(x)
+            return torch.relu(y) if self.act_out == 1 else (y.clamp(0, 6) if self.act_out == 2 else y)
+        return torch.ops.sepconv.fused_dwpw(x, self.dw_weight, self.dw_bias, self.act_mid, self.pw_weight, self.pw_bias,
+                                            self.n, self.act_out, *self.geometry, self.tile_bytes)
 
 
 def _fusable(m: nn.Module) -> bool:

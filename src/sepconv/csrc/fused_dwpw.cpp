@@ -1,13 +1,21 @@
 // Fused depthwise + pointwise convolution for inference on CPU (float32, NHWC / channels_last).
 //
-// For each tile of output rows, the depthwise result (P pixels x C channels) is computed into a
-// thread-local buffer sized to stay in L2, activated, and consumed at once by a register-blocked
-// GEMM against the pointwise weights (C x N): the intermediate never goes to memory.
+// Work is split into tiles: ranges of output pixels of one image, sized so that their depthwise
+// result (pixels x C floats) stays in L2, and numerous enough to keep every thread busy. For each
+// tile the depthwise conv (+ bias, activation) is computed into a thread-local buffer, which a
+// register-blocked GEMM against the pointwise weights consumes at once: the intermediate tensor
+// never goes to memory.
+//
+// Depthwise: channel blocks of 16 (whole 64-byte lines) x 4 output pixels per step, so each
+// weight load serves four pixels and eight FMA chains run independently; border pixels take a
+// bounds-checked path. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
+// against weights prepacked as (ceil(N / 16), C, 16) panels, K-blocked by 256 input channels when
+// C is large so a weight panel stays in L1; the output tile is written with streaming stores when
+// it is large (it would only evict the next tile's data from cache otherwise).
 //
 // Vectorization uses GCC/Clang vector extensions of 8 floats (one AVX2 register; pairs of SSE
-// registers elsewhere), with a 6 x 16 register-blocked GEMM micro-kernel (12 accumulators) on
-// packed operands. Work is split over
-// (batch, row tile) with at::parallel_for, i.e. torch's own thread pool and thread count.
+// registers elsewhere). Threads: at::parallel_for, i.e. torch's own pool and thread count (with
+// the OpenMP backend this file must be compiled with -fopenmp, or the loop runs on one thread).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -15,84 +23,279 @@
 #include <cstring>
 #include <vector>
 
-typedef float v16 __attribute__((vector_size(32)));  // 8 floats; the name is kept short
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
-static inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
-static inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-static inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x}; }
-constexpr int VL = 8;  // floats per vector
+typedef float vec __attribute__((vector_size(32)));
+constexpr int VL = 8;
+constexpr int MR = 6;
+constexpr int NB = 16;
+
+static inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof(v)); return v; }
+static inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
+static inline vec splat(float x) { return vec{x, x, x, x, x, x, x, x}; }
+// a store that bypasses the cache (p 32-byte aligned), where the CPU has one
+static inline void stream_store(float* p, vec v) {
+#ifdef __AVX__
+  _mm256_stream_ps(p, (__m256)v);
+#else
+  store(p, v);
+#endif
+}
 
 static inline float act_scalar(float v, int64_t act) {
   if (act == 1) return v > 0.f ? v : 0.f;
   if (act == 2) return std::min(std::max(v, 0.f), 6.f);
   return v;
 }
-
-static inline v16 act_vec(v16 v, int64_t act) {
+static inline vec act_vec(vec v, int64_t act) {
   if (act == 0) return v;
-  v16 zero = splat(0.f);
+  const vec zero = splat(0.f);
   v = v > zero ? v : zero;
-  if (act == 2) { v16 six = splat(6.f); v = v < six ? v : six; }
+  if (act == 2) { const vec six = splat(6.f); v = v < six ? v : six; }
   return v;
 }
 
-// out[p, n] = act(bias[n] + sum_c t[p, c] * w[c, n]) for p < P, n < N.
-// The pointwise weights come prepacked as (ceil(N / 16), C, 16) panels (zero-padded) and the bias
-// zero-padded to a multiple of 16; the depthwise tile t (P x C) is repacked here into MR-row panels
-// (ceil(P / MR), C, MR), zero-padded, so the micro-kernel reads both operands contiguously. Loop
-// order: a weight panel stays in L1/L2 while all pixel panels stream past it.
-constexpr int MR = 6;
-constexpr int NB = 16;
+// keeps the compiler from hoisting every tap address out of the loop (and spilling them)
+template <class T> static inline void opaque(T*& p) { asm("" : "+r"(p)); }
 
-static void pack_rows(const float* t, int64_t P, int64_t C, float* ap) {
-  const int64_t panels = (P + MR - 1) / MR;
-  for (int64_t pb = 0; pb < panels; ++pb) {
-    float* dst = ap + pb * C * MR;
-    const int64_t rows = std::min<int64_t>(MR, P - pb * MR);
-    for (int64_t c = 0; c < C; ++c)
-      for (int m = 0; m < MR; ++m) dst[c * MR + m] = m < rows ? t[(pb * MR + m) * C + c] : 0.f;
+struct Geometry { int64_t H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl; };
+
+// The interior (no padding taps) of one output row for one 8-channel block: `count` pixels, the
+// first one's top-left tap at `in`, outputs at stride C. Four pixels at a time share each weight
+// vector (held in registers for 3x3) and give four independent FMA chains.
+template <int KH, int KW>
+static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t sC, const vec* w, vec b, int64_t act,
+                               float* out, int64_t count) {
+  const int64_t s2 = 2 * sC, s3 = 3 * sC;
+  int64_t q = 0;
+  for (; q + 4 <= count; q += 4) {
+    vec a0 = b, a1 = b, a2 = b, a3 = b;
+    const float* row = in + q * sC;
+#pragma GCC unroll 16
+    for (int i = 0; i < KH; ++i) {
+      const float* r = row;
+#pragma GCC unroll 16
+      for (int j = 0; j < KW; ++j) {
+        const vec wv = w[i * KW + j];
+        a0 += load(r) * wv;
+        a1 += load(r + sC) * wv;
+        a2 += load(r + s2) * wv;
+        a3 += load(r + s3) * wv;
+        r += C;
+        opaque(r);
+      }
+      row += rowC;
+      opaque(row);
+    }
+    store(out + q * C, act_vec(a0, act));
+    store(out + (q + 1) * C, act_vec(a1, act));
+    store(out + (q + 2) * C, act_vec(a2, act));
+    store(out + (q + 3) * C, act_vec(a3, act));
+  }
+  for (; q < count; ++q) {
+    vec a = b;
+    const float* p = in + q * sC;
+#pragma GCC unroll 16
+    for (int i = 0; i < KH; ++i)
+#pragma GCC unroll 16
+      for (int j = 0; j < KW; ++j) a += load(p + i * rowC + j * C) * w[i * KW + j];
+    store(out + q * C, act_vec(a, act));
   }
 }
 
-static void gemm_tile(const float* t, int64_t P, int64_t C, const float* wpack, int64_t N, const float* bias,
-                      int64_t act, float* out, float* ap) {
-  pack_rows(t, P, C, ap);
-  const int64_t blocks = (N + NB - 1) / NB, panels = (P + MR - 1) / MR;
+
+// 16 channels x 4 pixels: whole 64-byte lines per load pair, weights read from L1.
+template <int KH, int KW>
+static inline void dw_interior2(const float* in, int64_t rowC, int64_t C, int64_t sC, const float* w, int64_t wC, vec b0, vec b1,
+                                int64_t act, float* out, int64_t count) {
+  const int64_t s2 = 2 * sC, s3 = 3 * sC;
+  int64_t q = 0;
+  for (; q + 4 <= count; q += 4) {
+    vec a0 = b0, a1 = b0, a2 = b0, a3 = b0, c0 = b1, c1 = b1, c2 = b1, c3 = b1;
+    const float* row = in + q * sC;
+    const float* wr = w;
+#pragma GCC unroll 16
+    for (int i = 0; i < KH; ++i) {
+      const float* r = row;
+#pragma GCC unroll 16
+      for (int j = 0; j < KW; ++j) {
+        const vec w0 = load(wr), w1 = load(wr + VL);
+        wr += wC;
+        opaque(wr);
+        a0 += load(r) * w0; c0 += load(r + VL) * w1;
+        a1 += load(r + sC) * w0; c1 += load(r + sC + VL) * w1;
+        a2 += load(r + s2) * w0; c2 += load(r + s2 + VL) * w1;
+        a3 += load(r + s3) * w0; c3 += load(r + s3 + VL) * w1;
+        r += C;
+        opaque(r);
+      }
+      row += rowC;
+      opaque(row);
+    }
+    store(out + q * C, act_vec(a0, act)); store(out + q * C + VL, act_vec(c0, act));
+    store(out + (q + 1) * C, act_vec(a1, act)); store(out + (q + 1) * C + VL, act_vec(c1, act));
+    store(out + (q + 2) * C, act_vec(a2, act)); store(out + (q + 2) * C + VL, act_vec(c2, act));
+    store(out + (q + 3) * C, act_vec(a3, act)); store(out + (q + 3) * C + VL, act_vec(c3, act));
+  }
+  for (; q < count; ++q) {
+    vec a = b0, c = b1;
+    const float* p = in + q * sC;
+    for (int i = 0; i < KH; ++i)
+      for (int j = 0; j < KW; ++j) {
+        a += load(p + i * rowC + j * C) * load(w + (i * KW + j) * wC);
+        c += load(p + i * rowC + j * C + VL) * load(w + (i * KW + j) * wC + VL);
+      }
+    store(out + q * C, act_vec(a, act)); store(out + q * C + VL, act_vec(c, act));
+  }
+}
+
+// One output pixel for one 8-channel block with bounds checks (image border, any kernel size).
+static inline vec dw_border(const float* xb, const float* dw, vec b, const Geometry& g, int64_t oh, int64_t ow, int64_t c0) {
+  vec a = b;
+  const int64_t ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = ih0 + i;
+    if (ih < 0 || ih >= g.H) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t iw = iw0 + j;
+      if (iw < 0 || iw >= g.W) continue;
+      a += load(xb + (ih * g.W + iw) * g.C + c0) * load(dw + (i * g.kw + j) * g.C + c0);
+    }
+  }
+  return a;
+}
+
+// One 8-channel block [c0, c0 + 8) of the depthwise conv over the output pixels [p0, p1) of one
+// image, into t[(p - p0) * C + c]: border pixels with bounds checks, each row's interior run by
+// dw_interior. KH = KW = 0: any kernel size, taps read from memory.
+template <int KH, int KW, int V>
+static void dw_block(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
+                     int64_t p0, int64_t p1, int64_t c0, float* t) {
+  const int64_t C = g.C, W = g.W;
+  const vec b = db ? load(db + c0) : splat(0.f);
+  const int64_t ow_lo = std::min(g.Wo, (g.pl + g.sw - 1) / g.sw);
+  const int64_t ow_hi = std::max(ow_lo, std::min(g.Wo, (W + g.pl - g.kw) / g.sw + 1));
+  constexpr int T = KH > 0 ? KH * KW : 1;
+  vec wr[T];
+  if (KH > 0 && V == 1)
+    for (int k = 0; k < T; ++k) wr[k] = load(dw + k * C + c0);
+  int64_t p = p0;
+  while (p < p1) {
+    const int64_t oh = p / g.Wo, ow_begin = p % g.Wo, ow_end = std::min(g.Wo, ow_begin + (p1 - p));
+    const int64_t ih0 = oh * g.sh - g.pt;
+    float* trow = t + (p - p0 - ow_begin) * C + c0;
+    int64_t lo = ow_begin, hi = ow_begin;  // the interior run [lo, hi)
+    if (KH > 0 && ih0 >= 0 && ih0 + KH <= g.H) {
+      lo = std::min(std::max(ow_begin, ow_lo), ow_end);
+      hi = std::max(lo, std::min(ow_end, ow_hi));
+    }
+    for (int v = 0; v < V; ++v) {
+      const vec bv = db ? load(db + c0 + v * VL) : splat(0.f);
+      for (int64_t ow = ow_begin; ow < lo; ++ow) store(trow + ow * C + v * VL, act_vec(dw_border(xb, dw, bv, g, oh, ow, c0 + v * VL), act));
+      for (int64_t ow = hi; ow < ow_end; ++ow) store(trow + ow * C + v * VL, act_vec(dw_border(xb, dw, bv, g, oh, ow, c0 + v * VL), act));
+    }
+    if (KH > 0 && hi > lo) {
+      if (V == 1)
+        dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1)>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
+                                                           wr, b, act, trow + lo * C, hi - lo);
+      else
+        dw_interior2<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1)>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
+                                                            dw + c0, C, b, db ? load(db + c0 + VL) : splat(0.f), act, trow + lo * C, hi - lo);
+    }
+    p += ow_end - ow_begin;
+  }
+}
+
+static void dw_scalar(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
+                      int64_t p0, int64_t p1, int64_t c, float* t) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t oh = p / g.Wo, ow = p % g.Wo;
+    float a = db ? db[c] : 0.f;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh - g.pt + i;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = ow * g.sw - g.pl + j;
+        if (iw < 0 || iw >= g.W) continue;
+        a += xb[(ih * g.W + iw) * g.C + c] * dw[(i * g.kw + j) * g.C + c];
+      }
+    }
+    t[(p - p0) * g.C + c] = act_scalar(a, act);
+  }
+}
+
+static void depthwise(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
+                      int64_t p0, int64_t p1, float* t) {
+  const int64_t cv = g.C / VL * VL;
+  int64_t c0 = 0;
+  for (; c0 + 2 * VL <= cv; c0 += 2 * VL) {
+    if (g.kh == 3 && g.kw == 3) dw_block<3, 3, 2>(xb, dw, db, act, g, p0, p1, c0, t);
+    else if (g.kh == 5 && g.kw == 5) dw_block<5, 5, 2>(xb, dw, db, act, g, p0, p1, c0, t);
+    else dw_block<0, 0, 2>(xb, dw, db, act, g, p0, p1, c0, t);
+  }
+  for (; c0 < cv; c0 += VL) {
+    if (g.kh == 3 && g.kw == 3) dw_block<3, 3, 1>(xb, dw, db, act, g, p0, p1, c0, t);
+    else if (g.kh == 5 && g.kw == 5) dw_block<5, 5, 1>(xb, dw, db, act, g, p0, p1, c0, t);
+    else dw_block<0, 0, 1>(xb, dw, db, act, g, p0, p1, c0, t);
+  }
+  for (int64_t c = cv; c < g.C; ++c) dw_scalar(xb, dw, db, act, g, p0, p1, c, t);
+}
+
+// out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]) for p < P (rows of t at stride C; t has MR spare
+// rows so the last 6-row step reads no further than the buffer). stream: final stores bypass cache.
+constexpr int64_t KC = 256, KC_MAX = 384;
+static void gemm(const float* t, int64_t P, int64_t C, const float* wpack, int64_t N, const float* bias, int64_t act,
+                 bool stream, float* out) {
+  const int64_t kc = C <= KC_MAX ? C : KC;
+  const int64_t blocks = (N + NB - 1) / NB;
   alignas(64) float tmp[NB];
   for (int64_t nb = 0; nb < blocks; ++nb) {
     const int64_t n0 = nb * NB, width = std::min<int64_t>(NB, N - n0);
     const float* wp = wpack + nb * C * NB;
-    const v16 b0 = bias ? load16(bias + n0) : splat(0.f), b1 = bias ? load16(bias + n0 + VL) : splat(0.f);
-    for (int64_t pb = 0; pb < panels; ++pb) {
-      v16 a0[MR], a1[MR];
-      for (int m = 0; m < MR; ++m) { a0[m] = b0; a1[m] = b1; }
-      const float* a = ap + pb * C * MR;
-      for (int64_t c = 0; c < C; ++c) {
-        const v16 w0 = load16(wp + c * NB), w1 = load16(wp + c * NB + VL);
+    const vec b0 = bias ? load(bias + n0) : splat(0.f), b1 = bias ? load(bias + n0 + VL) : splat(0.f);
+    for (int64_t k0 = 0; k0 < C; k0 += kc) {
+      const int64_t k1 = std::min(C, k0 + kc);
+      const bool first = k0 == 0, last = k1 == C;
+      for (int64_t pm = 0; pm < P; pm += MR) {
+        const int mr = (int)std::min<int64_t>(MR, P - pm);
+        vec a0[MR], a1[MR];
         for (int m = 0; m < MR; ++m) {
-          const v16 x = splat(a[c * MR + m]);
-          a0[m] += x * w0;
-          a1[m] += x * w1;
+          if (first || m >= mr) { a0[m] = b0; a1[m] = b1; }
+          else if (width == NB) { a0[m] = load(out + (pm + m) * N + n0); a1[m] = load(out + (pm + m) * N + n0 + VL); }
+          else {
+            std::memset(tmp, 0, sizeof(tmp));
+            std::memcpy(tmp, out + (pm + m) * N + n0, width * sizeof(float));
+            a0[m] = load(tmp); a1[m] = load(tmp + VL);
+          }
         }
-      }
-      const int mr = (int)std::min<int64_t>(MR, P - pb * MR);
-      for (int m = 0; m < mr; ++m) {
-        float* o = out + (pb * MR + m) * N + n0;
-        if (width == NB) {
-          store16(o, act_vec(a0[m], act));
-          store16(o + VL, act_vec(a1[m], act));
-        } else {
-          store16(tmp, act_vec(a0[m], act));
-          store16(tmp + VL, act_vec(a1[m], act));
-          std::memcpy(o, tmp, width * sizeof(float));
+        const float* a = t + pm * C;
+        for (int64_t c = k0; c < k1; ++c) {
+          const vec w0 = load(wp + c * NB), w1 = load(wp + c * NB + VL);
+          for (int m = 0; m < MR; ++m) {
+            const vec x = splat(a[m * C + c]);
+            a0[m] += x * w0;
+            a1[m] += x * w1;
+          }
+        }
+        for (int m = 0; m < mr; ++m) {
+          float* o = out + (pm + m) * N + n0;
+          const vec r0 = last ? act_vec(a0[m], act) : a0[m], r1 = last ? act_vec(a1[m], act) : a1[m];
+          if (width == NB && last && stream && ((uintptr_t)o & 31) == 0) {
+            stream_store(o, r0);
+            stream_store(o + VL, r1);
+          } else if (width == NB) {
+            store(o, r0);
+            store(o + VL, r1);
+          }
+          else { store(tmp, r0); store(tmp + VL, r1); std::memcpy(o, tmp, width * sizeof(float)); }
         }
       }
     }
   }
 }
 
-// x: (B, C, H, W) channels_last; dw: (KH*KW, C); dw_bias: (C) or empty;
-// pw: (ceil(N/16), C, 16) packed panels; pw_bias: (ceil(N/16) * 16) or empty; n_out: N.
 torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bias, int64_t act_mid, torch::Tensor pw,
                          torch::Tensor pw_bias, int64_t n_out, int64_t act_out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                          int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t tile_bytes) {
@@ -107,60 +310,34 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   const int64_t Ho = (H + pt + pb - kh) / sh + 1, Wo = (W + pl + pr - kw) / sw + 1;
   TORCH_CHECK(Ho > 0 && Wo > 0, "fused_dwpw: empty output");
   auto out = at::empty({B, N, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const Geometry g{H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl};
   const float* xp = x.data_ptr<float>();
   const float* dwp = dw.contiguous().data_ptr<float>();
   const float* dbp = dw_bias.numel() ? dw_bias.contiguous().data_ptr<float>() : nullptr;
   const float* pwp = pw.contiguous().data_ptr<float>();
   const float* pbp = pw_bias.numel() ? pw_bias.contiguous().data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  // rows per tile: the depthwise tile (rows * Wo * C floats) stays within tile_bytes (L2-sized)
-  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(Ho, tile_bytes / std::max<int64_t>(1, Wo * C * 4)));
-  const int64_t tiles = (Ho + rows - 1) / rows;
+  // tiles: ranges of output pixels of one image whose depthwise result (px x C floats) fits
+  // tile_bytes, with a total (B x tiles) that spreads evenly over the threads
+  const int64_t P = Ho * Wo, threads = std::max(1, at::get_num_threads());
+  const int64_t cap = std::max<int64_t>(MR, tile_bytes / (C * 4) / MR * MR);
+  int64_t tiles = (P + cap - 1) / cap;
+  if ((B * tiles) % threads != 0) tiles = ((B * tiles + threads - 1) / threads * threads + B - 1) / B;
+  tiles = std::min(tiles, (P + MR - 1) / MR);
+  const int64_t px = ((P + tiles - 1) / tiles + MR - 1) / MR * MR;
+  tiles = (P + px - 1) / px;
+  // a large output (one pass over C) is written around the cache
+  const bool stream = C <= KC_MAX && B * P * N * 4 >= (int64_t(2) << 20);
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(rows * Wo * C + VL);
-    std::vector<float> packed(((rows * Wo + MR - 1) / MR) * MR * C);
-    float* t = buf.data();
+    std::vector<float> buf((px + MR) * C, 0.f);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / tiles, oh0 = (job % tiles) * rows, oh1 = std::min(Ho, oh0 + rows);
-      const float* xb = xp + b * H * W * C;
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        for (int64_t ow = 0; ow < Wo; ++ow) {
-          float* acc = t + ((oh - oh0) * Wo + ow) * C;
-          // accumulate 4 vectors (32 channels) in registers over all taps, then store once
-          int64_t c0 = 0;
-          for (; c0 + 4 * VL <= C; c0 += 4 * VL) {
-            v16 a[4];
-            for (int v = 0; v < 4; ++v) a[v] = dbp ? load16(dbp + c0 + v * VL) : splat(0.f);
-            for (int64_t i = 0; i < kh; ++i) {
-              const int64_t ih = oh * sh - pt + i;
-              if (ih < 0 || ih >= H) continue;
-              for (int64_t j = 0; j < kw; ++j) {
-                const int64_t iw = ow * sw - pl + j;
-                if (iw < 0 || iw >= W) continue;
-                const float* xv = xb + (ih * W + iw) * C + c0;
-                const float* wv = dwp + (i * kw + j) * C + c0;
-                for (int v = 0; v < 4; ++v) a[v] += load16(xv + v * VL) * load16(wv + v * VL);
-              }
-            }
-            for (int v = 0; v < 4; ++v) store16(acc + c0 + v * VL, act_vec(a[v], act_mid));
-          }
-          for (; c0 < C; ++c0) {  // remaining channels
-            float a = dbp ? dbp[c0] : 0.f;
-            for (int64_t i = 0; i < kh; ++i) {
-              const int64_t ih = oh * sh - pt + i;
-              if (ih < 0 || ih >= H) continue;
-              for (int64_t j = 0; j < kw; ++j) {
-                const int64_t iw = ow * sw - pl + j;
-                if (iw < 0 || iw >= W) continue;
-                a += xb[(ih * W + iw) * C + c0] * dwp[(i * kw + j) * C + c0];
-              }
-            }
-            acc[c0] = act_scalar(a, act_mid);
-          }
-        }
-      }
-      gemm_tile(t, (oh1 - oh0) * Wo, C, pwp, N, pbp, act_out, op + ((b * Ho + oh0) * Wo) * N, packed.data());
+      const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
+      depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.data());
+      gemm(buf.data(), p1 - p0, C, pwp, N, pbp, act_out, stream, op + (b * P + p0) * N);
     }
+#ifdef __AVX__
+    if (stream) _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
+#endif
   });
   return out;
 }
@@ -168,3 +345,11 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_dwpw", &fused_dwpw, "fused depthwise + pointwise convolution (inference, float32, NHWC)");
 }
+
+// Also a dispatcher op, torch.ops.sepconv.fused_dwpw, so that traced / frozen TorchScript graphs
+// (and the profiler) see the call instead of baking its result in as a constant.
+TORCH_LIBRARY(sepconv, m) {
+  m.def("fused_dwpw(Tensor x, Tensor dw, Tensor dw_bias, int act_mid, Tensor pw, Tensor pw_bias, int n_out, int act_out, "
+        "int kh, int kw, int sh, int sw, int pt, int pb, int pl, int pr, int tile_bytes) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(sepconv, CPU, m) { m.impl("fused_dwpw", &fused_dwpw); }
