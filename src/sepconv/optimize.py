@@ -214,7 +214,8 @@ class InferenceModule(nn.Module):
     """The result of :func:`optimize_for_inference`: inference-only, input made channels_last.
 
     Attributes:
-        backend: ``'eager'``, ``'fused'``, ``'torchscript'`` or ``'compile'``, the path chosen.
+        backend: ``'eager'``, ``'fused'``, ``'torchscript'``, ``'fused+torchscript'`` or
+            ``'compile'``, the path chosen.
         timings: median ms per candidate measured on the example input (empty without one).
     """
 
@@ -264,8 +265,10 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         candidates: paths to consider, a subset of ``('eager', 'fused', 'torchscript', 'compile')``.
             ``'fused'`` replaces each depthwise separable layer by the fused kernel where that
             measures faster on the layer's own input (a per-layer dispatch); the kernel is
-            compiled on first use (~1 min, cached). ``'compile'`` (inductor with freezing) costs
-            seconds to minutes of compilation.
+            compiled on first use (~1 min, cached). ``'torchscript'`` also tries the frozen graph
+            of the model with fused layers when ``'fused'`` is a candidate (backend
+            ``'fused+torchscript'``). ``'compile'`` (inductor with freezing) costs seconds to
+            minutes of compilation.
 
     Returns:
         :class:`InferenceModule` (inference-only: gradients raise a clear error).
@@ -297,18 +300,24 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     paths = {}
     if "eager" in candidates:
         paths["eager"] = _lower(copy.deepcopy(folded))
+    fused = None
     if "fused" in candidates and four_d and x.dtype == torch.float32:
         fused = _fuse(folded, x, rounds)
         if fused is not None:
-            paths["fused"] = _lower(fused)
+            fused = _lower(fused)
+            paths["fused"] = fused
     if "torchscript" in candidates:
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # shape checks become constants: guarded by InferenceModule
-                traced = torch.jit.trace(copy.deepcopy(folded), x, check_trace=False)
-                paths["torchscript"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        except Exception:  # a graph TorchScript cannot trace: the eager path remains
-            pass
+        # the frozen graph of the plain model, and of the one with fused layers (the kernel is a
+        # dispatcher op, so it stays a call in the graph while oneDNN fuses the convs around it)
+        bases = [("torchscript", folded)] + ([("fused+torchscript", fused)] if "fused" in paths else [])
+        for name, base in bases:
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # shape checks become constants: guarded by InferenceModule
+                    traced = torch.jit.trace(copy.deepcopy(base), x, check_trace=False)
+                    paths[name] = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            except Exception:  # a graph TorchScript cannot trace: the other paths remain
+                pass
     if "compile" in candidates:
         try:
             import torch._inductor.config as inductor_config
