@@ -39,6 +39,7 @@ __all__ = ["fold_batchnorms", "optimize_for_inference", "InferenceModule"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CANDIDATES = ("eager", "fused", "torchscript", "compile")
+BACKENDS = ("eager", "fused", "torchscript", "fused+torchscript", "compile")  # what InferenceModule.backend can be
 _ACTS = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2}
 
 
@@ -276,7 +277,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     Example:
         >>> from sepconv.models import mobilenet_v1
         >>> fast = optimize_for_inference(mobilenet_v1(0.25), torch.randn(1, 3, 64, 64), rounds=2)
-        >>> fast.backend in ('eager', 'torchscript')
+        >>> fast.backend in BACKENDS
         True
     """
     if not isinstance(model, nn.Module):
