@@ -9,7 +9,7 @@ from torch import nn
 import sepconv
 from sepconv.convert import convert
 from sepconv.models import digits_cnn, mobilenet_v1
-from sepconv.optimize import BACKENDS, fold_batchnorms, optimize_for_inference
+from sepconv.optimize import BACKENDS, fold_batchnorms, optimize_for_inference, release_buffers
 
 
 def _randomize_bn(model):
@@ -236,6 +236,41 @@ def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
     with torch.inference_mode():
         out = fused(x)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_output_pool_never_overwrites_a_held_result(fused_ext):
+    """Outputs >= 1 MiB come from a caching allocator; memory is reused only once nothing references it."""
+    from sepconv.optimize import FusedSeparableConv2d
+
+    torch.manual_seed(0)
+    layer = sepconv.SeparableConv2d(16, 64, 3, 1, 1).eval()
+    fused = FusedSeparableConv2d(layer, 0)
+    xs = [torch.randn(1, 16, 64, 64) for _ in range(4)]
+    release_buffers()  # no idle blocks left over from other tests
+    with torch.inference_mode():
+        refs = [layer(x) for x in xs]
+        y0 = fused(xs[0])  # 1 MiB: pooled
+        y1 = fused(xs[1])  # y0 is held: a different buffer
+        assert y1.data_ptr() != y0.data_ptr()
+        view = y1[:, :8]
+        ptr1 = y1.data_ptr()
+        del y1  # the view still holds the storage
+        y2 = fused(xs[2])
+        assert y2.data_ptr() != ptr1
+        torch.testing.assert_close(y0, refs[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(view, refs[1][:, :8], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(y2, refs[2], rtol=1e-4, atol=1e-5)
+        ptr2 = y2.data_ptr()
+        del y2  # now unreferenced: the next call reuses it instead of faulting in fresh pages
+        y3 = fused(xs[3])
+        assert y3.data_ptr() == ptr2
+        torch.testing.assert_close(y3, refs[3], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(y0, refs[0], rtol=1e-4, atol=1e-5)
+        arr = y3.numpy()  # a NumPy array over the buffer keeps it out of reach too
+        del y3
+        y4 = fused(xs[0])
+        assert y4.data_ptr() != arr.ctypes.data
+    release_buffers()
 
 
 def test_fused_kernel_is_a_dispatcher_op(fused_ext):
