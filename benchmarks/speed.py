@@ -125,7 +125,7 @@ def filter_rows(ks, rounds, size=512):
         def dense():
             return F.conv2d(F.pad(img, [p, k - 1 - p, p, k - 1 - p], mode="reflect"), full, groups=3)
 
-        fns = {"separable_filter2d": lambda: separable_filter2d(img, g, g), "dense 2-D filter": dense}
+        fns = {"separable_filter2d": lambda: separable_filter2d(img, g, g, kernel="compiled"), "dense 2-D filter": dense}
         if cv2 is not None:
             hwc = img[0].permute(1, 2, 0).contiguous().numpy()
             gn = g.numpy()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sepconv
@@ -51,6 +51,77 @@ def test_separable_filter2d_equals_outer_product_kernel(kh, kw, padding, seed):
     else:
         ref = F.conv2d(img, k2, groups=2)
     torch.testing.assert_close(y, ref)
+
+
+@given(st.integers(1, 25), st.integers(1, 25), st.sampled_from(["same", "valid"]),
+       st.sampled_from(["reflect", "replicate", "circular", "zeros"]), st.integers(1, 3), st.integers(25, 70),
+       st.integers(25, 90), st.booleans(), st.booleans(), st.integers(0, 1000))
+@settings(max_examples=40, deadline=None)
+def test_separable_filter2d_compiled_kernel_equals_float64_dense(kh, kw, padding, border, c, h, w, per_channel, batched,
+                                                                  seed):
+    """The C++ strip kernel (vector blocks of 32 and 8 columns and the scalar tail, strips, per-channel
+    kernels, 3-D input) against the dense 2-D filter in float64."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(2, c, h, w, generator=g)
+    ky = torch.randn(c if per_channel else 1, kh, generator=g)
+    kx = torch.randn(c if per_channel else 1, kw, generator=g)
+    args = (kx if per_channel else kx[0], ky if per_channel else ky[0])
+    x = img if batched else img[0]
+    y = SF.separable_filter2d(x, *args, padding=padding, border=border, kernel="compiled")
+    k2 = (ky.double()[:, :, None] * kx.double()[:, None, :]).expand(c, kh, kw).unsqueeze(1)
+    ref = img.double()
+    if padding == "same":
+        pads = [(kw - 1) // 2, kw - 1 - (kw - 1) // 2, (kh - 1) // 2, kh - 1 - (kh - 1) // 2]
+        ref = F.pad(ref, pads, mode="constant" if border == "zeros" else border)
+    ref = F.conv2d(ref, k2, groups=c)
+    torch.testing.assert_close(y.double(), ref if batched else ref[0], rtol=1e-5, atol=1e-5)
+    # 'auto' uses the kernel now that it is loaded; 'torch' is the reference path: same result
+    torch.testing.assert_close(SF.separable_filter2d(x, *args, padding=padding, border=border, kernel="torch"), y,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_separable_filter2d_kernel_choice():
+    """'compiled' serves float32 CPU inputs without gradients; everything else takes the PyTorch path."""
+    from sepconv import _fused
+
+    img = torch.rand(1, 2, 40, 40)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    SF.separable_filter2d(img, k, k, kernel="compiled")
+    assert _fused.loaded() is not None
+    calls = []
+    original = torch.ops.sepconv.separable_filter2d
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append(a[0].dtype)
+            return original(*a)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(torch.ops.sepconv, "separable_filter2d", Spy()):
+        SF.separable_filter2d(img, k, k)  # auto: loaded -> compiled
+        SF.separable_filter2d(img.double(), k, k, kernel="compiled")  # float64: PyTorch path
+        SF.separable_filter2d(img, k, k, kernel="torch")
+        xg = img.clone().requires_grad_()
+        out = SF.separable_filter2d(xg, k, k, kernel="compiled")  # gradients: PyTorch path
+        out.sum().backward()
+    assert calls == [torch.float32]
+    assert xg.grad is not None
+    with pytest.raises(ValueError, match=r"kernel: expected one of \('auto', 'compiled', 'torch'\), got 'cuda'"):
+        SF.separable_filter2d(img, k, k, kernel="cuda")
+
+
+def test_separable_filter2d_compiled_unavailable(monkeypatch):
+    from sepconv import _fused
+
+    monkeypatch.setattr(_fused, "load", lambda: None)
+    monkeypatch.setattr(_fused, "loaded", lambda: None)
+    img = torch.rand(1, 1, 20, 20)
+    k = torch.ones(3) / 3
+    ref = SF.separable_filter2d(img, k, k, kernel="torch")
+    torch.testing.assert_close(SF.separable_filter2d(img, k, k), ref)  # auto: PyTorch path
+    with pytest.raises(RuntimeError, match=r"kernel='compiled': the C\+\+ kernels could not be built here"):
+        SF.separable_filter2d(img, k, k, kernel="compiled")
 
 
 def test_separable_filter2d_per_channel_kernels_and_gaussian():

@@ -1,8 +1,11 @@
-"""The fused depthwise + pointwise kernel (``csrc/fused_dwpw.cpp``), compiled on first use.
+"""The C++ kernels, compiled on first use: the fused depthwise + pointwise convolution
+(``csrc/fused_dwpw.cpp``, ``torch.ops.sepconv.fused_dwpw``) and the strip-wise separable filter
+(``csrc/separable_filter.cpp``, ``torch.ops.sepconv.separable_filter2d``).
 
 Why a C++ extension: the point of fusion is that the depthwise tile is consumed by the pointwise
-GEMM while it is still in cache, which needs control over loops and buffers that no PyTorch op
-gives; a small C++ file built with ``torch.utils.cpp_extension.load`` at first use (cached under
+GEMM while it is still in cache (and, for the filter, that a strip's vertical result is filtered
+horizontally before it leaves cache), which needs control over loops and buffers that no PyTorch
+op gives; a small C++ file built with ``torch.utils.cpp_extension.load`` at first use (cached under
 ``~/.cache/torch_extensions``) uses the machine's own vector width (``-march=native``), needs only
 the compiler PyTorch's CPU wheels already expect, and keeps torch's thread pool. When it cannot be
 built (no compiler, no ninja) :func:`load` returns ``None`` and callers keep the PyTorch path.
@@ -32,7 +35,8 @@ def load():
         try:
             from torch.utils.cpp_extension import load as load_extension
 
-            source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fused_dwpw.cpp")
+            csrc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+            sources = [os.path.join(csrc, name) for name in ("fused_dwpw.cpp", "separable_filter.cpp")]
             # the pip-installed ninja lives next to this interpreter, which may not be on PATH
             bindir = os.path.dirname(sys.executable)
             if bindir not in os.environ.get("PATH", "").split(os.pathsep):
@@ -40,7 +44,7 @@ def load():
             import torch
 
             openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-            _state["module"] = load_extension(name="sepconv_fused_dwpw", sources=[source],
+            _state["module"] = load_extension(name="sepconv_kernels", sources=sources,
                                               extra_cflags=["-O3", "-march=native", *openmp],
                                               extra_ldflags=openmp, verbose=False)
             _register_fake()
@@ -51,7 +55,7 @@ def load():
 
 
 def _register_fake() -> None:
-    """Output shape of ``torch.ops.sepconv.fused_dwpw`` for tracing with fake tensors (torch.compile)."""
+    """Output shapes of the ops for tracing with fake tensors (torch.compile)."""
     import torch
 
     if getattr(_register_fake, "done", False):
@@ -63,7 +67,18 @@ def _register_fake() -> None:
         wo = (x.shape[3] + pl + pr - kw) // sw + 1
         return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
 
+    @torch.library.register_fake("sepconv::separable_filter2d")
+    def _(x, ky, kx, pt, pb, pl, pr, border):
+        return x.new_empty((x.shape[0], x.shape[1], x.shape[2] + pt + pb - ky.shape[1] + 1,
+                            x.shape[3] + pl + pr - kx.shape[1] + 1))
+
     _register_fake.done = True
+
+
+def loaded():
+    """The extension module if it is already built and loaded in this process, else ``None``
+    (never compiles)."""
+    return _state.get("module")
 
 
 def error() -> Optional[str]:

@@ -437,7 +437,7 @@ def spatially_separable_conv2d(x: Tensor, vertical_weight: Tensor, horizontal_we
 
 
 def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, padding: str = "same",
-                       border: str = "reflect") -> Tensor:
+                       border: str = "reflect", kernel: str = "auto") -> Tensor:
     """Apply a fixed separable filter to every channel in two 1-D passes (vertical, then horizontal).
 
     Equals cross-correlating each channel with the 2-D kernel ``outer(kernel_y, kernel_x)``, at
@@ -451,6 +451,14 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
         padding: ``'same'`` (output ``H x W``; even kernels put the smaller half before) or ``'valid'``.
         border: how ``'same'`` extends the image: ``'reflect'`` (mirror without repeating the edge,
             OpenCV's default ``BORDER_REFLECT_101``), ``'replicate'``, ``'circular'`` or ``'zeros'``.
+        kernel: the implementation for float32 CPU images without gradients. ``'compiled'``: the
+            C++ strip kernel (``csrc/separable_filter.cpp``; borders handled in place and one pass
+            over memory instead of one per tap, several times faster for large kernels), compiled on first use (~1 min,
+            cached); ``'auto'`` (default): the compiled kernel if it is already loaded in this
+            process (e.g. by :func:`sepconv.optimize_for_inference` or an earlier
+            ``'compiled'`` call), never triggering the compile; ``'torch'``: the pure PyTorch
+            path (shifted multiply-adds), which also serves every other input (any dtype,
+            device, autograd).
 
     Returns:
         Same shape as ``image`` for ``'same'``; ``(B, C, H-kh+1, W-kw+1)`` for ``'valid'``.
@@ -469,6 +477,8 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
         raise ValueError(f"padding: expected one of ('same', 'valid'), got {padding!r}")
     if border not in BORDERS:
         raise ValueError(f"border: expected one of {BORDERS}, got {border!r}")
+    if kernel not in ("auto", "compiled", "torch"):
+        raise ValueError(f"kernel: expected one of ('auto', 'compiled', 'torch'), got {kernel!r}")
     c = image.shape[-3]
     weights = []
     for name, k in (("kernel_y", kernel_y), ("kernel_x", kernel_x)):
@@ -489,11 +499,37 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
                              f"{kh}x{kw} kernel, got {h}x{w}")
     else:
         fpad = [0, 0, 0, 0]
+    ext = _compiled_kernels(kernel, image, ky, kx)
+    if ext is not None:
+        batched = image if image.dim() == 4 else image.unsqueeze(0)
+        out = torch.ops.sepconv.separable_filter2d(batched, ky, kx, fpad[2], fpad[3], fpad[0], fpad[1],
+                                                   _BORDER_CODES[border])
+        return out if image.dim() == 4 else out.squeeze(0)
     # Two 1-D passes as sums of shifted slices: each tap is one vectorized multiply-add over the
     # image, which on CPU beats a depthwise conv with a (k, 1) kernel by 2-3x (oneDNN has no fast
     # path for those shapes). In-place accumulation unless gradients are needed.
     y = _shifted_sum(pad_input(image, [0, 0, fpad[2], fpad[3]], border), ky, dim=-2)
     return _shifted_sum(pad_input(y, [fpad[0], fpad[1], 0, 0], border), kx, dim=-1)
+
+
+_BORDER_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}  # as in csrc/separable_filter.cpp
+
+
+def _compiled_kernels(choice: str, image: Tensor, *kernels: Tensor):
+    """The C++ kernels' module if ``choice`` and the input allow it, else None (PyTorch path)."""
+    if choice == "torch" or image.dtype != torch.float32 or image.device.type != "cpu":
+        return None
+    if torch.is_grad_enabled() and (image.requires_grad or any(k.requires_grad for k in kernels)):
+        return None
+    from . import _fused
+
+    if choice == "auto":
+        return _fused.loaded()
+    ext = _fused.load()
+    if ext is None:
+        raise RuntimeError(f"kernel='compiled': the C++ kernels could not be built here ({_fused.error()}); "
+                           "use kernel='torch'")
+    return ext
 
 
 def _shifted_sum(x: Tensor, kernel: Tensor, dim: int) -> Tensor:

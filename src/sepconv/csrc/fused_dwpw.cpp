@@ -16,36 +16,17 @@
 // Vectorization uses GCC/Clang vector extensions of 8 floats (one AVX2 register; pairs of SSE
 // registers elsewhere). Threads: at::parallel_for, i.e. torch's own pool and thread count (with
 // the OpenMP backend this file must be compiled with -fopenmp, or the loop runs on one thread).
-#include <torch/extension.h>
-#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
-#include <c10/core/impl/alloc_cpu.h>
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
-#ifdef __AVX__
-#include <immintrin.h>
-#endif
+#include "common.h"
 
-typedef float vec __attribute__((vector_size(32)));
-constexpr int VL = 8;
+using namespace sepconv;
 constexpr int MR = 6;
 constexpr int NB = 16;
-
-static inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof(v)); return v; }
-static inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
-static inline vec splat(float x) { return vec{x, x, x, x, x, x, x, x}; }
-// a store that bypasses the cache (p 32-byte aligned), where the CPU has one
-static inline void stream_store(float* p, vec v) {
-#ifdef __AVX__
-  _mm256_stream_ps(p, (__m256)v);
-#else
-  store(p, v);
-#endif
-}
 
 static inline float act_scalar(float v, int64_t act) {
   if (act == 1) return v > 0.f ? v : 0.f;
@@ -299,79 +280,6 @@ static void gemm(const float* t, int64_t P, int64_t C, const float* wpack, int64
   }
 }
 
-// Output buffers. A large tensor freed by its consumer goes back to the OS (glibc unmaps blocks
-// over its mmap threshold), so allocating it afresh on the next call pays a page fault and a
-// zero-fill per 4 KiB page — at batch 8 that costs as much as the convolution itself. Like an
-// inference engine's arena, outputs of 1 MiB and more therefore come from a small caching
-// allocator: when the last reference to such a tensor's storage goes (tensor, views, NumPy
-// arrays, graph values: the storage's own refcount decides), its memory returns to an idle list
-// (at most POOL_SIZE blocks, the rest freed) and the next output of the same size reuses it.
-// Memory still referenced is never reused.
-constexpr int64_t POOL_MIN_BYTES = int64_t(1) << 20;
-constexpr size_t POOL_SIZE = 16;
-
-struct PooledBlock {
-  void* ptr;
-  size_t bytes;
-};
-// never destroyed: tensors may outlive static destruction at exit
-static std::mutex& pool_mutex = *new std::mutex;
-static std::vector<PooledBlock*>& idle_blocks = *new std::vector<PooledBlock*>;
-
-static void pooled_free(void* ctx) {
-  auto* block = static_cast<PooledBlock*>(ctx);
-  {
-    std::lock_guard<std::mutex> lock(pool_mutex);
-    if (idle_blocks.size() < POOL_SIZE) {
-      idle_blocks.push_back(block);
-      return;
-    }
-  }
-  c10::free_cpu(block->ptr);
-  delete block;
-}
-
-struct PoolAllocator final : c10::Allocator {
-  c10::DataPtr allocate(size_t n) override {
-    PooledBlock* block = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(pool_mutex);
-      for (size_t i = 0; i < idle_blocks.size(); ++i)
-        if (idle_blocks[i]->bytes == n) {
-          block = idle_blocks[i];
-          idle_blocks.erase(idle_blocks.begin() + i);
-          break;
-        }
-    }
-    if (!block) block = new PooledBlock{c10::alloc_cpu(n), n};
-    return {block->ptr, block, &pooled_free, c10::Device(c10::DeviceType::CPU)};
-  }
-  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
-};
-static PoolAllocator pool_allocator;
-
-static at::Tensor new_output(at::IntArrayRef sizes) {
-  int64_t numel = 1;
-  for (auto s : sizes) numel *= s;
-  if (numel * 4 < POOL_MIN_BYTES)
-    return at::empty(sizes, at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  return at::detail::empty_generic(sizes, &pool_allocator, c10::DispatchKeySet(c10::DispatchKey::CPU), at::kFloat,
-                                   at::MemoryFormat::ChannelsLast);
-}
-
-// Frees the idle pooled blocks (blocks in use return to the idle list when released, as before).
-static void release_buffers() {
-  std::vector<PooledBlock*> blocks;
-  {
-    std::lock_guard<std::mutex> lock(pool_mutex);
-    blocks.swap(idle_blocks);
-  }
-  for (auto* b : blocks) {
-    c10::free_cpu(b->ptr);
-    delete b;
-  }
-}
-
 torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bias, int64_t act_mid, torch::Tensor pw,
                          torch::Tensor pw_bias, int64_t n_out, int64_t act_out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                          int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t tile_bytes) {
@@ -385,7 +293,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   TORCH_CHECK(pw_bias.numel() == 0 || pw_bias.numel() == pw.size(0) * 16, "fused_dwpw: padded bias");
   const int64_t Ho = (H + pt + pb - kh) / sh + 1, Wo = (W + pl + pr - kw) / sw + 1;
   TORCH_CHECK(Ho > 0 && Wo > 0, "fused_dwpw: empty output");
-  auto out = new_output({B, N, Ho, Wo});
+  auto out = new_output({B, N, Ho, Wo}, at::MemoryFormat::ChannelsLast);
   const Geometry g{H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl};
   const float* xp = x.data_ptr<float>();
   const float* dwp = dw.contiguous().data_ptr<float>();

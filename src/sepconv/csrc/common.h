@@ -1,0 +1,105 @@
+// Shared by the C++ kernels: 8-float vectors and the pooled allocator for large outputs.
+#pragma once
+#include <torch/extension.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+
+namespace sepconv {
+
+// GCC/Clang vector extension: one AVX2 register (a pair of SSE registers without AVX)
+typedef float vec __attribute__((vector_size(32)));
+constexpr int VL = 8;  // floats per vector
+
+inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
+inline vec splat(float x) { return vec{x, x, x, x, x, x, x, x}; }
+// a store that bypasses the cache (p 32-byte aligned), where the CPU has one
+inline void stream_store(float* p, vec v) {
+#ifdef __AVX__
+  _mm256_stream_ps(p, (__m256)v);
+#else
+  store(p, v);
+#endif
+}
+
+// Output buffers. A large tensor freed by its consumer goes back to the OS (glibc unmaps blocks
+// over its mmap threshold), so allocating it afresh on the next call pays a page fault and a
+// zero-fill per 4 KiB page — at batch 8 that costs as much as the convolution itself. Like an
+// inference engine's arena, outputs of 1 MiB and more therefore come from a small caching
+// allocator: when the last reference to such a tensor's storage goes (tensor, views, NumPy
+// arrays, graph values: the storage's own refcount decides), its memory returns to an idle list
+// (at most POOL_SIZE blocks, the rest freed) and the next output of the same size reuses it.
+// Memory still referenced is never reused.
+constexpr int64_t POOL_MIN_BYTES = int64_t(1) << 20;
+constexpr size_t POOL_SIZE = 16;
+
+struct PooledBlock {
+  void* ptr;
+  size_t bytes;
+};
+// never destroyed: tensors may outlive static destruction at exit
+inline std::mutex& pool_mutex = *new std::mutex;
+inline std::vector<PooledBlock*>& idle_blocks = *new std::vector<PooledBlock*>;
+
+inline void pooled_free(void* ctx) {
+  auto* block = static_cast<PooledBlock*>(ctx);
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    if (idle_blocks.size() < POOL_SIZE) {
+      idle_blocks.push_back(block);
+      return;
+    }
+  }
+  c10::free_cpu(block->ptr);
+  delete block;
+}
+
+struct PoolAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    PooledBlock* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      for (size_t i = 0; i < idle_blocks.size(); ++i)
+        if (idle_blocks[i]->bytes == n) {
+          block = idle_blocks[i];
+          idle_blocks.erase(idle_blocks.begin() + i);
+          break;
+        }
+    }
+    if (!block) block = new PooledBlock{c10::alloc_cpu(n), n};
+    return {block->ptr, block, &pooled_free, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
+};
+inline PoolAllocator pool_allocator;
+
+// A float32 CPU tensor of `sizes` in `format`, from the pool when it is 1 MiB or more.
+inline at::Tensor new_output(at::IntArrayRef sizes, at::MemoryFormat format) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  if (numel * 4 < POOL_MIN_BYTES) return at::empty(sizes, at::TensorOptions().dtype(at::kFloat).memory_format(format));
+  return at::detail::empty_generic(sizes, &pool_allocator, c10::DispatchKeySet(c10::DispatchKey::CPU), at::kFloat, format);
+}
+
+// Frees the idle pooled blocks (blocks in use return to the idle list when released, as before).
+inline void release_buffers() {
+  std::vector<PooledBlock*> blocks;
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    blocks.swap(idle_blocks);
+  }
+  for (auto* b : blocks) {
+    c10::free_cpu(b->ptr);
+    delete b;
+  }
+}
+
+}  // namespace sepconv
