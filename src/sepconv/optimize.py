@@ -225,7 +225,33 @@ def _lower(model: nn.Module) -> nn.Module:
             new = lowered(child)
             if new is not None:
                 setattr(parent, name, new)
-    return lowered(model) or model
+    model = lowered(model) or model
+    _inplace_activations(model)
+    return model
+
+
+def _inplace_activations(model: nn.Module) -> None:
+    """Make a ReLU / ReLU6 that directly follows a conv (identities skipped) in an
+    ``nn.Sequential`` work in place: the conv's output is a fresh tensor nobody else sees, so
+    this saves an allocation and a pass over memory. Modifies ``model``."""
+    producers = (*_CONVS, nn.Linear, FusedSeparableConv2d)
+
+    def produces(m: Optional[nn.Module]) -> bool:  # a fresh output: a producer, or a Sequential ending in one
+        if isinstance(m, nn.Sequential):
+            rest = [c for c in m if not isinstance(c, nn.Identity)]
+            return bool(rest) and produces(rest[-1])
+        return isinstance(m, producers)
+
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        previous = None
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Identity):
+                continue
+            if type(child) in (nn.ReLU, nn.ReLU6) and produces(previous) and not child.inplace:
+                setattr(parent, name, type(child)(inplace=True))
+            previous = child
 
 
 class InferenceModule(nn.Module):
