@@ -10,6 +10,9 @@ import torch
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 20, warmup: int = 2) -> dict[str, float]:
     """Median milliseconds per candidate; each round calls every candidate once, in turn.
 
+    The order rotates from round to round, so no candidate always runs right after the same
+    neighbour (whose allocations and cache footprint it would otherwise inherit every time).
+
     Example:
         >>> t = interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(1000))}, rounds=3)
         >>> sorted(t)
@@ -20,9 +23,10 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 20, warmup: 
         for f in fns.values():
             for _ in range(warmup):
                 f()
-        for _ in range(rounds):
-            for k, f in fns.items():
+        names = list(fns)
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
                 t = time.perf_counter()
-                f()
+                fns[k]()
                 times[k].append((time.perf_counter() - t) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
