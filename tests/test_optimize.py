@@ -306,6 +306,25 @@ def test_fused_path_is_chosen_where_it_wins_and_matches(fused_ext):
         torch.testing.assert_close(fast(x), layer(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("measured,chosen", [
+    ({"eager": 1.0, "fused": 1.03, "torchscript": 0.99, "fused+torchscript": 1.2}, "fused"),       # within 5%: fused
+    ({"eager": 1.0, "fused": 1.10, "torchscript": 0.99, "fused+torchscript": 1.03}, "fused+torchscript"),
+    ({"eager": 1.0, "fused": 1.10, "torchscript": 0.90, "fused+torchscript": 1.2}, "torchscript"),  # a clear win
+])
+def test_dispatch_prefers_fused_paths_on_near_ties(fused_ext, monkeypatch, measured, chosen):
+    import sepconv.optimize as O
+
+    def fake(fns, rounds, warmup=1):
+        if set(fns) == {"eager", "fused"}:  # the per-layer dispatch: let the kernel win
+            return {"eager": 2.0, "fused": 1.0}
+        return {k: measured[k] for k in fns}
+
+    monkeypatch.setattr(O, "interleaved", fake)
+    layer = sepconv.SeparableConv2d(3, 10, 3).eval()
+    fast = optimize_for_inference(layer, torch.randn(1, 3, 15, 15), rounds=1)
+    assert fast.backend == chosen
+
+
 def test_fused_unavailable_falls_back(monkeypatch):
     from sepconv import _fused
 
