@@ -146,6 +146,17 @@ def median(v):
     return statistics.median(v) if v else float("nan")
 
 
+def machine() -> str:
+    """CPU model, core count and the vector ISA torch dispatches to (e.g. 'AVX2')."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def markdown(meta, layers, nets, filters) -> str:
     lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}; medians of {meta['rounds']} "
              "interleaved rounds (this machine is noisy: compare ratios within a row).", ""]
@@ -211,8 +222,7 @@ def main(argv=None) -> int:
     nets = mobilenet_rows((1,) if args.quick else (1, 8), 2, rounds, use_compile=not args.no_compile and not args.quick)
     print("3. separable filtering", flush=True)
     filters = filter_rows([3, 7, 15] if args.quick else list(range(3, 26, 2)), rounds)
-    meta = dict(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()} ({platform.processor() or 'cpu'}), "
-                f"{os.cpu_count()} cores", torch=torch.__version__, python=sys.version.split()[0], rounds=rounds,
+    meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, python=sys.version.split()[0], rounds=rounds,
                 quick=args.quick, seconds=round(time.perf_counter() - start, 1))
     os.makedirs(args.out, exist_ok=True)
     table = markdown(meta, layers, nets, filters)
