@@ -21,14 +21,16 @@ namespace {
 
 constexpr int64_t STRIP_ROWS = 16;
 
-// dst[w] = sum_i k[i] * rows[i][w] for w < n
-void vertical(const float* const* rows, const float* k, int64_t taps, float* dst, int64_t n) {
+// dst[w] = sum_t k[t] * row(t)[w] for w < n. The vertical pass takes row(t) = the t-th source
+// row; the horizontal one row(t) = src + t, i.e. the same row shifted by t.
+template <class Row>
+void weighted_rows(Row row, const float* k, int64_t taps, float* dst, int64_t n) {
   int64_t w = 0;
   for (; w + 4 * VL <= n; w += 4 * VL) {
     vec a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = 0; i < taps; ++i) {
-      const vec c = splat(k[i]);
-      const float* s = rows[i] + w;
+    for (int64_t t = 0; t < taps; ++t) {
+      const vec c = splat(k[t]);
+      const float* s = row(t) + w;
       a0 += c * load(s);
       a1 += c * load(s + VL);
       a2 += c * load(s + 2 * VL);
@@ -41,42 +43,12 @@ void vertical(const float* const* rows, const float* k, int64_t taps, float* dst
   }
   for (; w + VL <= n; w += VL) {
     vec a = splat(0.f);
-    for (int64_t i = 0; i < taps; ++i) a += splat(k[i]) * load(rows[i] + w);
+    for (int64_t t = 0; t < taps; ++t) a += splat(k[t]) * load(row(t) + w);
     store(dst + w, a);
   }
   for (; w < n; ++w) {
     float a = 0.f;
-    for (int64_t i = 0; i < taps; ++i) a += k[i] * rows[i][w];
-    dst[w] = a;
-  }
-}
-
-// dst[w] = sum_j k[j] * src[w + j] for w < n
-void horizontal(const float* src, const float* k, int64_t taps, float* dst, int64_t n) {
-  int64_t w = 0;
-  for (; w + 4 * VL <= n; w += 4 * VL) {
-    vec a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
-    const float* s = src + w;
-    for (int64_t j = 0; j < taps; ++j) {
-      const vec c = splat(k[j]);
-      a0 += c * load(s + j);
-      a1 += c * load(s + j + VL);
-      a2 += c * load(s + j + 2 * VL);
-      a3 += c * load(s + j + 3 * VL);
-    }
-    store(dst + w, a0);
-    store(dst + w + VL, a1);
-    store(dst + w + 2 * VL, a2);
-    store(dst + w + 3 * VL, a3);
-  }
-  for (; w + VL <= n; w += VL) {
-    vec a = splat(0.f);
-    for (int64_t j = 0; j < taps; ++j) a += splat(k[j]) * load(src + w + j);
-    store(dst + w, a);
-  }
-  for (; w < n; ++w) {
-    float a = 0.f;
-    for (int64_t j = 0; j < taps; ++j) a += k[j] * src[w + j];
+    for (int64_t t = 0; t < taps; ++t) a += k[t] * row(t)[w];
     dst[w] = a;
   }
 }
@@ -135,7 +107,8 @@ torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tenso
           rows[i] = s < 0 ? zeros.data() : src + s * W;
         }
         float* mid = row.data() + pl;
-        vertical(rows.data(), kyp + c * kh, kh, mid, W);
+        const float* const* rp = rows.data();
+        weighted_rows([rp](int64_t i) { return rp[i]; }, kyp + c * kh, kh, mid, W);  // vertical
         for (int64_t j = -pl; j < 0; ++j) {
           const int64_t s = source_index(j, W, border);
           mid[j] = s < 0 ? 0.f : mid[s];
@@ -144,7 +117,8 @@ torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tenso
           const int64_t s = source_index(j, W, border);
           mid[j] = s < 0 ? 0.f : mid[s];
         }
-        horizontal(row.data(), kxp + c * kw, kw, op + (plane * Ho + r) * Wo, Wo);
+        const float* padded = row.data();
+        weighted_rows([padded](int64_t j) { return padded + j; }, kxp + c * kw, kw, op + (plane * Ho + r) * Wo, Wo);
       }
     }
   });
