@@ -223,7 +223,8 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, sa
 
 @pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (32, 64, 112)])
 def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
-    """C > 384 (the GEMM splits the channel sum in blocks) and an output over 2 MB (streaming stores)."""
+    """C > 384 (a weight panel larger than L1, plain stores) and an output over 2 MB with C <= 384
+    (streaming stores)."""
     from sepconv.optimize import FusedSeparableConv2d
 
     torch.manual_seed(0)
