@@ -274,6 +274,19 @@ def test_fused_output_pool_never_overwrites_a_held_result(fused_ext):
     release_buffers()
 
 
+def test_fused_kernels_use_every_thread(fused_ext):
+    """at::parallel_for inside the extension really runs on torch's threads (built without -fopenmp
+    under torch's OpenMP backend it silently ran on one)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fused_ext.parallel_threads() == 2
+        torch.set_num_threads(1)
+        assert fused_ext.parallel_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fused_kernel_is_a_dispatcher_op(fused_ext):
     """torch.ops.sepconv.fused_dwpw passes torch's op checks (schema, fake tensor) and is seen by
     tracing (not baked in as a constant) and by torch.compile without a graph break."""

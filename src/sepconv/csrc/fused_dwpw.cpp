@@ -322,9 +322,22 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   return out;
 }
 
+// How many threads an at::parallel_for in this file actually runs on (a regression check: built
+// without -fopenmp under torch's OpenMP backend, the answer is silently 1).
+static int64_t parallel_threads() {
+  const int64_t n = 64 * std::max(1, at::get_num_threads());
+  std::vector<int> seen(n, -1);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) seen[i] = at::get_thread_num();
+  });
+  std::sort(seen.begin(), seen.end());
+  return std::unique(seen.begin(), seen.end()) - seen.begin();
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_dwpw", &fused_dwpw, "fused depthwise + pointwise convolution (inference, float32, NHWC)");
   m.def("release_buffers", &release_buffers, "free the pooled output buffers");
+  m.def("parallel_threads", &parallel_threads, "threads an at::parallel_for in the extension runs on");
 }
 
 // Also a dispatcher op, torch.ops.sepconv.fused_dwpw, so that traced / frozen TorchScript graphs
