@@ -7,8 +7,8 @@
 // never goes to memory.
 //
 // Depthwise: channel blocks of 16 (whole 64-byte lines) x 4 output pixels per step, so each
-// weight load serves four pixels and eight FMA chains run independently; border pixels take a
-// bounds-checked path. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
+// weight load serves four pixels and eight FMA chains run independently; border pixels sum only their
+// in-image taps. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
 // against weights prepacked as (ceil(N / 16), C, 16) panels, reading the tile in place; a large
 // output of a shallow GEMM is written with streaming stores (it would only evict the next tile's
 // data from cache otherwise).
@@ -136,24 +136,27 @@ static inline void dw_interior2(const float* in, int64_t rowC, int64_t C, int64_
   }
 }
 
-// One output pixel for one 8-channel block with bounds checks (image border, any kernel size).
-static inline vec dw_border(const float* xb, const float* dw, vec b, const Geometry& g, int64_t oh, int64_t ow, int64_t c0) {
-  vec a = b;
+// One output pixel for V 8-channel blocks from c0, near the image border (or for a kernel size
+// without a fixed-size path): only the taps inside the image, their range computed once.
+template <int V>
+static inline void dw_edge(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g, int64_t oh,
+                           int64_t ow, int64_t c0, float* out) {
   const int64_t ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t ih = ih0 + i;
-    if (ih < 0 || ih >= g.H) continue;
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t iw = iw0 + j;
-      if (iw < 0 || iw >= g.W) continue;
-      a += load(xb + (ih * g.W + iw) * g.C + c0) * load(dw + (i * g.kw + j) * g.C + c0);
+  const int64_t i0 = std::max<int64_t>(0, -ih0), i1 = std::min(g.kh, g.H - ih0);
+  const int64_t j0 = std::max<int64_t>(0, -iw0), j1 = std::min(g.kw, g.W - iw0);
+  vec a[V];
+  for (int v = 0; v < V; ++v) a[v] = db ? load(db + c0 + v * VL) : splat(0.f);
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* x = xb + ((ih0 + i) * g.W + iw0 + j) * g.C + c0;
+      const float* w = dw + (i * g.kw + j) * g.C + c0;
+      for (int v = 0; v < V; ++v) a[v] += load(x + v * VL) * load(w + v * VL);
     }
-  }
-  return a;
+  for (int v = 0; v < V; ++v) store(out + v * VL, act_vec(a[v], act));
 }
 
 // One 8-channel block [c0, c0 + 8) of the depthwise conv over the output pixels [p0, p1) of one
-// image, into t[(p - p0) * C + c]: border pixels with bounds checks, each row's interior run by
+// image, into t[(p - p0) * C + c]: border pixels by dw_edge, each row's interior run by
 // dw_interior. KH = KW = 0: any kernel size, taps read from memory.
 template <int KH, int KW, int V>
 static void dw_block(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
@@ -176,11 +179,8 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
       lo = std::min(std::max(ow_begin, ow_lo), ow_end);
       hi = std::max(lo, std::min(ow_end, ow_hi));
     }
-    for (int v = 0; v < V; ++v) {
-      const vec bv = db ? load(db + c0 + v * VL) : splat(0.f);
-      for (int64_t ow = ow_begin; ow < lo; ++ow) store(trow + ow * C + v * VL, act_vec(dw_border(xb, dw, bv, g, oh, ow, c0 + v * VL), act));
-      for (int64_t ow = hi; ow < ow_end; ++ow) store(trow + ow * C + v * VL, act_vec(dw_border(xb, dw, bv, g, oh, ow, c0 + v * VL), act));
-    }
+    for (int64_t ow = ow_begin; ow < lo; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, c0, trow + ow * C);
+    for (int64_t ow = hi; ow < ow_end; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, c0, trow + ow * C);
     if (KH > 0 && hi > lo) {
       if (V == 1)
         dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1)>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
