@@ -55,11 +55,8 @@ def load():
 
 
 def _register_fake() -> None:
-    """Output shapes of the ops for tracing with fake tensors (torch.compile)."""
+    """Output shapes of the ops for tracing with fake tensors (torch.compile); once, by load()."""
     import torch
-
-    if getattr(_register_fake, "done", False):
-        return
 
     @torch.library.register_fake("sepconv::fused_dwpw")
     def _(x, dw, dw_bias, act_mid, pw, pw_bias, n_out, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes):
@@ -71,8 +68,6 @@ def _register_fake() -> None:
     def _(x, ky, kx, pt, pb, pl, pr, border):
         return x.new_empty((x.shape[0], x.shape[1], x.shape[2] + pt + pb - ky.shape[1] + 1,
                             x.shape[3] + pl + pr - kx.shape[1] + 1))
-
-    _register_fake.done = True
 
 
 def loaded():

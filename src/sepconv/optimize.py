@@ -101,8 +101,9 @@ def release_buffers() -> None:
     """
     from . import _fused
 
-    if "module" in _fused._state and _fused._state["module"] is not None:
-        _fused._state["module"].release_buffers()
+    ext = _fused.loaded()  # nothing to free if the kernels were never loaded
+    if ext is not None:
+        ext.release_buffers()
 
 
 def _fusable(m: nn.Module) -> bool:
