@@ -7,8 +7,8 @@
 // never goes to memory.
 //
 // Depthwise: channel blocks of 16 (whole 64-byte lines) x 4 output pixels per step, so each
-// weight load serves four pixels and eight FMA chains run independently; border pixels sum only their
-// in-image taps. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
+// weight load serves four pixels and eight FMA chains run independently; border pixels sum only
+// their in-image taps. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
 // against weights prepacked as (ceil(N / 16), C, 16) panels, reading the tile in place; a large
 // output of a shallow GEMM is written with streaming stores (it would only evict the next tile's
 // data from cache otherwise).
@@ -47,58 +47,20 @@ template <class T> static inline void opaque(T*& p) { asm("" : "+r"(p)); }
 
 struct Geometry { int64_t H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl; };
 
-// The interior (no padding taps) of one output row for one 8-channel block: `count` pixels, the
-// first one's top-left tap at `in`, outputs at stride C. Four pixels at a time share each weight
-// vector (held in registers for 3x3) and give four independent FMA chains.
-template <int KH, int KW>
-static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t sC, const vec* w, vec b, int64_t act,
-                               float* out, int64_t count) {
+// The interior (no padding taps) of one output row for V 8-channel vectors from the block start:
+// `count` pixels, the first one's top-left tap at `in`, outputs at stride C. Four pixels at a time
+// share each weight load (read from L1), giving 4 x V independent FMA chains; with V = 2 each
+// input load pair is one whole 64-byte line.
+template <int KH, int KW, int V>
+static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t sC, const float* w, const float* db,
+                               int64_t act, float* out, int64_t count) {
+  vec b[V];
+  for (int v = 0; v < V; ++v) b[v] = db ? load(db + v * VL) : splat(0.f);
   const int64_t s2 = 2 * sC, s3 = 3 * sC;
   int64_t q = 0;
   for (; q + 4 <= count; q += 4) {
-    vec a0 = b, a1 = b, a2 = b, a3 = b;
-    const float* row = in + q * sC;
-#pragma GCC unroll 16
-    for (int i = 0; i < KH; ++i) {
-      const float* r = row;
-#pragma GCC unroll 16
-      for (int j = 0; j < KW; ++j) {
-        const vec wv = w[i * KW + j];
-        a0 += load(r) * wv;
-        a1 += load(r + sC) * wv;
-        a2 += load(r + s2) * wv;
-        a3 += load(r + s3) * wv;
-        r += C;
-        opaque(r);
-      }
-      row += rowC;
-      opaque(row);
-    }
-    store(out + q * C, act_vec(a0, act));
-    store(out + (q + 1) * C, act_vec(a1, act));
-    store(out + (q + 2) * C, act_vec(a2, act));
-    store(out + (q + 3) * C, act_vec(a3, act));
-  }
-  for (; q < count; ++q) {
-    vec a = b;
-    const float* p = in + q * sC;
-#pragma GCC unroll 16
-    for (int i = 0; i < KH; ++i)
-#pragma GCC unroll 16
-      for (int j = 0; j < KW; ++j) a += load(p + i * rowC + j * C) * w[i * KW + j];
-    store(out + q * C, act_vec(a, act));
-  }
-}
-
-
-// 16 channels x 4 pixels: whole 64-byte lines per load pair, weights read from L1.
-template <int KH, int KW>
-static inline void dw_interior2(const float* in, int64_t rowC, int64_t C, int64_t sC, const float* w, int64_t wC, vec b0, vec b1,
-                                int64_t act, float* out, int64_t count) {
-  const int64_t s2 = 2 * sC, s3 = 3 * sC;
-  int64_t q = 0;
-  for (; q + 4 <= count; q += 4) {
-    vec a0 = b0, a1 = b0, a2 = b0, a3 = b0, c0 = b1, c1 = b1, c2 = b1, c3 = b1;
+    vec a0[V], a1[V], a2[V], a3[V];
+    for (int v = 0; v < V; ++v) a0[v] = a1[v] = a2[v] = a3[v] = b[v];
     const float* row = in + q * sC;
     const float* wr = w;
 #pragma GCC unroll 16
@@ -106,33 +68,36 @@ static inline void dw_interior2(const float* in, int64_t rowC, int64_t C, int64_
       const float* r = row;
 #pragma GCC unroll 16
       for (int j = 0; j < KW; ++j) {
-        const vec w0 = load(wr), w1 = load(wr + VL);
-        wr += wC;
+        for (int v = 0; v < V; ++v) {
+          const vec wv = load(wr + v * VL);
+          a0[v] += load(r + v * VL) * wv;
+          a1[v] += load(r + sC + v * VL) * wv;
+          a2[v] += load(r + s2 + v * VL) * wv;
+          a3[v] += load(r + s3 + v * VL) * wv;
+        }
+        wr += C;
         opaque(wr);
-        a0 += load(r) * w0; c0 += load(r + VL) * w1;
-        a1 += load(r + sC) * w0; c1 += load(r + sC + VL) * w1;
-        a2 += load(r + s2) * w0; c2 += load(r + s2 + VL) * w1;
-        a3 += load(r + s3) * w0; c3 += load(r + s3 + VL) * w1;
         r += C;
         opaque(r);
       }
       row += rowC;
       opaque(row);
     }
-    store(out + q * C, act_vec(a0, act)); store(out + q * C + VL, act_vec(c0, act));
-    store(out + (q + 1) * C, act_vec(a1, act)); store(out + (q + 1) * C + VL, act_vec(c1, act));
-    store(out + (q + 2) * C, act_vec(a2, act)); store(out + (q + 2) * C + VL, act_vec(c2, act));
-    store(out + (q + 3) * C, act_vec(a3, act)); store(out + (q + 3) * C + VL, act_vec(c3, act));
+    for (int v = 0; v < V; ++v) {
+      store(out + q * C + v * VL, act_vec(a0[v], act));
+      store(out + (q + 1) * C + v * VL, act_vec(a1[v], act));
+      store(out + (q + 2) * C + v * VL, act_vec(a2[v], act));
+      store(out + (q + 3) * C + v * VL, act_vec(a3[v], act));
+    }
   }
   for (; q < count; ++q) {
-    vec a = b0, c = b1;
+    vec a[V];
+    for (int v = 0; v < V; ++v) a[v] = b[v];
     const float* p = in + q * sC;
     for (int i = 0; i < KH; ++i)
-      for (int j = 0; j < KW; ++j) {
-        a += load(p + i * rowC + j * C) * load(w + (i * KW + j) * wC);
-        c += load(p + i * rowC + j * C + VL) * load(w + (i * KW + j) * wC + VL);
-      }
-    store(out + q * C, act_vec(a, act)); store(out + q * C + VL, act_vec(c, act));
+      for (int j = 0; j < KW; ++j)
+        for (int v = 0; v < V; ++v) a[v] += load(p + i * rowC + j * C + v * VL) * load(w + (i * KW + j) * C + v * VL);
+    for (int v = 0; v < V; ++v) store(out + q * C + v * VL, act_vec(a[v], act));
   }
 }
 
@@ -155,20 +120,15 @@ static inline void dw_edge(const float* xb, const float* dw, const float* db, in
   for (int v = 0; v < V; ++v) store(out + v * VL, act_vec(a[v], act));
 }
 
-// One 8-channel block [c0, c0 + 8) of the depthwise conv over the output pixels [p0, p1) of one
+// V 8-channel vectors [c0, c0 + 8 V) of the depthwise conv over the output pixels [p0, p1) of one
 // image, into t[(p - p0) * C + c]: border pixels by dw_edge, each row's interior run by
-// dw_interior. KH = KW = 0: any kernel size, taps read from memory.
+// dw_interior. KH = KW = 0: any kernel size, all pixels by dw_edge.
 template <int KH, int KW, int V>
 static void dw_block(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
                      int64_t p0, int64_t p1, int64_t c0, float* t) {
   const int64_t C = g.C, W = g.W;
-  const vec b = db ? load(db + c0) : splat(0.f);
   const int64_t ow_lo = std::min(g.Wo, (g.pl + g.sw - 1) / g.sw);
   const int64_t ow_hi = std::max(ow_lo, std::min(g.Wo, (W + g.pl - g.kw) / g.sw + 1));
-  constexpr int T = KH > 0 ? KH * KW : 1;
-  vec wr[T];
-  if (KH > 0 && V == 1)
-    for (int k = 0; k < T; ++k) wr[k] = load(dw + k * C + c0);
   int64_t p = p0;
   while (p < p1) {
     const int64_t oh = p / g.Wo, ow_begin = p % g.Wo, ow_end = std::min(g.Wo, ow_begin + (p1 - p));
@@ -181,14 +141,9 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
     }
     for (int64_t ow = ow_begin; ow < lo; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, c0, trow + ow * C);
     for (int64_t ow = hi; ow < ow_end; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, c0, trow + ow * C);
-    if (KH > 0 && hi > lo) {
-      if (V == 1)
-        dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1)>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
-                                                           wr, b, act, trow + lo * C, hi - lo);
-      else
-        dw_interior2<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1)>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
-                                                            dw + c0, C, b, db ? load(db + c0 + VL) : splat(0.f), act, trow + lo * C, hi - lo);
-    }
+    if (KH > 0 && hi > lo)
+      dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1), V>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
+                                                              dw + c0, db ? db + c0 : nullptr, act, trow + lo * C, hi - lo);
     p += ow_end - ow_begin;
   }
 }
