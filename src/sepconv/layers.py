@@ -112,6 +112,17 @@ def _dense_options(conv: nn.Module, n: int, groups_ok: bool = False) -> dict:
                 device=conv.weight.device, dtype=conv.weight.dtype)
 
 
+def _load_factors(layer: nn.Module, conv: nn.Module, **weights: Tensor) -> nn.Module:
+    """Copy factor weights into ``layer``'s children of those names, and ``conv``'s bias into the
+    layer's output factor (where its bias lives). Returns ``layer``."""
+    with torch.no_grad():
+        for name, weight in weights.items():
+            getattr(layer, name).weight.copy_(weight)
+        if conv.bias is not None:
+            getattr(layer, layer._output_factor).bias.copy_(conv.bias)
+    return layer
+
+
 class _Padded(nn.Module):
     """Shared geometry: kernel/stride/padding/dilation normalization and the forward padding."""
 
@@ -421,16 +432,10 @@ class _SeparableConvNd(_Padded):
             >>> SeparableConv2d.from_dense(conv, depth_multiplier=8).to_dense().weight.allclose(conv.weight, atol=1e-6)
             True
         """
-        n = int(cls._N)
-        opts = _dense_options(conv, n)
-        with torch.no_grad():
-            dw, pw, _ = depthwise_separable(conv.weight.detach(), depth_multiplier)
-            layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, depth_multiplier=depth_multiplier, **opts)
-            layer.depthwise.weight.copy_(dw)
-            layer.pointwise.weight.copy_(pw)
-            if conv.bias is not None:
-                layer.pointwise.bias.copy_(conv.bias)
-        return layer
+        opts = _dense_options(conv, int(cls._N))
+        dw, pw, _ = depthwise_separable(conv.weight.detach(), depth_multiplier)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, depth_multiplier=depth_multiplier, **opts)
+        return _load_factors(layer, conv, depthwise=dw, pointwise=pw)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, {self._geometry_repr()}"
@@ -581,16 +586,10 @@ class _BlueprintSeparableConvNd(_Padded):
         Exact when every output filter's ``C x K`` slice has rank <= ``rank``; see
         :func:`sepconv.decompose.blueprint_separable`.
         """
-        n = int(cls._N)
-        opts = _dense_options(conv, n)
-        with torch.no_grad():
-            pw, dw, _ = blueprint_separable(conv.weight.detach(), rank)
-            layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank=rank, **opts)
-            layer.pointwise.weight.copy_(pw)
-            layer.depthwise.weight.copy_(dw)
-            if conv.bias is not None:
-                layer.depthwise.bias.copy_(conv.bias)
-        return layer
+        opts = _dense_options(conv, int(cls._N))
+        pw, dw, _ = blueprint_separable(conv.weight.detach(), rank)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank=rank, **opts)
+        return _load_factors(layer, conv, pointwise=pw, depthwise=dw)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, {self._geometry_repr()}"
@@ -749,14 +748,9 @@ class SpatiallySeparableConv2d(_Padded):
         conv's groups.
         """
         opts = _dense_options(conv, 2, groups_ok=True)
-        with torch.no_grad():
-            v, h, _ = spatially_separable(conv.weight.detach(), rank, conv.groups)
-            layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, groups=conv.groups, **opts)
-            layer.vertical.weight.copy_(v)
-            layer.horizontal.weight.copy_(h)
-            if conv.bias is not None:
-                layer.horizontal.bias.copy_(conv.bias)
-        return layer
+        v, h, _ = spatially_separable(conv.weight.detach(), rank, conv.groups)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, groups=conv.groups, **opts)
+        return _load_factors(layer, conv, vertical=v, horizontal=h)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, {self._geometry_repr()}, rank={self.rank}"
