@@ -75,7 +75,9 @@ class FusedSeparableConv2d(nn.Module):
         self.register_buffer("dw_bias", dw.bias.detach().float() if dw.bias is not None else torch.zeros(0))
         self.register_buffer("pw_weight", packed.reshape(blocks, 16, c).transpose(1, 2).contiguous())
         self.register_buffer("pw_bias", bias)
-        self.tile_bytes = 256 * 1024
+        # a tile's depthwise result, its input rows (prefetched during the previous tile's GEMM)
+        # and the weights share L2; >= 48 pixels, as each tile streams all the pointwise weights
+        self.tile_bytes = max(96 * 1024, 48 * 4 * c)
 
     def forward(self, x: Tensor) -> Tensor:
         from . import _fused
