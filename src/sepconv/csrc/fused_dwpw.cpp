@@ -160,21 +160,29 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
   }
 }
 
+// The channels [c0, C) left over by the 8-channel vectors (fewer than 8: all of them when C < 8),
+// pixel by pixel with one accumulator per channel (NC = C - c0 independent FMA chains, in
+// registers), over in-image taps.
+template <int NC>
 static void dw_scalar(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
-                      int64_t p0, int64_t p1, int64_t c, float* t) {
+                      int64_t p0, int64_t p1, int64_t c0, float* t) {
+  constexpr int64_t nc = NC;
+  float a[NC];
+  int64_t oh = p0 / g.Wo, ow = p0 % g.Wo;
   for (int64_t p = p0; p < p1; ++p) {
-    const int64_t oh = p / g.Wo, ow = p % g.Wo;
-    float a = db ? db[c] : 0.f;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t ih = oh * g.sh - g.pt + i;
-      if (ih < 0 || ih >= g.H) continue;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t iw = ow * g.sw - g.pl + j;
-        if (iw < 0 || iw >= g.W) continue;
-        a += xb[(ih * g.W + iw) * g.C + c] * dw[(i * g.kw + j) * g.C + c];
+    const int64_t ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
+    const int64_t i0 = std::max<int64_t>(0, -ih0), i1 = std::min(g.kh, g.H - ih0);
+    const int64_t j0 = std::max<int64_t>(0, -iw0), j1 = std::min(g.kw, g.W - iw0);
+    for (int64_t c = 0; c < nc; ++c) a[c] = db ? db[c0 + c] : 0.f;
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* x = xb + ((ih0 + i) * g.W + iw0 + j) * g.C + c0;
+        const float* w = dw + (i * g.kw + j) * g.C + c0;
+        for (int64_t c = 0; c < nc; ++c) a[c] += x[c] * w[c];
       }
-    }
-    t[(p - p0) * g.C + c] = act_scalar(a, act);
+    float* o = t + (p - p0) * g.C + c0;
+    for (int64_t c = 0; c < nc; ++c) o[c] = act_scalar(a[c], act);
+    if (++ow == g.Wo) { ow = 0; ++oh; }
   }
 }
 
@@ -192,7 +200,16 @@ __attribute__((noinline)) static void depthwise(const float* xb, const float* dw
     else if (g.kh == 5 && g.kw == 5) dw_block<5, 5, 1>(xb, dw, db, act, g, p0, p1, c0, t, 1);
     else dw_block<0, 0, 1>(xb, dw, db, act, g, p0, p1, c0, t, 1);
   }
-  for (int64_t c = cv; c < g.C; ++c) dw_scalar(xb, dw, db, act, g, p0, p1, c, t);
+  switch (g.C - cv) {
+    case 1: dw_scalar<1>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    case 2: dw_scalar<2>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    case 3: dw_scalar<3>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    case 4: dw_scalar<4>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    case 5: dw_scalar<5>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    case 6: dw_scalar<6>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    case 7: dw_scalar<7>(xb, dw, db, act, g, p0, p1, cv, t); break;
+    default: break;
+  }
 }
 
 // out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]) for p < P (rows of t at stride C; t has MR spare
