@@ -212,15 +212,29 @@ __attribute__((noinline)) static void depthwise(const float* xb, const float* dw
   }
 }
 
-// out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]) for p < P (rows of t at stride C; t has MR spare
-// rows so the last 6-row step reads no further than the buffer). stream: stores bypass the cache.
-// A weight panel (C x 16) is reused by every 6-row step of the tile. (Splitting the sum over C in
-// blocks of 128 or 256, to keep the panel in L1 for C >= 512, measured 0-16% slower here.)
+// R rows (pixels) of t at stride C times a weight panel (C x 16), added to the accumulators
+template <int R>
+__attribute__((always_inline)) static inline void rows_x_panel(const float* a, int64_t C, const float* wp, vec* a0, vec* a1) {
+  for (int64_t c = 0; c < C; ++c) {
+    const vec w0 = load(wp + c * NB), w1 = load(wp + c * NB + VL);
+    for (int m = 0; m < R; ++m) {
+      const vec x = splat(a[m * C + c]);
+      a0[m] += x * w0;
+      a1[m] += x * w1;
+    }
+  }
+}
+
+// out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]) for p < P (rows of t at stride C). stream:
+// stores bypass the cache. A weight panel (C x 16) is reused by every 6-row step of the tile; the
+// last P % 6 rows take one step of their own size (not a 6-row step with idle rows). (Splitting
+// the sum over C in blocks of 128 or 256, to keep the panel in L1 for C >= 512, measured 0-16%
+// slower here.)
 // noinline: a variant of the caller that GCC inlined this into ran 1.6x slower (accumulators spilled)
 __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C, const float* wpack, int64_t N, const float* bias, int64_t act,
                  bool stream, float* out, const char* pf, const char* pf_end) {
   const int64_t blocks = (N + NB - 1) / NB;
-  // prefetch [pf, pf_end) into L2 spread evenly over the 6 x 16 steps
+  // prefetch [pf, pf_end) into L2 spread evenly over the steps
   const int64_t steps = blocks * ((P + MR - 1) / MR);
   const int64_t per_step = pf_end > pf ? ((pf_end - pf) / 64 + steps - 1) / steps : 0;
   alignas(64) float tmp[NB];
@@ -236,15 +250,15 @@ __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C,
         a1[m] = b1;
       }
       const float* a = t + pm * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const vec w0 = load(wp + c * NB), w1 = load(wp + c * NB + VL);
-        for (int m = 0; m < MR; ++m) {
-          const vec x = splat(a[m * C + c]);
-          a0[m] += x * w0;
-          a1[m] += x * w1;
-        }
-      }
       const int mr = (int)std::min<int64_t>(MR, P - pm);
+      switch (mr) {
+        case 1: rows_x_panel<1>(a, C, wp, a0, a1); break;
+        case 2: rows_x_panel<2>(a, C, wp, a0, a1); break;
+        case 3: rows_x_panel<3>(a, C, wp, a0, a1); break;
+        case 4: rows_x_panel<4>(a, C, wp, a0, a1); break;
+        case 5: rows_x_panel<5>(a, C, wp, a0, a1); break;
+        default: rows_x_panel<MR>(a, C, wp, a0, a1); break;
+      }
       for (int m = 0; m < mr; ++m) {
         float* o = out + (pm + m) * N + n0;
         const vec r0 = act_vec(a0[m], act), r1 = act_vec(a1[m], act);
