@@ -135,8 +135,12 @@ def test_bench_command(capsys):
     code, out, _ = run(capsys, "bench", "--input", "1x8x16x16", "--filters", "16", "--rounds", "2", "--json")
     assert code == 0
     r = json.loads(out)
-    assert set(r["ms"]) == {"dense", "naive NCHW", "naive channels_last", "sepconv layer", "sepconv optimized", "depthwise only"}
+    assert set(r["ms"]) == {"dense", "naive NCHW", "naive channels_last", "sepconv layer", "sepconv optimized", "depthwise only",
+                            "pointwise GEMM only"}
     assert r["theoretical"] == pytest.approx((16 * 8 * 9) / (8 * 9 + 8 * 16))
+    assert r["gemm_bound"] == pytest.approx(r["ms"]["naive channels_last"] / r["ms"]["pointwise GEMM only"], rel=0.02)  # ms rounded to 4 decimals
+    code, out, _ = run(capsys, "bench", "--input", "1x8x16x16", "--filters", "16", "--rounds", "2")
+    assert code == 0 and "pointwise GEMM only" in out and "a free depthwise plus the BLAS pointwise GEMM would give" in out
     code, _, err = run(capsys, "bench", "--input", "1x8x16", "--filters", "16")
     assert code == 2 and err.startswith("sepconv: error: --input: expected 4 sizes, got 3")
 

@@ -38,12 +38,16 @@ def layer_speed(batch: int, in_channels: int, out_channels: int, size: int, stri
 
     Candidates: dense ``nn.Conv2d`` (channels_last), naive ``nn.Sequential(depthwise, pointwise)``
     in NCHW and channels_last, sepconv's :class:`SeparableConv2d` on NCHW input, and
-    :func:`optimize_for_inference` of it; plus the depthwise factor alone (for its GB/s).
+    :func:`optimize_for_inference` of it; plus the depthwise factor alone (for its GB/s) and the
+    pointwise factor alone as one BLAS GEMM into a preallocated output (``torch.mm(out=)``, no
+    depthwise, no allocation): naive channels_last time / that GEMM bounds what any fused kernel
+    with an equally fast GEMM can gain over the naive pair.
 
     Returns:
         a dict with ``ms`` per candidate, ``theoretical`` (dense MACs / separable MACs),
         ``realized`` speed-ups vs dense, ``realized_over_theoretical``, ``optimized_over_naive_cl``,
-        ``depthwise_gbs`` and the chosen ``backend``.
+        ``gemm_bound`` (naive channels_last / pointwise GEMM only), ``depthwise_gbs`` and the chosen
+        ``backend``.
     """
     torch.manual_seed(0)
     pad = kernel_size // 2
@@ -61,14 +65,18 @@ def layer_speed(batch: int, in_channels: int, out_channels: int, size: int, stri
         layer.pointwise.weight.copy_(pw.weight)
     fast = optimize_for_inference(layer, xc, rounds=10)
     dw_cl = naive_cl[0]
+    out = (size + 2 * pad - kernel_size) // stride + 1
+    a2d = torch.randn(batch * out * out, in_channels)
+    w2d = pw.weight.detach().reshape(out_channels, in_channels).t().contiguous()
+    o2d = torch.empty(batch * out * out, out_channels)
     t = interleaved({
         "dense": lambda: dense(xc), "naive NCHW": lambda: naive(x), "naive channels_last": lambda: naive_cl(xc),
         "sepconv layer": lambda: layer(x), "sepconv optimized": lambda: fast(xc), "depthwise only": lambda: dw_cl(xc),
+        "pointwise GEMM only": lambda: torch.mm(a2d, w2d, out=o2d),
     }, rounds)
     shape = (batch, in_channels, size, size)
     theoretical = (C.conv_cost(shape, out_channels, kernel_size, stride, pad, bias=False).macs
                    / C.separable_conv_cost(shape, out_channels, kernel_size, stride, pad, bias=False).macs)
-    out = (size + 2 * pad - kernel_size) // stride + 1
     dw_bytes = 4 * batch * in_channels * (size * size + out * out)
     return dict(
         batch=batch, cin=in_channels, cout=out_channels, size=size, stride=stride, threads=torch.get_num_threads(),
@@ -76,5 +84,6 @@ def layer_speed(batch: int, in_channels: int, out_channels: int, size: int, stri
         realized={k: t["dense"] / t[k] for k in ("naive NCHW", "naive channels_last", "sepconv layer", "sepconv optimized")},
         realized_over_theoretical=t["dense"] / t["sepconv optimized"] / theoretical,
         optimized_over_naive_cl=t["naive channels_last"] / t["sepconv optimized"],
+        gemm_bound=t["naive channels_last"] / t["pointwise GEMM only"],
         backend=fast.backend, depthwise_gbs=dw_bytes / t["depthwise only"] / 1e6, copy_gbs=bandwidth,
     )

@@ -219,6 +219,8 @@ def cmd_bench(args) -> int:
     _console().print(t)
     print(f"theoretical (MAC ratio) {r['theoretical']:.2f}x; optimized realizes {r['realized_over_theoretical']:.0%} of it "
           f"({r['backend']} path); depthwise {r['depthwise_gbs']:.1f} GB/s vs copy {r['copy_gbs']:.1f} GB/s")
+    print(f"optimized / naive channels_last {r['optimized_over_naive_cl']:.2f}x (a free depthwise plus the BLAS pointwise "
+          f"GEMM would give {r['gemm_bound']:.2f}x)")
     return 0
 
 
