@@ -358,3 +358,21 @@ def test_fused_unavailable_falls_back(monkeypatch):
     fused = FusedSeparableConv2d(layer, 1)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), torch.relu(layer(x)))
+
+def test_interleaved_varies_each_candidates_neighbours():
+    """Every round runs each candidate once, and over the rounds each candidate follows several
+    different ones (a rotated fixed order would give it the same predecessor every time)."""
+    from sepconv._timing import interleaved
+
+    calls = []
+    names = ["a", "b", "c", "d", "e"]
+    t = interleaved({k: (lambda k=k: calls.append(k)) for k in names}, rounds=12, warmup=1)
+    assert sorted(t) == names and all(v >= 0 for v in t.values())
+    rounds = [calls[len(names) + i * len(names):len(names) + (i + 1) * len(names)] for i in range(12)]
+    assert all(sorted(r) == names for r in rounds) and len(calls) == 13 * len(names)
+    seq = [k for r in rounds for k in r]
+    predecessors = {k: {p for p, q in zip(seq, seq[1:]) if q == k} for k in names}
+    assert all(len(p) >= 3 for p in predecessors.values()), predecessors
+    calls.clear()
+    interleaved({k: (lambda k=k: calls.append(k)) for k in names}, rounds=12, warmup=1)
+    assert [k for k in calls[len(names):]] == seq  # seeded: the same order on every call

@@ -1,5 +1,6 @@
 """Interleaved timing: candidates run in turn, round by round; medians (noisy machines)."""
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -10,8 +11,10 @@ import torch
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 20, warmup: int = 2) -> dict[str, float]:
     """Median milliseconds per candidate; each round calls every candidate once, in turn.
 
-    The order rotates from round to round, so no candidate always runs right after the same
-    neighbour (whose allocations and cache footprint it would otherwise inherit every time).
+    Each round runs the candidates in a fresh (seeded, so repeatable) random order, so no
+    candidate always runs right after the same neighbour, whose cache footprint and freed memory it
+    would otherwise inherit every time. (Rotating a fixed order is not enough: it keeps every
+    candidate's predecessor.)
 
     Example:
         >>> t = interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(1000))}, rounds=3)
@@ -24,8 +27,10 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 20, warmup: 
             for _ in range(warmup):
                 f()
         names = list(fns)
-        for r in range(rounds):
-            for k in names[r % len(names):] + names[:r % len(names)]:
+        order = random.Random(0)
+        for _ in range(rounds):
+            order.shuffle(names)
+            for k in names:
                 t = time.perf_counter()
                 fns[k]()
                 times[k].append((time.perf_counter() - t) * 1e3)
