@@ -223,9 +223,10 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, sa
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (32, 64, 112)])
+@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112)])
 def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
-    """C > 384 (a weight panel larger than L1, plain stores) and an output over 2 MB with C <= 384
+    """C > 384 (the GEMM sums over blocks of 256 channels: 520 = 256 + 256 + 8; 777 in two tiles;
+    plain stores) and an output over 2 MB with C <= 384
     (streaming stores)."""
     from sepconv.optimize import FusedSeparableConv2d
 
