@@ -33,6 +33,8 @@ using namespace sepconv;
 constexpr int MR = 6;
 constexpr int NB = 16;
 constexpr int64_t STREAM_MAX_C = 384;
+// the GEMM sums over channels in blocks of KC_BLOCK when C > SPLIT_MIN_C (see gemm)
+constexpr int64_t SPLIT_MIN_C = 384, KC_BLOCK = 256;
 
 static inline float act_scalar(float v, int64_t act) {
   if (act == 1) return v > 0.f ? v : 0.f;
@@ -129,8 +131,8 @@ static inline void dw_edge(const float* xb, const float* dw, const float* db, in
   for (int v = 0; v < V; ++v) store(out + v * VL, act_vec(a[v], act));
 }
 
-// nblk blocks of V 8-channel vectors [c0, c0 + 8 V nblk) of the depthwise conv over the output pixels [p0, p1) of one
-// image, into t[(p - p0) * C + c]: border pixels by dw_edge, each row's interior run by
+// nblk blocks of V 8-channel vectors [c0, c0 + 8 V nblk) of the depthwise conv over the output
+// pixels [p0, p1) of one image, into t[(p - p0) * C + c]: border pixels by dw_edge, each row's interior run by
 // dw_interior. KH = KW = 0: any kernel size, all pixels by dw_edge.
 template <int KH, int KW, int V>
 static void dw_block(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
@@ -237,7 +239,7 @@ __attribute__((always_inline)) static inline void rows_x_panel(const float* a, i
 __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C, const float* wpack, int64_t N, const float* bias, int64_t act,
                  bool stream, float* out, const char* pf, const char* pf_end, float* part) {
   const int64_t blocks = (N + NB - 1) / NB;
-  const int64_t KC = C > 384 ? 256 : C;
+  const int64_t KC = C > SPLIT_MIN_C ? KC_BLOCK : C;
   // prefetch [pf, pf_end) into L2 spread evenly over the steps
   const int64_t steps = blocks * ((P + MR - 1) / MR) * ((C + KC - 1) / KC);
   const int64_t per_step = pf_end > pf ? ((pf_end - pf) / 64 + steps - 1) / steps : 0;
@@ -326,17 +328,18 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   // the cache; for deep ones (C > 384) streaming stores measured no faster
   const bool stream = C <= STREAM_MAX_C && B * P * N * 4 >= (int64_t(2) << 20);
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf((px + MR) * C, 0.f), part((px + MR) * NB);
+    // part: the GEMM's partial sums when it splits the channel sum
+    std::vector<float> buf((px + MR) * C, 0.f), part(C > SPLIT_MIN_C ? (px + MR) * NB : 0);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
       depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.data());
       const char *pf = nullptr, *pf_end = nullptr;
       if (job + 1 < end) {  // the input rows of this thread's next tile: fetched during this GEMM
-        const int64_t nb = (job + 1) / tiles, q0 = ((job + 1) % tiles) * px, q1 = std::min(P, q0 + px);
+        const int64_t next_b = (job + 1) / tiles, q0 = ((job + 1) % tiles) * px, q1 = std::min(P, q0 + px);
         const int64_t r0 = std::max<int64_t>(0, (q0 / Wo) * sh - pt);
         const int64_t r1 = std::min<int64_t>(H, ((q1 - 1) / Wo) * sh - pt + kh);
-        pf = reinterpret_cast<const char*>(xp + (nb * H + r0) * W * C);
-        pf_end = reinterpret_cast<const char*>(xp + (nb * H + r1) * W * C);
+        pf = reinterpret_cast<const char*>(xp + (next_b * H + r0) * W * C);
+        pf_end = reinterpret_cast<const char*>(xp + (next_b * H + r1) * W * C);
       }
       gemm(buf.data(), p1 - p0, C, pwp, N, pbp, act_out, stream, op + (b * P + p0) * N, pf, pf_end, part.data());
     }
