@@ -83,7 +83,7 @@ def mobilenet_rows(batches, threads, rounds, use_compile):
         model = mobilenet_v1().eval()
         x = torch.randn(batch, 3, 224, 224)
         xn = x.numpy()
-        fast = optimize_for_inference(model, x, rounds=5)
+        fast = optimize_for_inference(model, x)  # the default 10 dispatch rounds
         fns = {"eager": lambda: model(x), "sepconv optimized": lambda: fast(x)}
         compile_s = None
         if use_compile:

@@ -324,7 +324,8 @@ def test_fused_path_is_chosen_where_it_wins_and_matches(fused_ext):
 
 
 @pytest.mark.parametrize("measured,chosen", [
-    ({"eager": 1.0, "fused": 1.03, "torchscript": 0.99, "fused+torchscript": 1.2}, "fused"),       # within 5%: fused
+    ({"eager": 1.0, "fused": 1.03, "torchscript": 0.99, "fused+torchscript": 1.2}, "fused"),       # within 10%: fused
+    ({"eager": 1.0, "fused": 1.08, "torchscript": 0.99, "fused+torchscript": 1.2}, "fused"),
     ({"eager": 1.0, "fused": 1.10, "torchscript": 0.99, "fused+torchscript": 1.03}, "fused+torchscript"),
     ({"eager": 1.0, "fused": 1.10, "torchscript": 0.90, "fused+torchscript": 1.2}, "torchscript"),  # a clear win
 ])

@@ -41,7 +41,12 @@ __all__ = ["fold_batchnorms", "optimize_for_inference", "InferenceModule", "rele
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CANDIDATES = ("eager", "fused", "torchscript", "compile")
 BACKENDS = ("eager", "fused", "torchscript", "fused+torchscript", "compile")  # what InferenceModule.backend can be
-TIE = 1.05  # paths within 5% of the fastest count as tied (the machine's run-to-run noise is larger)
+# Paths within 10% of the fastest count as tied, and a tie goes to a path with fused layers. The
+# other paths allocate their activations through glibc and, at batch 8, lose 1.3-1.5x when other
+# work runs between calls (page faults: eager MobileNetV1 batch 8 ran 184-193 ms, 136-137 with huge
+# pages; a TorchScript pick ran 1.5x behind ONNX Runtime in the benchmark), which the dispatch's
+# clean timing loop does not see; with a 5% margin a noisy 5-round dispatch picked TorchScript.
+TIE = 1.10
 _ACTS = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2}
 
 
@@ -307,7 +312,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         model: any module built from convs, sepconv layers, BatchNorm and activations.
         example_input: a representative batch. With it, every candidate path is traced, checked
             against the unoptimized model (relative error <= 1e-4) and timed (interleaved
-            medians of ``rounds`` runs) and the fastest correct one is kept (within 5% of the
+            medians of ``rounds`` runs) and the fastest correct one is kept (within 10% of the
             fastest, a path with fused layers is preferred: its pooled outputs make it insensitive
             to the allocator's state). Without it, the eager channels_last path is used.
         rounds: timing rounds for the dispatch.
