@@ -393,11 +393,8 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         return InferenceModule(folded, "eager", four_d, {})  # unlowered: checks stay in place
     timings = interleaved({k: (lambda m=m: m(x)) for k, m in correct.items()}, rounds, warmup=1) if len(correct) > 1 else {}
     best = min(correct, key=lambda k: timings.get(k, 0.0))
-    # near-ties go to the fused kernel: its large outputs come from its pooled allocator, so it
-    # keeps its speed when the process's allocator state changes (other work between calls makes
-    # glibc hand big blocks back to the OS; the other paths then pay page faults on every call —
-    # measured: MobileNetV1 at batch 8 ran 1.5x slower on the TorchScript path when interleaved
-    # with ONNX Runtime, while the fused path did not move)
+    # near-ties (see TIE) go to a path with fused layers: its pooled outputs keep its speed when
+    # the process's allocator state changes
     tied = [k for k in ("fused", "fused+torchscript") if k in timings and timings[k] <= TIE * timings[best]]
     if tied:
         best = min(tied, key=lambda k: timings[k])

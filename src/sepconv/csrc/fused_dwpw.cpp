@@ -254,14 +254,14 @@ __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C,
       const float* wp = wpb + k0 * NB;
       for (int64_t pm = 0; pm < P; pm += MR) {
         for (int64_t i = 0; i < per_step && pf < pf_end; ++i, pf += 64) __builtin_prefetch(pf, 0, 2);
+        const int mr = (int)std::min<int64_t>(MR, P - pm);  // rows in this step
         vec a0[MR], a1[MR];
         float* pp = part + pm * NB;
-        for (int m = 0; m < MR; ++m) {
+        for (int m = 0; m < mr; ++m) {
           a0[m] = first ? b0 : load(pp + m * NB);
           a1[m] = first ? b1 : load(pp + m * NB + VL);
         }
         const float* a = t + pm * C + k0;
-        const int mr = (int)std::min<int64_t>(MR, P - pm);
         switch (mr) {
           case 1: rows_x_panel<1>(a, C, kc, wp, a0, a1); break;
           case 2: rows_x_panel<2>(a, C, kc, wp, a0, a1); break;
@@ -271,7 +271,7 @@ __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C,
           default: rows_x_panel<MR>(a, C, kc, wp, a0, a1); break;
         }
         if (!last) {
-          for (int m = 0; m < MR; ++m) { store(pp + m * NB, a0[m]); store(pp + m * NB + VL, a1[m]); }
+          for (int m = 0; m < mr; ++m) { store(pp + m * NB, a0[m]); store(pp + m * NB + VL, a1[m]); }
           continue;
         }
         for (int m = 0; m < mr; ++m) {
@@ -329,7 +329,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   const bool stream = C <= STREAM_MAX_C && B * P * N * 4 >= (int64_t(2) << 20);
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
     // part: the GEMM's partial sums when it splits the channel sum
-    std::vector<float> buf((px + MR) * C, 0.f), part(C > SPLIT_MIN_C ? (px + MR) * NB : 0);
+    std::vector<float> buf(px * C), part(C > SPLIT_MIN_C ? px * NB : 0);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
       depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.data());
