@@ -1,5 +1,7 @@
 """optimize_for_inference: equal outputs, inference-only, and the fallback path."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -87,7 +89,7 @@ def test_fallback_to_eager_when_the_fast_path_is_unavailable(monkeypatch):
         raise RuntimeError("tracing unavailable")
 
     monkeypatch.setattr(torch.jit, "trace", broken_trace)
-    fast = optimize_for_inference(model, x, rounds=1)
+    fast = optimize_for_inference(model, x, rounds=1, candidates=("eager", "torchscript"))
     assert fast.backend == "eager"
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
@@ -114,7 +116,7 @@ def test_wrong_results_are_never_chosen(monkeypatch):
 
     monkeypatch.setattr(torch.jit, "freeze", corrupting_freeze)
     monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: m)
-    fast = optimize_for_inference(model, x, rounds=1)
+    fast = optimize_for_inference(model, x, rounds=1, candidates=("eager", "torchscript"))
     assert fast.backend == "eager"
 
 
@@ -156,7 +158,7 @@ def fused_ext():
     (8, 48, 3, 3, 2, False, None, None, 11),
 ])
 def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding, bias, act_mid, act_out, size):
-    from sepconv.optimize import FusedSeparableConv2d, _ACTS, _fusable
+    from sepconv.optimize import FusedSeparableConv2d, _ACTS, _fused_class
 
     torch.manual_seed(0)
     layer = sepconv.SeparableConv2d(cin, cout, k, stride, padding, bias=bias, act_layer=act_mid).eval()
@@ -167,9 +169,9 @@ def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding,
     with torch.no_grad():
         ref = act(layer(x))
     if layer._dynamic:
-        assert not _fusable(layer)  # input-size dependent pads stay on the PyTorch path
+        assert _fused_class(layer) is None  # input-size dependent pads stay on the PyTorch path
         return
-    assert _fusable(layer)
+    assert _fused_class(layer) is FusedSeparableConv2d
     fused = FusedSeparableConv2d(layer, _ACTS[type(act)])
     with torch.inference_mode():
         out = fused(x)
@@ -240,6 +242,124 @@ def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
     with torch.inference_mode():
         out = fused(x)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def _act_ref(y, act):
+    return y.relu() if act == 1 else (y.clamp(0, 6) if act == 2 else y)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cin=st.integers(1, 7), cout=st.integers(1, 40), kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2), pad=st.sampled_from([0, 1, 2, "same"]),
+       bias=st.booleans(), act=st.sampled_from([0, 1, 2]), h=st.integers(1, 20), w=st.integers(1, 20),
+       batch=st.integers(1, 3), threads=st.sampled_from([1, 2]))
+def test_fused_conv_fuzz_float64_reference(fused_ext, cin, cout, kh, kw, sh, sw, dh, dw, pad, bias, act, h, w, batch, threads):
+    """FusedConv2d (patches read in place for interior columns, gathered at the border) against a
+    float64 conv, for every geometry nn.Conv2d accepts ('same' with even kernels: asymmetric pads)."""
+    from sepconv.optimize import FusedConv2d
+
+    if pad == "same":
+        sh = sw = 1
+    if (h + 2 * (pad if pad != "same" else 0) < dh * (kh - 1) + 1) or (w + 2 * (pad if pad != "same" else 0) < dw * (kw - 1) + 1):
+        return  # no output
+    torch.manual_seed(cin * 100 + cout)
+    conv = nn.Conv2d(cin, cout, (kh, kw), (sh, sw), pad, (dh, dw), bias=bias).eval()
+    fused = FusedConv2d(conv, act)
+    x = torch.randn(batch, cin, h, w)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 'same' with an even kernel: PyTorch pads a copy
+        ref = _act_ref(nn.functional.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(),
+                                            conv.stride, conv.padding, conv.dilation), act)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            out = fused(x)
+    finally:
+        torch.set_num_threads(before)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,out_features,act", [
+    ((8, 1024), 1000, 0),     # MobileNetV1's classifier: 1024 > 384 input features (summed in blocks), N % 16 = 8
+    ((1, 1024), 1000, 1),     # one row: the weight panels split over the threads
+    ((200, 37), 50, 2),       # three row tiles
+    ((2, 3, 5), 17, 0),       # leading dimensions
+    ((9,), 4, 1),             # a single vector
+])
+def test_fused_linear_float64_reference(fused_ext, shape, out_features, act):
+    from sepconv.optimize import FusedLinear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(shape[-1], out_features).eval()
+    fused = FusedLinear(linear, act)
+    x = torch.randn(*shape)
+    ref = _act_ref(nn.functional.linear(x.double(), linear.weight.double(), linear.bias.double()), act)
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                out = fused(x)
+        finally:
+            torch.set_num_threads(before)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    no_bias = nn.Linear(shape[-1], out_features, bias=False).eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(FusedLinear(no_bias, 0)(x).double(), nn.functional.linear(x.double(), no_bias.weight.double()),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fused_conv_and_linear_fall_back_and_trace(fused_ext):
+    """Other dtypes and inputs needing gradients run the original layer (gradients correct); the
+    kernels are dispatcher ops that tracing records; which layers get a fused version."""
+    from sepconv.optimize import FusedConv2d, FusedLinear, _fused_class
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, 3, 2, 1)
+    linear = nn.Linear(20, 7)
+    for layer, fused, x in [(conv, FusedConv2d(conv, 1), torch.randn(2, 3, 9, 9)), (linear, FusedLinear(linear, 1), torch.randn(4, 20))]:
+        xd = x.double().requires_grad_()
+        ref_layer = copy.deepcopy(layer).double()
+        expected = torch.relu(ref_layer(xd))
+        # float64: the reference layer
+        torch.testing.assert_close(copy.deepcopy(fused).double()(x.double()), expected.detach())
+        xg = x.clone().requires_grad_()
+        y = fused(xg)  # gradients needed: the reference layer, differentiable
+        y.sum().backward()
+        expected.sum().backward()
+        torch.testing.assert_close(xg.grad.double(), xd.grad, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            traced = torch.jit.trace(fused, x, check_trace=False)
+            assert ("sepconv::conv2d_gemm" if layer is conv else "sepconv::linear_gemm") in str(traced.graph)
+            torch.testing.assert_close(traced(x), torch.relu(layer(x)), rtol=1e-4, atol=1e-5)
+    assert _fused_class(nn.Conv2d(3, 8, 3)) is FusedConv2d
+    assert _fused_class(nn.Conv2d(8, 8, 3)) is None                          # 72 inputs per output > STEM_MAX_K
+    assert _fused_class(nn.Conv2d(4, 8, 3, groups=2)) is None
+    assert _fused_class(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")) is None
+    assert _fused_class(nn.Conv2d(3, 8, 3).double()) is None
+    assert _fused_class(nn.Linear(3, 8)) is FusedLinear
+
+
+def test_optimized_mobilenet_uses_fused_stem_and_classifier(fused_ext, monkeypatch):
+    """With every kernel measured faster, the stem conv (+ ReLU), each separable layer and the
+    classifier are replaced, and the model still matches the reference."""
+    import sepconv.optimize as O
+    from sepconv.optimize import FusedConv2d, FusedLinear, FusedSeparableConv2d
+
+    monkeypatch.setattr(O, "interleaved", lambda fns, rounds, warmup=1: {k: (1.0 if k == "fused" else 2.0) for k in fns})
+    model = _randomize_bn(mobilenet_v1(0.25, num_classes=10))
+    x = torch.randn(2, 3, 64, 64)
+    fast = optimize_for_inference(model, x, rounds=1, candidates=("fused",))
+    kinds = [type(m) for m in fast.module.modules()]
+    assert kinds.count(FusedConv2d) == 1 and kinds.count(FusedSeparableConv2d) == 13 and kinds.count(FusedLinear) == 1
+    assert isinstance(fast.module.features[0][0], FusedConv2d) and fast.module.features[0][0].act_out == 1
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_fused_output_pool_never_overwrites_a_held_result(fused_ext):

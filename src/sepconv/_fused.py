@@ -1,6 +1,8 @@
 """The C++ kernels, compiled on first use: the fused depthwise + pointwise convolution
-(``csrc/fused_dwpw.cpp``, ``torch.ops.sepconv.fused_dwpw``) and the strip-wise separable filter
-(``csrc/separable_filter.cpp``, ``torch.ops.sepconv.separable_filter2d``).
+(``csrc/fused_dwpw.cpp``, ``torch.ops.sepconv.fused_dwpw``), dense convolution with few inputs
+per output and linear layers on the same GEMM (``csrc/dense.cpp``, ``conv2d_gemm``,
+``linear_gemm``) and the strip-wise separable filter (``csrc/separable_filter.cpp``,
+``torch.ops.sepconv.separable_filter2d``).
 
 Why a C++ extension: the point of fusion is that the depthwise tile is consumed by the pointwise
 GEMM while it is still in cache (and, for the filter, that a strip's vertical result is filtered
@@ -36,7 +38,7 @@ def load():
             from torch.utils.cpp_extension import load as load_extension
 
             csrc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-            sources = [os.path.join(csrc, name) for name in ("fused_dwpw.cpp", "separable_filter.cpp")]
+            sources = [os.path.join(csrc, name) for name in ("fused_dwpw.cpp", "separable_filter.cpp", "dense.cpp")]
             # the pip-installed ninja lives next to this interpreter, which may not be on PATH
             bindir = os.path.dirname(sys.executable)
             if bindir not in os.environ.get("PATH", "").split(os.pathsep):
@@ -63,6 +65,16 @@ def _register_fake() -> None:
         ho = (x.shape[2] + pt + pb - kh) // sh + 1
         wo = (x.shape[3] + pl + pr - kw) // sw + 1
         return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("sepconv::conv2d_gemm")
+    def _(x, w, bias, n_out, act, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr):
+        ho = (x.shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        wo = (x.shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("sepconv::linear_gemm")
+    def _(x, w, bias, n_out, act):
+        return x.new_empty((x.shape[0], n_out))
 
     @torch.library.register_fake("sepconv::separable_filter2d")
     def _(x, ky, kx, pt, pb, pl, pr, border):

@@ -15,7 +15,10 @@
    (folded), ReLU/ReLU6 between and after the factors are fused. Chosen **per layer** by a
    measured dispatch on the layer's own input (interleaved medians): it replaces the PyTorch
    path only where it is faster. Its large outputs come from a small caching allocator (see
-   :func:`release_buffers`).
+   :func:`release_buffers`). The same dispatch tries the kernel's GEMM for a dense conv with few
+   inputs per output (:class:`FusedConv2d`: a network's stem on RGB input, patches read in place,
+   ReLU fused) and for linear layers (:class:`FusedLinear`: weights packed once; the BLAS path
+   repacks them on every call).
 5. **Execution path**, chosen once by a measured dispatch on ``example_input`` (medians of
    interleaved runs): eager PyTorch on channels_last, eager with fused layers, a traced, frozen
    TorchScript graph run through ``torch.jit.optimize_for_inference`` (oneDNN with conv + ReLU
@@ -51,6 +54,23 @@ TIE = 1.10
 _ACTS = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2}
 
 
+def _pack_panels(weight: Tensor, bias: Optional[Tensor]) -> tuple:
+    """A (N, K) weight as the GEMM's panels (ceil(N / 16), K, 16), zero-padded, and the bias
+    padded to ceil(N / 16) * 16 (empty without one)."""
+    n, k = weight.shape
+    blocks = (n + 15) // 16
+    packed = torch.zeros(blocks * 16, k)
+    packed[:n] = weight.detach().float()
+    padded = torch.zeros(blocks * 16 if bias is not None else 0)
+    if bias is not None:
+        padded[:n] = bias.detach().float()
+    return packed.reshape(blocks, 16, k).transpose(1, 2).contiguous(), padded
+
+
+def _activation(y: Tensor, code: int) -> Tensor:
+    return torch.relu(y) if code == 1 else (y.clamp(0, 6) if code == 2 else y)
+
+
 class FusedSeparableConv2d(nn.Module):
     """Inference-only depthwise + pointwise in one pass (``csrc/fused_dwpw.cpp``), float32 NHWC.
 
@@ -71,15 +91,10 @@ class FusedSeparableConv2d(nn.Module):
         self.act_out = act_out
         self.n = n
         self.geometry = (kh, kw, *layer.stride, layer._fpad[2], layer._fpad[3], layer._fpad[0], layer._fpad[1])
-        blocks = (n + 15) // 16
-        packed = torch.zeros(blocks * 16, c)
-        packed[:n] = pw.weight.detach().float().reshape(n, c)
-        bias = torch.zeros(blocks * 16 if pw.bias is not None else 0)
-        if pw.bias is not None:
-            bias[:n] = pw.bias.detach().float()
+        packed, bias = _pack_panels(pw.weight.reshape(n, c), pw.bias)
         self.register_buffer("dw_weight", dw.weight.detach().float().reshape(c, kh * kw).t().contiguous())
         self.register_buffer("dw_bias", dw.bias.detach().float() if dw.bias is not None else torch.zeros(0))
-        self.register_buffer("pw_weight", packed.reshape(blocks, 16, c).transpose(1, 2).contiguous())
+        self.register_buffer("pw_weight", packed)
         self.register_buffer("pw_bias", bias)
         # a tile's depthwise result, its input rows (prefetched during the previous tile's GEMM)
         # and the weights share L2; >= 48 pixels, as each tile streams all the pointwise weights
@@ -89,13 +104,68 @@ class FusedSeparableConv2d(nn.Module):
         # _fused.load() registers torch.ops.sepconv.fused_dwpw (compiled once, then a cached lookup)
         if (x.dtype != torch.float32 or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled())
                 or _fused.load() is None):
-            y = self.reference(x)
-            return torch.relu(y) if self.act_out == 1 else (y.clamp(0, 6) if self.act_out == 2 else y)
+            return _activation(self.reference(x), self.act_out)
         # buffers straight from _buffers: nn.Module.__getattr__ cost ~1.5 us each, a quarter of a
         # small layer's whole call at batch 1
         b = self._buffers
         return torch.ops.sepconv.fused_dwpw(x, b["dw_weight"], b["dw_bias"], self.act_mid, b["pw_weight"], b["pw_bias"],
                                             self.n, self.act_out, *self.geometry, self.tile_bytes)
+
+
+class FusedConv2d(nn.Module):
+    """Inference-only dense 2-D convolution with few inputs per output (``csrc/dense.cpp``).
+
+    Built by :func:`optimize_for_inference` from an ``nn.Conv2d`` with ``groups=1``, zero padding
+    and ``in_channels x kh x kw <= 64`` (a network's stem on RGB input), and the ReLU/ReLU6 after
+    it (fused): per tile of output pixels the input patches are gathered into an L1-sized buffer
+    and multiplied by the prepacked weights with the fused kernel's GEMM. Float32 NHWC. Any other
+    input runs the original conv (``reference``).
+    """
+
+    def __init__(self, conv: nn.Conv2d, act_out: int) -> None:
+        super().__init__()
+        n, c, kh, kw = conv.weight.shape
+        self.reference = conv
+        self.act_out = act_out
+        self.n = n
+        left, right, top, bottom = conv._reversed_padding_repeated_twice
+        self.geometry = (kh, kw, *conv.stride, *conv.dilation, top, bottom, left, right)
+        weight, bias = _pack_panels(conv.weight.permute(0, 2, 3, 1).reshape(n, kh * kw * c), conv.bias)
+        self.register_buffer("weight", weight)  # rows in (kh, kw, in_channels) order, as gathered
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.dtype != torch.float32 or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled())
+                or _fused.load() is None):
+            return _activation(self.reference(x), self.act_out)
+        b = self._buffers
+        return torch.ops.sepconv.conv2d_gemm(x, b["weight"], b["bias"], self.n, self.act_out, *self.geometry)
+
+
+class FusedLinear(nn.Module):
+    """Inference-only linear layer on the fused kernel's GEMM with prepacked weights (``csrc/dense.cpp``).
+
+    Built by :func:`optimize_for_inference` from an ``nn.Linear`` (and the ReLU/ReLU6 after it,
+    fused). The BLAS path repacks the weight matrix on every call; this one packs it once. Input
+    ``(*, in_features)`` float32; any other input runs the original layer (``reference``).
+    """
+
+    def __init__(self, linear: nn.Linear, act_out: int) -> None:
+        super().__init__()
+        self.reference = linear
+        self.act_out = act_out
+        self.n = linear.out_features
+        weight, bias = _pack_panels(linear.weight, linear.bias)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.dtype != torch.float32 or x.dim() == 0 or (x.requires_grad and torch.is_grad_enabled())
+                or _fused.load() is None):
+            return _activation(self.reference(x), self.act_out)
+        b = self._buffers
+        y = torch.ops.sepconv.linear_gemm(x.reshape(-1, x.shape[-1]), b["weight"], b["bias"], self.n, self.act_out)
+        return y.reshape(*x.shape[:-1], self.n)
 
 
 def release_buffers() -> None:
@@ -115,34 +185,55 @@ def release_buffers() -> None:
         ext.release_buffers()
 
 
-def _fusable(m: nn.Module) -> bool:
+# dense convs with at most this many inputs per output (in_channels x kh x kw) are candidates for
+# FusedConv2d: stems on RGB input, where oneDNN's direct conv runs at about half the FMA peak here
+STEM_MAX_K = 64
+
+
+def _fused_class(m: nn.Module) -> Optional[type]:
+    """The fused module class that can replace ``m``, or None."""
     from .layers import SeparableConv2d
 
-    return (isinstance(m, SeparableConv2d) and m.depth_multiplier == 1 and m.padding_mode == "zeros"
+    if (isinstance(m, SeparableConv2d) and m.depth_multiplier == 1 and m.padding_mode == "zeros"
             and not m._dynamic and all(d == 1 for d in m.dilation) and isinstance(m.norm, nn.Identity)
-            and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32)
+            and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32):
+        return FusedSeparableConv2d
+    if (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and m.weight.dtype == torch.float32
+            and m.weight[0].numel() <= STEM_MAX_K):
+        return FusedConv2d
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32:
+        return FusedLinear
+    return None
 
 
 def _fuse(folded: nn.Module, x: Tensor, rounds: int):
-    """Replace each fusable separable layer (and a ReLU after it) by the fused kernel where it
-    measures faster on the layer's own input; None if the kernel is unavailable or never wins."""
-    from . import _fused
-
+    """Replace each separable layer, stem conv and linear layer (and a ReLU / ReLU6 after it in an
+    ``nn.Sequential``) by its fused kernel where that measures faster on the layer's own input;
+    None if the kernels are unavailable or never win."""
     if _fused.load() is None:
         return None
     model = copy.deepcopy(folded)
-    if _fusable(model):  # the model is a single separable layer
+    if _fused_class(model) is not None:  # the model is a single layer
         model = nn.Sequential(model)
-    sites = []  # (parent Sequential, index of the layer, index of a fused activation or None)
-    for parent in model.modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
+    sites = []  # (parent, name of the layer, name of a fused activation or None)
+
+    def find(parent: nn.Module) -> None:  # not inside a site: a fused layer replaces its children too
         keys = list(parent._modules)
         for i, k in enumerate(keys):
-            if _fusable(parent._modules[k]):
+            child = parent._modules[k]
+            if child is None:
+                continue
+            if _fused_class(child) is None:
+                find(child)
+                continue
+            act = None
+            if isinstance(parent, nn.Sequential):  # an activation applied right after the layer
                 nxt = next((j for j in range(i + 1, len(keys)) if not isinstance(parent._modules[keys[j]], nn.Identity)), None)
-                act = nxt if nxt is not None and type(parent._modules[keys[nxt]]) in (nn.ReLU, nn.ReLU6) else None
-                sites.append((parent, k, None if act is None else keys[act]))
+                if nxt is not None and type(parent._modules[keys[nxt]]) in (nn.ReLU, nn.ReLU6):
+                    act = keys[nxt]
+            sites.append((parent, k, act))
+
+    find(model)
     if not sites:
         return None
     inputs = {}
@@ -154,9 +245,11 @@ def _fuse(folded: nn.Module, x: Tensor, rounds: int):
         h.remove()
     used = 0
     for parent, k, act_key in sites:
+        if (id(parent), k) not in inputs:  # not run by the model's forward
+            continue
         layer = parent._modules[k]
         act = parent._modules[act_key] if act_key else nn.Identity()
-        fused = FusedSeparableConv2d(layer, _ACTS[type(act)])
+        fused = _fused_class(layer)(layer, _ACTS[type(act)])
         inp = inputs[(id(parent), k)]
         with torch.inference_mode():
             ref = act(layer(inp))
@@ -245,7 +338,7 @@ def _inplace_activations(model: nn.Module) -> None:
     """Make a ReLU / ReLU6 that directly follows a conv (identities skipped) in an
     ``nn.Sequential`` work in place: the conv's output is a fresh tensor nobody else sees, so
     this saves an allocation and a pass over memory. Modifies ``model``."""
-    producers = (*_CONVS, nn.Linear, FusedSeparableConv2d)
+    producers = (*_CONVS, nn.Linear, FusedSeparableConv2d, FusedConv2d, FusedLinear)
 
     def produces(m: Optional[nn.Module]) -> bool:  # a fresh output: a producer, or a Sequential ending in one
         if isinstance(m, nn.Sequential):
