@@ -12,8 +12,10 @@
 // serves four pixels and eight FMA chains run independently; a step runs over all channel blocks
 // before the next pixels, so the input is read as contiguous runs of whole pixels (a loop over
 // channel blocks outside the pixels, touching one line in four of a 64-channel image per pass,
-// measured 10-45% slower at batch 8, where the input comes from DRAM); border pixels sum only
-// their in-image taps. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
+// measured 10-45% slower at batch 8, where the input comes from DRAM). In the first and last
+// rows the same steps sum over the in-image tap rows only (a per-pixel path for them was 2.6x
+// slower per pixel: 27% of a 14x14 image); the first and last columns sum their in-image taps
+// pixel by pixel. GEMM: 6 pixels x 16 output channels of accumulators (12 vector registers)
 // against weights prepacked as (ceil(N / 16), C, 16) panels, reading the tile in place; a large
 // output of a shallow GEMM is written with streaming stores (it would only evict the next tile's
 // data from cache otherwise).
@@ -25,6 +27,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "common.h"
@@ -42,7 +45,7 @@ struct Geometry { int64_t H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl; };
 // V = 2 each input load pair is one whole 64-byte line. The channel blocks are the inner loop.
 template <int KH, int KW, int V>
 static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t sC, const float* w, const float* db,
-                               int64_t act, float* out, int64_t count, int64_t nblk) {
+                               int64_t act, float* out, int64_t count, int64_t nblk, int64_t nrows) {
   const int64_t s2 = 2 * sC, s3 = 3 * sC;
   int64_t q = 0;
   for (; q + 4 <= count; q += 4) {
@@ -54,6 +57,7 @@ static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t
       const float* wr = w + co;
 #pragma GCC unroll 16
       for (int i = 0; i < KH; ++i) {
+        if (i == nrows) break;
         const float* r = row;
 #pragma GCC unroll 16
         for (int j = 0; j < KW; ++j) {
@@ -87,7 +91,7 @@ static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t
       vec a[V];
       for (int v = 0; v < V; ++v) a[v] = db ? load(db + co + v * VL) : splat(0.f);
       const float* p = in + q * sC + co;
-      for (int i = 0; i < KH; ++i)
+      for (int i = 0; i < nrows; ++i)
         for (int j = 0; j < KW; ++j)
           for (int v = 0; v < V; ++v) a[v] += load(p + i * rowC + j * C + v * VL) * load(w + co + (i * KW + j) * C + v * VL);
       for (int v = 0; v < V; ++v) store(out + co + q * C + v * VL, act_vec(a[v], act));
@@ -127,8 +131,11 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
     const int64_t oh = p / g.Wo, ow_begin = p % g.Wo, ow_end = std::min(g.Wo, ow_begin + (p1 - p));
     const int64_t ih0 = oh * g.sh - g.pt;
     float* trow = t + (p - p0 - ow_begin) * C + c0;
-    int64_t lo = ow_begin, hi = ow_begin;  // the interior run [lo, hi)
-    if (KH > 0 && ih0 >= 0 && ih0 + KH <= g.H) {
+    // the tap rows [i0, i1) inside the image; the run [lo, hi) of columns with all their taps
+    // inside it (a border row's run too, over its in-image tap rows) goes to dw_interior
+    const int64_t i0 = std::max<int64_t>(0, -ih0), i1 = std::min<int64_t>(KH, g.H - ih0);
+    int64_t lo = ow_begin, hi = ow_begin;
+    if (KH > 0 && i1 > i0) {
       lo = std::min(std::max(ow_begin, ow_lo), ow_end);
       hi = std::max(lo, std::min(ow_end, ow_hi));
     }
@@ -138,8 +145,9 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
       for (int64_t ow = hi; ow < ow_end; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, cc, trow + ow * C + cb * V * VL);
     }
     if (KH > 0 && hi > lo)
-      dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1), V>(xb + (ih0 * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
-                                                              dw + c0, db ? db + c0 : nullptr, act, trow + lo * C, hi - lo, nblk);
+      dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1), V>(xb + ((ih0 + i0) * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
+                                                              dw + i0 * g.kw * C + c0, db ? db + c0 : nullptr, act, trow + lo * C,
+                                                              hi - lo, nblk, i1 - i0);
     p += ow_end - ow_begin;
   }
 }
@@ -231,10 +239,12 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   const bool stream = C <= STREAM_MAX_C && B * P * N * 4 >= (int64_t(2) << 20);
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
     // part: the GEMM's partial sums when it splits the channel sum
-    std::vector<float> buf(px * C), part(C > SPLIT_MIN_C ? px * NB : 0);
+    // uninitialized (every element is written before it is read): zero-filling them cost ~10% of
+    // a small layer's depthwise time
+    std::unique_ptr<float[]> buf(new float[px * C]), part(new float[C > SPLIT_MIN_C ? px * NB : 0]);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
-      depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.data());
+      depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.get());
       const char *pf = nullptr, *pf_end = nullptr;
       if (job + 1 < end) {  // the input rows of this thread's next tile: fetched during this GEMM
         const int64_t next_b = (job + 1) / tiles, q0 = ((job + 1) % tiles) * px, q1 = std::min(P, q0 + px);
@@ -243,7 +253,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
         pf = reinterpret_cast<const char*>(xp + (next_b * H + r0) * W * C);
         pf_end = reinterpret_cast<const char*>(xp + (next_b * H + r1) * W * C);
       }
-      gemm(buf.data(), p1 - p0, C, pwp, N, 0, (N + NB - 1) / NB, pbp, act_out, stream, op + (b * P + p0) * N, pf, pf_end, part.data());
+      gemm(buf.get(), p1 - p0, C, pwp, N, 0, (N + NB - 1) / NB, pbp, act_out, stream, op + (b * P + p0) * N, pf, pf_end, part.get());
     }
 #ifdef __AVX__
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
