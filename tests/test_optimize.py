@@ -77,8 +77,13 @@ def test_inference_only_raises_clearly_for_gradients():
     fast = optimize_for_inference(digits_cnn(4).eval(), torch.randn(1, 1, 16, 16), rounds=1)
     with pytest.raises(RuntimeError, match="optimize_for_inference returned an inference-only model"):
         fast(torch.randn(1, 1, 16, 16, requires_grad=True))
-    # without gradients it runs
-    assert fast(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+    # without gradients it runs, recording no autograd graph (its parameters are frozen), on
+    # every backend
+    for candidates in [("eager",), ("fused",), ("torchscript",), ("eager", "fused", "torchscript")]:
+        fast = optimize_for_inference(digits_cnn(4).eval(), torch.randn(1, 1, 16, 16), rounds=1, candidates=candidates)
+        assert not any(p.requires_grad for p in fast.parameters())
+        y = fast(torch.randn(1, 1, 16, 16))
+        assert y.shape == (1, 10) and not y.requires_grad and y.grad_fn is None
 
 
 def test_fallback_to_eager_when_the_fast_path_is_unavailable(monkeypatch):
