@@ -1,9 +1,11 @@
 // Shared by the C++ kernels: 8-float vectors and the pooled allocator for large outputs.
 #pragma once
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -28,6 +30,19 @@ inline void stream_store(float* p, vec v) {
 #else
   store(p, v);
 #endif
+}
+
+// Runs body(claim) once on each of torch's threads (at most `jobs` of them); claim() returns the
+// next unclaimed job of [0, jobs), or a value >= jobs when none is left. Claiming jobs one at a
+// time instead of a fixed share per thread keeps all threads busy to the end when one of them is
+// slowed by other work on its core: with a CPU-bound process next to it on one core, MobileNetV1
+// at batch 8 ran 138 ms against 178 with fixed shares (equal without it).
+template <class Body>
+inline void parallel_claim(int64_t jobs, const Body& body) {
+  std::atomic<int64_t> next{0};
+  const auto claim = [&next] { return next.fetch_add(1, std::memory_order_relaxed); };
+  const int64_t threads = std::min<int64_t>(std::max(1, at::get_num_threads()), jobs);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { body(claim); });
 }
 
 // Output buffers. A large tensor freed by its consumer goes back to the OS (glibc unmaps blocks

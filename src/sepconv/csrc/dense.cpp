@@ -54,10 +54,10 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   // output columns whose taps are all inside the image (dw == 1: a tap row is kw x C contiguous floats)
   const int64_t ow_lo = dw == 1 ? std::min(Wo, (pl + sw - 1) / sw) : 0;
   const int64_t ow_hi = dw == 1 ? std::max(ow_lo, std::min(Wo, (W + pl - kw) / sw + 1)) : 0;
-  // jobs: output rows
-  at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
+  // jobs: output rows, claimed one at a time by the threads
+  parallel_claim(B * Ho, [&](const auto& claim) {
     std::vector<float> col(Wo * K), part(K > SPLIT_MIN_C ? Wo * NB : 0);
-    for (int64_t job = begin; job < end; ++job) {
+    for (int64_t job = claim(); job < B * Ho; job = claim()) {
       const int64_t b = job / Ho, oh = job % Ho, ih0 = oh * sh - pt;
       const float* xb = xp + b * H * W * C;
       float* orow = op + (b * P + oh * Wo) * N;
@@ -120,9 +120,9 @@ torch::Tensor linear_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   const int64_t blocks = (N + NB - 1) / NB, threads = std::max(1, at::get_num_threads());
   const int64_t rows = std::min(MAX_TILE_ROWS, (M + MR - 1) / MR * MR), tiles = (M + rows - 1) / rows;
   const int64_t groups = std::min(blocks, std::max<int64_t>(1, (2 * threads + tiles - 1) / tiles));
-  at::parallel_for(0, tiles * groups, 1, [&](int64_t begin, int64_t end) {
+  parallel_claim(tiles * groups, [&](const auto& claim) {
     std::vector<float> part(K > SPLIT_MIN_C ? rows * NB : 0);
-    for (int64_t job = begin; job < end; ++job) {
+    for (int64_t job = claim(); job < tiles * groups; job = claim()) {
       const int64_t t = job / groups, g = job % groups, m0 = t * rows, m1 = std::min(M, m0 + rows);
       gemm(xp + m0 * K, m1 - m0, K, wp, N, g * blocks / groups, (g + 1) * blocks / groups, bp, act, false, op + m0 * N, nullptr,
            nullptr, part.data());

@@ -4,9 +4,10 @@
 // result (pixels x C floats) stays in L2, and numerous enough to keep every thread busy. For each
 // tile the depthwise conv (+ bias, activation) is computed into a thread-local buffer, which a
 // register-blocked GEMM against the pointwise weights consumes at once: the intermediate tensor
-// never goes to memory. While a tile's GEMM computes, it prefetches the input rows of the
-// thread's next tile into L2, so the depthwise pass (otherwise waiting on DRAM at batch 8, and
-// not overlapped with anything) finds its input in cache: 10-20% off the shallow layers there.
+// never goes to memory. Threads claim tiles one at a time (parallel_claim, common.h), each the
+// next one before its current tile's GEMM, during which it prefetches that tile's input rows into
+// L2, so the depthwise pass (otherwise waiting on DRAM at batch 8, and not overlapped with
+// anything) finds its input in cache: 10-20% off the shallow layers there.
 //
 // Depthwise: steps of 4 output pixels x 16 channels (whole 64-byte lines), so each weight load
 // serves four pixels and eight FMA chains run independently; a step runs over all channel blocks
@@ -237,17 +238,18 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   // a large output of a shallow GEMM (where writing it is a large part of the time) goes around
   // the cache; for deep ones (C > 384) streaming stores measured no faster
   const bool stream = C <= STREAM_MAX_C && B * P * N * 4 >= (int64_t(2) << 20);
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-    // part: the GEMM's partial sums when it splits the channel sum
-    // uninitialized (every element is written before it is read): zero-filling them cost ~10% of
-    // a small layer's depthwise time
+  const int64_t jobs = B * tiles;
+  parallel_claim(jobs, [&](const auto& claim) {
+    // part: the GEMM's partial sums when it splits the channel sum. Uninitialized (every element
+    // is written before it is read): zero-filling them cost ~10% of a small layer's depthwise time
     std::unique_ptr<float[]> buf(new float[px * C]), part(new float[C > SPLIT_MIN_C ? px * NB : 0]);
-    for (int64_t job = begin; job < end; ++job) {
+    for (int64_t job = claim(), next; job < jobs; job = next) {
       const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
       depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.get());
+      next = claim();  // claimed now, so that its input rows can be fetched during this GEMM
       const char *pf = nullptr, *pf_end = nullptr;
-      if (job + 1 < end) {  // the input rows of this thread's next tile: fetched during this GEMM
-        const int64_t next_b = (job + 1) / tiles, q0 = ((job + 1) % tiles) * px, q1 = std::min(P, q0 + px);
+      if (next < jobs) {
+        const int64_t next_b = next / tiles, q0 = (next % tiles) * px, q1 = std::min(P, q0 + px);
         const int64_t r0 = std::max<int64_t>(0, (q0 / Wo) * sh - pt);
         const int64_t r1 = std::min<int64_t>(H, ((q1 - 1) / Wo) * sh - pt + kh);
         pf = reinterpret_cast<const char*>(xp + (next_b * H + r0) * W * C);
