@@ -87,8 +87,9 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
         const int64_t n0 = nb * NB, width = std::min<int64_t>(NB, N - n0);
         const float* wpb = wp + nb * K * NB;
         const vec b0 = bp ? load(bp + n0) : splat(0.f), b1 = bp ? load(bp + n0 + VL) : splat(0.f);
-        for (int64_t ow = lo, step = 0; ow < hi; ow += step_rows(hi - lo, step), ++step) {
-          const int mr = step_rows(hi - lo, step);
+        const Steps col_steps(hi - lo);
+        for (int64_t ow = lo, step = 0; ow < hi; ow += col_steps.rows(step), ++step) {
+          const int mr = col_steps.rows(step);
           vec a0[MR], a1[MR];
           for (int m = 0; m < mr; ++m) { a0[m] = b0; a1[m] = b1; }
           const float* a = xb + (ih0 * W + ow * sw - pl) * C;

@@ -78,18 +78,18 @@ __attribute__((always_inline)) static inline void store_rows(float* out, int64_t
   }
 }
 
-// Rows of step `step` when P rows are cut into ceil(P / 6) steps of near-equal size (6 and 5 for
-// P = 49, not eight 6s and a 1): a step of few rows loads as many weights as a full one for a
-// fraction of its multiply-adds.
-static inline int step_rows(int64_t P, int64_t step) {
-  const int64_t steps = (P + MR - 1) / MR, base = P / steps, extra = P % steps;
-  return (int)(base + (step < extra ? 1 : 0));
-}
+// P rows cut into ceil(P / 6) steps of near-equal size (6s and 5s for P = 49, not eight 6s and a
+// 1): a step of few rows loads as many weights as a full one for a fraction of its multiply-adds.
+struct Steps {
+  int64_t base, extra;  // the first `extra` steps have base + 1 rows, the others base
+  explicit Steps(int64_t P) : base(P / std::max<int64_t>(1, (P + MR - 1) / MR)), extra(P % std::max<int64_t>(1, (P + MR - 1) / MR)) {}
+  int rows(int64_t step) const { return (int)(base + (step < extra ? 1 : 0)); }
+};
 
 // out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]) for p < P (rows of t at stride C) and the n of the
 // weight panels [nb_begin, nb_end) (out rows at stride N). stream:
 // stores bypass the cache. A weight panel (C x 16) is reused by every step of the tile (steps of
-// near-equal size <= 6 rows, see step_rows). For C > 384
+// near-equal size <= 6 rows, see Steps). For C > 384
 // the sum runs in blocks of 256 channels, partial sums parked in `part` (P x 16 floats), so the
 // block's 16 KiB of panel stays in L1 across the tile's steps instead of streaming from L2 in
 // every step (measured 3-9% faster for 512->1024 and 1024->1024 with two threads, equal with
@@ -102,6 +102,7 @@ __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C,
   // prefetch [pf, pf_end) into L2 spread evenly over the steps
   const int64_t steps = (nb_end - nb_begin) * ((P + MR - 1) / MR) * ((C + KC - 1) / KC);
   const int64_t per_step = pf_end > pf ? ((pf_end - pf) / 64 + steps - 1) / steps : 0;
+  const Steps row_steps(P);
   for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
     const int64_t n0 = nb * NB, width = std::min<int64_t>(NB, N - n0);
     const float* wpb = wpack + nb * C * NB;
@@ -110,9 +111,9 @@ __attribute__((noinline)) static void gemm(const float* t, int64_t P, int64_t C,
       const int64_t kc = std::min(KC, C - k0);
       const bool first = k0 == 0, last = k0 + kc >= C;
       const float* wp = wpb + k0 * NB;
-      for (int64_t pm = 0, step = 0; pm < P; pm += step_rows(P, step), ++step) {
+      for (int64_t pm = 0, step = 0; pm < P; pm += row_steps.rows(step), ++step) {
         for (int64_t i = 0; i < per_step && pf < pf_end; ++i, pf += 64) __builtin_prefetch(pf, 0, 2);
-        const int mr = step_rows(P, step);  // rows in this step
+        const int mr = row_steps.rows(step);  // rows in this step
         vec a0[MR], a1[MR];
         float* pp = part + pm * NB;
         for (int m = 0; m < mr; ++m) {
