@@ -230,22 +230,35 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, sa
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112)])
+@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112)])
 def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
     """C > 384 (the GEMM sums over blocks of 256 channels: 520 = 256 + 256 + 8; 777 in two tiles;
-    plain stores) and an output over 2 MB with C <= 384
-    (streaming stores)."""
+    plain stores), an output of 3.2 MB (plain stores) and one of 4.8 MB with C <= 384 (over 4 MB:
+    streaming stores)."""
     from sepconv.optimize import FusedSeparableConv2d
 
     torch.manual_seed(0)
     layer = sepconv.SeparableConv2d(cin, cout, 3, 1, 1).eval()
     fused = FusedSeparableConv2d(layer, 0)
     x = torch.randn(1, cin, size, size)
-    import copy
-
     ref = copy.deepcopy(layer).double()(x.double())
     with torch.inference_mode():
         out = fused(x)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_conv_large_output_streams(fused_ext):
+    """A stem conv output over 4 MB (3 images x 32 x 112 x 112 floats) is written with
+    streaming stores, on the gathered border columns and the in-place interior alike."""
+    from sepconv.optimize import FusedConv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 32, 3, 2, 1).eval()
+    x = torch.randn(3, 3, 224, 224)
+    ref = torch.relu(nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 2, 1))
+    with torch.inference_mode():
+        out = FusedConv2d(conv, 1)(x)
+    assert out.numel() * 4 >= 4 << 20
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 

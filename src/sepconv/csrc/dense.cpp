@@ -26,7 +26,6 @@ using namespace sepconv;
 namespace {
 
 constexpr int64_t MAX_TILE_ROWS = 96;
-constexpr int64_t STREAM_MIN_BYTES = int64_t(2) << 20;
 
 void check_packed(const torch::Tensor& w, const torch::Tensor& bias, int64_t K, int64_t N, const char* op) {
   TORCH_CHECK(w.dim() == 3 && w.size(0) == (N + NB - 1) / NB && w.size(1) == K && w.size(2) == NB && w.scalar_type() == at::kFloat,
