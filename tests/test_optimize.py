@@ -154,6 +154,17 @@ def fused_ext():
     return ext
 
 
+def _with_threads(threads, fn, *args):
+    """fn(*args) in inference mode on `threads` threads (the thread count restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cin,cout,k,stride,padding,bias,act_mid,act_out,size", [
     (3, 10, 3, 1, 0, True, None, None, 15),          # the seeds' example
     (32, 64, 3, 1, 1, False, nn.ReLU, nn.ReLU, 20),
@@ -183,8 +194,6 @@ def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding,
         out_nchw = fused(x.contiguous())  # any memory format in, channels_last out
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out_nchw, ref, rtol=1e-4, atol=1e-5)
-    import copy
-
     torch.testing.assert_close(copy.deepcopy(fused)(x), out)  # copyable, like any module
     # float64 and gradient-carrying inputs run the reference layer
     ref64 = act(layer.double()(x.double()))
@@ -217,16 +226,8 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, sa
     fused = FusedSeparableConv2d(layer, _ACTS[type(act)])
     fused.tile_bytes = tile_px * cin * 4  # small tiles: many per image, starting mid-row
     x = torch.randn(batch, cin, h, w)
-    import copy
-
     ref = act(copy.deepcopy(layer).double()(x.double()))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            out = fused(x)
-    finally:
-        torch.set_num_threads(before)
+    out = _with_threads(threads, fused, x)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -290,13 +291,7 @@ def test_fused_conv_fuzz_float64_reference(fused_ext, cin, cout, kh, kw, sh, sw,
         warnings.simplefilter("ignore")  # 'same' with an even kernel: PyTorch pads a copy
         ref = _act_ref(nn.functional.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(),
                                             conv.stride, conv.padding, conv.dilation), act)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            out = fused(x)
-    finally:
-        torch.set_num_threads(before)
+    out = _with_threads(threads, fused, x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -317,13 +312,7 @@ def test_fused_linear_float64_reference(fused_ext, shape, out_features, act):
     x = torch.randn(*shape)
     ref = _act_ref(nn.functional.linear(x.double(), linear.weight.double(), linear.bias.double()), act)
     for threads in (1, 2):
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                out = fused(x)
-        finally:
-            torch.set_num_threads(before)
+        out = _with_threads(threads, fused, x)
         assert out.shape == ref.shape
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     no_bias = nn.Linear(shape[-1], out_features, bias=False).eval()
