@@ -211,20 +211,21 @@ def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding,
 @given(cin=st.integers(1, 70), cout=st.integers(1, 40), k=st.sampled_from([1, 2, 3, 4, 5, 7]), stride=st.integers(1, 3),
        same=st.booleans(), h=st.integers(1, 23), w=st.integers(1, 23), batch=st.integers(1, 3),
        acts=st.sampled_from([(None, None), (nn.ReLU, nn.ReLU6), (nn.ReLU6, nn.ReLU)]),
-       tile_px=st.sampled_from([6, 30, 4096]), threads=st.sampled_from([1, 2]))
-def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, same, h, w, batch, acts, tile_px, threads):
+       tile_px=st.sampled_from([6, 30, 4096]), threads=st.sampled_from([1, 2]), mult=st.sampled_from([1, 1, 2, 3]))
+def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, same, h, w, batch, acts, tile_px, threads, mult):
     """Every path of the kernel (16-/8-channel blocks and the scalar tail, 3x3/5x5/any taps, border
-    and interior pixels, tiles that split rows, one or two threads) against a float64 reference."""
+    and interior pixels, tiles that split rows, one or two threads, depth multipliers) against a
+    float64 reference."""
     from sepconv.optimize import FusedSeparableConv2d, _ACTS
 
     padding = "same" if same and stride == 1 else k // 2  # 'same' with an even k: asymmetric pads
     torch.manual_seed(cin * 1000 + cout)
-    layer = sepconv.SeparableConv2d(cin, cout, k, stride, padding, act_layer=acts[0]).eval()
+    layer = sepconv.SeparableConv2d(cin, cout, k, stride, padding, depth_multiplier=mult, act_layer=acts[0]).eval()
     with torch.no_grad():
-        layer.depthwise.bias = nn.Parameter(torch.randn(cin) * 0.1)
+        layer.depthwise.bias = nn.Parameter(torch.randn(cin * mult) * 0.1)
     act = acts[1]() if acts[1] else nn.Identity()
     fused = FusedSeparableConv2d(layer, _ACTS[type(act)])
-    fused.tile_bytes = tile_px * cin * 4  # small tiles: many per image, starting mid-row
+    fused.tile_bytes = tile_px * cin * mult * 4  # small tiles: many per image, starting mid-row
     x = torch.randn(batch, cin, h, w)
     ref = act(copy.deepcopy(layer).double()(x.double()))
     out = _with_threads(threads, fused, x)
@@ -350,6 +351,10 @@ def test_fused_conv_and_linear_fall_back_and_trace(fused_ext):
     assert _fused_class(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")) is None
     assert _fused_class(nn.Conv2d(3, 8, 3).double()) is None
     assert _fused_class(nn.Linear(3, 8)) is FusedLinear
+    from sepconv.optimize import FusedSeparableConv2d
+
+    assert _fused_class(sepconv.SeparableConv2d(4, 8, 3, depth_multiplier=3)) is FusedSeparableConv2d
+    assert _fused_class(sepconv.SeparableConv2d(4, 8, 3, dilation=2)) is None
 
 
 def test_optimized_mobilenet_uses_fused_stem_and_classifier(fused_ext, monkeypatch):

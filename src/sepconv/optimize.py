@@ -75,7 +75,7 @@ class FusedSeparableConv2d(nn.Module):
     """Inference-only depthwise + pointwise in one pass (``csrc/fused_dwpw.cpp``), float32 NHWC.
 
     Built by :func:`optimize_for_inference` from a BatchNorm-folded :class:`~sepconv.SeparableConv2d`
-    (and the ReLU/ReLU6 after it, fused). Any other input (another dtype, gradients), or a machine
+    (any depth multiplier; and the ReLU/ReLU6 after it, fused). Any other input (another dtype, gradients), or a machine
     where the kernel cannot be compiled, runs the original layer, kept as ``reference``. The kernel
     is the dispatcher op ``torch.ops.sepconv.fused_dwpw``, so tracing, freezing and the profiler
     see it.
@@ -84,21 +84,26 @@ class FusedSeparableConv2d(nn.Module):
     def __init__(self, layer: nn.Module, act_out: int) -> None:
         super().__init__()
         dw, pw = layer.depthwise, layer.pointwise
-        c, n = layer.in_channels, layer.out_channels
+        c, n, m = layer.in_channels, layer.out_channels, layer.depth_multiplier
         kh, kw = layer.kernel_size
         self.reference = layer
         self.act_mid = _ACTS[type(layer.act)]
         self.act_out = act_out
         self.n = n
         self.geometry = (kh, kw, *layer.stride, layer._fpad[2], layer._fpad[3], layer._fpad[0], layer._fpad[1])
-        packed, bias = _pack_panels(pw.weight.reshape(n, c), pw.bias)
-        self.register_buffer("dw_weight", dw.weight.detach().float().reshape(c, kh * kw).t().contiguous())
-        self.register_buffer("dw_bias", dw.bias.detach().float() if dw.bias is not None else torch.zeros(0))
+        # PyTorch's depthwise output channel c * m + j filters input channel c; the kernel keeps
+        # the intermediate in the order j * C + c (so 8 adjacent channels read 8 adjacent inputs),
+        # the pointwise weights' columns permuted to match
+        packed, bias = _pack_panels(pw.weight.reshape(n, c, m).transpose(1, 2).reshape(n, m * c), pw.bias)
+        taps = dw.weight.detach().float().reshape(c, m, kh * kw)
+        self.register_buffer("dw_weight", taps.permute(1, 2, 0).contiguous())  # (m, kh * kw, c)
+        self.register_buffer("dw_bias", dw.bias.detach().float().reshape(c, m).t().reshape(-1).contiguous()
+                             if dw.bias is not None else torch.zeros(0))
         self.register_buffer("pw_weight", packed)
         self.register_buffer("pw_bias", bias)
         # a tile's depthwise result, its input rows (prefetched during the previous tile's GEMM)
         # and the weights share L2; >= 48 pixels, as each tile streams all the pointwise weights
-        self.tile_bytes = max(96 * 1024, 48 * 4 * c)
+        self.tile_bytes = max(96 * 1024, 48 * 4 * c * m)
 
     def forward(self, x: Tensor) -> Tensor:
         # _fused.load() registers torch.ops.sepconv.fused_dwpw (compiled once, then a cached lookup)
@@ -194,7 +199,7 @@ def _fused_class(m: nn.Module) -> Optional[type]:
     """The fused module class that can replace ``m``, or None."""
     from .layers import SeparableConv2d
 
-    if (isinstance(m, SeparableConv2d) and m.depth_multiplier == 1 and m.padding_mode == "zeros"
+    if (isinstance(m, SeparableConv2d) and m.padding_mode == "zeros"
             and not m._dynamic and all(d == 1 for d in m.dilation) and isinstance(m.norm, nn.Identity)
             and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32):
         return FusedSeparableConv2d

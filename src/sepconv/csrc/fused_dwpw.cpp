@@ -21,6 +21,11 @@
 // output of a shallow GEMM is written with streaming stores (it would only evict the next tile's
 // data from cache otherwise).
 //
+// A depth multiplier M runs the depthwise pass M times over the same input rows, each with its
+// own filters, into channels [m C, (m + 1) C) of the tile (PyTorch orders them c M + m; the
+// pointwise weights are packed in the tile's order), so vectors always cover adjacent input
+// channels. The GEMM then sums over M x C channels.
+//
 // Vectorization uses GCC/Clang vector extensions of 8 floats (one AVX2 register; pairs of SSE
 // registers elsewhere). Threads: at::parallel_for, i.e. torch's own pool and thread count (with
 // the OpenMP backend this file must be compiled with -fopenmp, or the loop runs on one thread).
@@ -38,7 +43,9 @@ using namespace sepconv;
 // keeps the compiler from hoisting every tap address out of the loop (and spilling them)
 template <class T> static inline void opaque(T*& p) { asm("" : "+r"(p)); }
 
-struct Geometry { int64_t H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl; };
+// C: input channels (and the stride of the depthwise weights); tC: the tile buffer's row stride
+// (C x depth multiplier)
+struct Geometry { int64_t H, W, C, tC, Ho, Wo, kh, kw, sh, sw, pt, pl; };
 
 // The interior (no padding taps) of one output row for nblk blocks of V 8-channel vectors from the
 // block start: `count` pixels, the first one's top-left tap at `in`, outputs at stride C. Four
@@ -46,7 +53,7 @@ struct Geometry { int64_t H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl; };
 // V = 2 each input load pair is one whole 64-byte line. The channel blocks are the inner loop.
 template <int KH, int KW, int V>
 static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t sC, const float* w, const float* db,
-                               int64_t act, float* out, int64_t count, int64_t nblk, int64_t nrows) {
+                               int64_t act, float* out, int64_t oC, int64_t count, int64_t nblk, int64_t nrows) {
   const int64_t s2 = 2 * sC, s3 = 3 * sC;
   int64_t q = 0;
   for (; q + 4 <= count; q += 4) {
@@ -79,10 +86,10 @@ static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t
       }
       float* o = out + co;
       for (int v = 0; v < V; ++v) {
-        store(o + q * C + v * VL, act_vec(a0[v], act));
-        store(o + (q + 1) * C + v * VL, act_vec(a1[v], act));
-        store(o + (q + 2) * C + v * VL, act_vec(a2[v], act));
-        store(o + (q + 3) * C + v * VL, act_vec(a3[v], act));
+        store(o + q * oC + v * VL, act_vec(a0[v], act));
+        store(o + (q + 1) * oC + v * VL, act_vec(a1[v], act));
+        store(o + (q + 2) * oC + v * VL, act_vec(a2[v], act));
+        store(o + (q + 3) * oC + v * VL, act_vec(a3[v], act));
       }
     }
   }
@@ -95,7 +102,7 @@ static inline void dw_interior(const float* in, int64_t rowC, int64_t C, int64_t
       for (int i = 0; i < nrows; ++i)
         for (int j = 0; j < KW; ++j)
           for (int v = 0; v < V; ++v) a[v] += load(p + i * rowC + j * C + v * VL) * load(w + co + (i * KW + j) * C + v * VL);
-      for (int v = 0; v < V; ++v) store(out + co + q * C + v * VL, act_vec(a[v], act));
+      for (int v = 0; v < V; ++v) store(out + co + q * oC + v * VL, act_vec(a[v], act));
     }
 }
 
@@ -119,19 +126,19 @@ static inline void dw_edge(const float* xb, const float* dw, const float* db, in
 }
 
 // nblk blocks of V 8-channel vectors [c0, c0 + 8 V nblk) of the depthwise conv over the output
-// pixels [p0, p1) of one image, into t[(p - p0) * C + c]: border pixels by dw_edge, each row's interior run by
+// pixels [p0, p1) of one image, into t[(p - p0) * tC + c]: border pixels by dw_edge, each row's interior run by
 // dw_interior. KH = KW = 0: any kernel size, all pixels by dw_edge.
 template <int KH, int KW, int V>
 static void dw_block(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g,
                      int64_t p0, int64_t p1, int64_t c0, float* t, int64_t nblk) {
-  const int64_t C = g.C, W = g.W;
+  const int64_t C = g.C, tC = g.tC, W = g.W;
   const int64_t ow_lo = std::min(g.Wo, (g.pl + g.sw - 1) / g.sw);
   const int64_t ow_hi = std::max(ow_lo, std::min(g.Wo, (W + g.pl - g.kw) / g.sw + 1));
   int64_t p = p0;
   while (p < p1) {
     const int64_t oh = p / g.Wo, ow_begin = p % g.Wo, ow_end = std::min(g.Wo, ow_begin + (p1 - p));
     const int64_t ih0 = oh * g.sh - g.pt;
-    float* trow = t + (p - p0 - ow_begin) * C + c0;
+    float* trow = t + (p - p0 - ow_begin) * tC + c0;
     // the tap rows [i0, i1) inside the image; the run [lo, hi) of columns with all their taps
     // inside it (a border row's run too, over its in-image tap rows) goes to dw_interior
     const int64_t i0 = std::max<int64_t>(0, -ih0), i1 = std::min<int64_t>(KH, g.H - ih0);
@@ -142,13 +149,13 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
     }
     for (int64_t cb = 0; cb < nblk; ++cb) {
       const int64_t cc = c0 + cb * V * VL;
-      for (int64_t ow = ow_begin; ow < lo; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, cc, trow + ow * C + cb * V * VL);
-      for (int64_t ow = hi; ow < ow_end; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, cc, trow + ow * C + cb * V * VL);
+      for (int64_t ow = ow_begin; ow < lo; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, cc, trow + ow * tC + cb * V * VL);
+      for (int64_t ow = hi; ow < ow_end; ++ow) dw_edge<V>(xb, dw, db, act, g, oh, ow, cc, trow + ow * tC + cb * V * VL);
     }
     if (KH > 0 && hi > lo)
       dw_interior<(KH > 0 ? KH : 1), (KW > 0 ? KW : 1), V>(xb + ((ih0 + i0) * W + lo * g.sw - g.pl) * C + c0, W * C, C, g.sw * C,
-                                                              dw + i0 * g.kw * C + c0, db ? db + c0 : nullptr, act, trow + lo * C,
-                                                              hi - lo, nblk, i1 - i0);
+                                                              dw + i0 * g.kw * C + c0, db ? db + c0 : nullptr, act, trow + lo * tC,
+                                                              tC, hi - lo, nblk, i1 - i0);
     p += ow_end - ow_begin;
   }
 }
@@ -173,7 +180,7 @@ static void dw_scalar(const float* xb, const float* dw, const float* db, int64_t
         const float* w = dw + (i * g.kw + j) * g.C + c0;
         for (int64_t c = 0; c < nc; ++c) a[c] += x[c] * w[c];
       }
-    float* o = t + (p - p0) * g.C + c0;
+    float* o = t + (p - p0) * g.tC + c0;
     for (int64_t c = 0; c < nc; ++c) o[c] = act_scalar(a[c], act);
     if (++ow == g.Wo) { ow = 0; ++oh; }
   }
@@ -212,40 +219,45 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t N = n_out;
-  TORCH_CHECK(dw.size(0) == kh * kw && dw.size(1) == C, "fused_dwpw: depthwise weight shape");
-  TORCH_CHECK(pw.dim() == 3 && pw.size(0) == (N + 15) / 16 && pw.size(1) == C && pw.size(2) == 16,
-              "fused_dwpw: pointwise weight must be packed (ceil(N/16), C, 16)");
+  // depthwise weights (M, kh x kw, C) for a depth multiplier M: the intermediate channel m x C + c
+  // (the tile's order; the pointwise weights are packed to match) filters input channel c
+  TORCH_CHECK(dw.dim() == 3 && dw.size(1) == kh * kw && dw.size(2) == C, "fused_dwpw: depthwise weight must be (M, kh*kw, C)");
+  const int64_t M = dw.size(0), K = M * C;
+  TORCH_CHECK(dw_bias.numel() == 0 || dw_bias.numel() == K, "fused_dwpw: depthwise bias must have M*C elements");
+  TORCH_CHECK(pw.dim() == 3 && pw.size(0) == (N + 15) / 16 && pw.size(1) == K && pw.size(2) == 16,
+              "fused_dwpw: pointwise weight must be packed (ceil(N/16), M*C, 16)");
   TORCH_CHECK(pw_bias.numel() == 0 || pw_bias.numel() == pw.size(0) * 16, "fused_dwpw: padded bias");
   const int64_t Ho = (H + pt + pb - kh) / sh + 1, Wo = (W + pl + pr - kw) / sw + 1;
   TORCH_CHECK(Ho > 0 && Wo > 0, "fused_dwpw: empty output");
   auto out = new_output({B, N, Ho, Wo}, at::MemoryFormat::ChannelsLast);
-  const Geometry g{H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl};
+  const Geometry g{H, W, C, K, Ho, Wo, kh, kw, sh, sw, pt, pl};
   const float* xp = x.data_ptr<float>();
   const float* dwp = dw.contiguous().data_ptr<float>();
   const float* dbp = dw_bias.numel() ? dw_bias.contiguous().data_ptr<float>() : nullptr;
   const float* pwp = pw.contiguous().data_ptr<float>();
   const float* pbp = pw_bias.numel() ? pw_bias.contiguous().data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  // tiles: ranges of output pixels of one image whose depthwise result (px x C floats) fits
+  // tiles: ranges of output pixels of one image whose depthwise result (px x K floats) fits
   // tile_bytes, with a total (B x tiles) that spreads evenly over the threads
   const int64_t P = Ho * Wo, threads = std::max(1, at::get_num_threads());
-  const int64_t cap = std::max<int64_t>(MR, tile_bytes / (C * 4) / MR * MR);
+  const int64_t cap = std::max<int64_t>(MR, tile_bytes / (K * 4) / MR * MR);
   int64_t tiles = (P + cap - 1) / cap;
   if ((B * tiles) % threads != 0) tiles = ((B * tiles + threads - 1) / threads * threads + B - 1) / B;
   tiles = std::min(tiles, (P + MR - 1) / MR);
   const int64_t px = ((P + tiles - 1) / tiles + MR - 1) / MR * MR;
   tiles = (P + px - 1) / px;
   // a large output of a shallow GEMM (where writing it is a large part of the time) goes around
-  // the cache; for deep ones (C > 384) streaming stores measured no faster
-  const bool stream = C <= STREAM_MAX_C && B * P * N * 4 >= STREAM_MIN_BYTES;
+  // the cache; for deep ones (K > 384) streaming stores measured no faster
+  const bool stream = K <= STREAM_MAX_C && B * P * N * 4 >= STREAM_MIN_BYTES;
   const int64_t jobs = B * tiles;
   parallel_claim(jobs, [&](const auto& claim) {
     // part: the GEMM's partial sums when it splits the channel sum. Uninitialized (every element
     // is written before it is read): zero-filling them cost ~10% of a small layer's depthwise time
-    std::unique_ptr<float[]> buf(new float[px * C]), part(new float[C > SPLIT_MIN_C ? px * NB : 0]);
+    std::unique_ptr<float[]> buf(new float[px * K]), part(new float[K > SPLIT_MIN_C ? px * NB : 0]);
     for (int64_t job = claim(), next; job < jobs; job = next) {
       const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
-      depthwise(xp + b * H * W * C, dwp, dbp, act_mid, g, p0, p1, buf.get());
+      for (int64_t m = 0; m < M; ++m)  // each multiplier's filters over the same input rows
+        depthwise(xp + b * H * W * C, dwp + m * kh * kw * C, dbp ? dbp + m * C : nullptr, act_mid, g, p0, p1, buf.get() + m * C);
       next = claim();  // claimed now, so that its input rows can be fetched during this GEMM
       const char *pf = nullptr, *pf_end = nullptr;
       if (next < jobs) {
@@ -255,7 +267,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
         pf = reinterpret_cast<const char*>(xp + (next_b * H + r0) * W * C);
         pf_end = reinterpret_cast<const char*>(xp + (next_b * H + r1) * W * C);
       }
-      gemm(buf.get(), p1 - p0, C, pwp, N, 0, (N + NB - 1) / NB, pbp, act_out, stream, op + (b * P + p0) * N, pf, pf_end, part.get());
+      gemm(buf.get(), p1 - p0, K, pwp, N, 0, (N + NB - 1) / NB, pbp, act_out, stream, op + (b * P + p0) * N, pf, pf_end, part.get());
     }
 #ifdef __AVX__
     if (stream) _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
