@@ -75,10 +75,10 @@ class FusedSeparableConv2d(nn.Module):
     """Inference-only depthwise + pointwise in one pass (``csrc/fused_dwpw.cpp``), float32 NHWC.
 
     Built by :func:`optimize_for_inference` from a BatchNorm-folded :class:`~sepconv.SeparableConv2d`
-    (any depth multiplier; and the ReLU/ReLU6 after it, fused). Any other input (another dtype, gradients), or a machine
-    where the kernel cannot be compiled, runs the original layer, kept as ``reference``. The kernel
-    is the dispatcher op ``torch.ops.sepconv.fused_dwpw``, so tracing, freezing and the profiler
-    see it.
+    (any depth multiplier; and the ReLU/ReLU6 after it, fused). Any other input (another dtype,
+    gradients), or a machine where the kernel cannot be compiled, runs the original layer, kept as
+    ``reference``. The kernel is the dispatcher op ``torch.ops.sepconv.fused_dwpw``, so tracing,
+    freezing and the profiler see it.
     """
 
     def __init__(self, layer: nn.Module, act_out: int) -> None:
@@ -122,9 +122,9 @@ class FusedConv2d(nn.Module):
 
     Built by :func:`optimize_for_inference` from an ``nn.Conv2d`` with ``groups=1``, zero padding
     and ``in_channels x kh x kw <= 64`` (a network's stem on RGB input), and the ReLU/ReLU6 after
-    it (fused): per tile of output pixels the input patches are gathered into an L1-sized buffer
-    and multiplied by the prepacked weights with the fused kernel's GEMM. Float32 NHWC. Any other
-    input runs the original conv (``reference``).
+    it (fused): an implicit GEMM of the input patches (read in place, gathered only near the
+    border) with the prepacked weights on the fused kernel's GEMM. Float32 NHWC. Any other input
+    runs the original conv (``reference``).
     """
 
     def __init__(self, conv: nn.Conv2d, act_out: int) -> None:

@@ -1,12 +1,14 @@
 // Dense layers on the fused kernel's GEMM (float32, inference): a 2-D convolution with few input
 // values per output (Cin x kh x kw, e.g. a network's RGB stem) and a linear layer.
 //
-// Convolution: per tile of output pixels of one image, the input patches are gathered into a
-// small buffer (im2col, (kh, kw, Cin) order, zeros for padding taps; it stays in L1) and
-// multiplied at once by the weights, prepacked as (ceil(N / 16), K, 16) panels, with bias and
-// ReLU/ReLU6 fused into the GEMM's stores. NHWC in and out. oneDNN runs such a conv (3 input
-// channels) as a direct convolution at about half the FMA peak here and the ReLU as a second pass
-// over the output.
+// Convolution: an implicit GEMM per output row against the weights, prepacked as
+// (ceil(N / 16), K, 16) panels in (kh, kw, Cin) order, with bias and ReLU/ReLU6 fused into the
+// GEMM's stores. Where all of a pixel's taps are inside the image, a tap row is kw x Cin
+// contiguous floats of the NHWC input, which the GEMM reads in place (no copy: gathering the
+// patches, 27 short copies per pixel for a 3x3 RGB stem, cost more than the multiply-adds); the
+// pixels near the border have their patches gathered into a small buffer (im2col, zeros for
+// padding taps) first. NHWC in and out. oneDNN runs such a conv (3 input channels) as a direct
+// convolution at about half the FMA peak here and the ReLU as a second pass over the output.
 //
 // Linear: the rows of the input are the GEMM's rows in place; with the weights prepacked, nothing
 // is repacked per call (the BLAS path copies the whole weight matrix into its own panels on
