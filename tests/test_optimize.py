@@ -351,6 +351,12 @@ def test_fused_conv_and_linear_fall_back_and_trace(fused_ext):
     assert _fused_class(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")) is None
     assert _fused_class(nn.Conv2d(3, 8, 3).double()) is None
     assert _fused_class(nn.Linear(3, 8)) is FusedLinear
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch warns that initializing zero-element weights is a no-op
+        empty = [nn.Linear(0, 8), nn.Linear(3, 0)]
+    assert all(_fused_class(m) is None for m in empty)  # nothing to multiply: the PyTorch layer stays
     from sepconv.optimize import FusedSeparableConv2d
 
     assert _fused_class(sepconv.SeparableConv2d(4, 8, 3, depth_multiplier=3)) is FusedSeparableConv2d

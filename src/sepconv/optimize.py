@@ -206,7 +206,7 @@ def _fused_class(m: nn.Module) -> Optional[type]:
     if (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and m.weight.dtype == torch.float32
             and m.weight[0].numel() <= STEM_MAX_K):
         return FusedConv2d
-    if type(m) is nn.Linear and m.weight.dtype == torch.float32:
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.numel() > 0:
         return FusedLinear
     return None
 

@@ -111,6 +111,7 @@ torch::Tensor linear_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "linear_gemm: expected a 2-D float32 input");
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = n_out;
+  TORCH_CHECK(K > 0 && N > 0, "linear_gemm: expected at least one input and one output feature");
   check_packed(w, bias, K, N, "linear_gemm");
   auto out = new_output({M, N}, at::MemoryFormat::Contiguous);
   if (M == 0) return out;
