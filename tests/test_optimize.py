@@ -355,7 +355,7 @@ def test_fused_conv_and_linear_fall_back_and_trace(fused_ext):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTorch warns that initializing zero-element weights is a no-op
-        empty = [nn.Linear(0, 8), nn.Linear(3, 0)]
+        empty = [nn.Linear(0, 8), nn.Linear(3, 0), nn.Conv2d(0, 8, 3), nn.Conv2d(3, 0, 3)]
     assert all(_fused_class(m) is None for m in empty)  # nothing to multiply: the PyTorch layer stays
     from sepconv.optimize import FusedSeparableConv2d
 

@@ -204,7 +204,7 @@ def _fused_class(m: nn.Module) -> Optional[type]:
             and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32):
         return FusedSeparableConv2d
     if (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and m.weight.dtype == torch.float32
-            and m.weight[0].numel() <= STEM_MAX_K):
+            and 0 < m.weight.numel() and m.weight[0].numel() <= STEM_MAX_K):
         return FusedConv2d
     if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.numel() > 0:
         return FusedLinear

@@ -42,6 +42,7 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "conv2d_gemm: expected a 4-D float32 input");
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), N = n_out, K = kh * kw * C;
+  TORCH_CHECK(K > 0 && N > 0, "conv2d_gemm: expected at least one input and one output channel");
   check_packed(w, bias, K, N, "conv2d_gemm");
   const int64_t Ho = (H + pt + pb - dh * (kh - 1) - 1) / sh + 1, Wo = (W + pl + pr - dw * (kw - 1) - 1) / sw + 1;
   TORCH_CHECK(Ho > 0 && Wo > 0, "conv2d_gemm: empty output");
