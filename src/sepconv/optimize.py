@@ -67,6 +67,13 @@ def _pack_panels(weight: Tensor, bias: Optional[Tensor]) -> tuple:
     return packed.reshape(blocks, 16, k).transpose(1, 2).contiguous(), padded
 
 
+def _needs_reference(x: Tensor) -> bool:
+    """Whether a fused layer must run its PyTorch reference on ``x``: another dtype, gradients
+    wanted, or no compiled kernels here (``_fused.load()`` builds them and registers their ops
+    once, then is a cached lookup)."""
+    return x.dtype != torch.float32 or (x.requires_grad and torch.is_grad_enabled()) or _fused.load() is None
+
+
 def _activation(y: Tensor, code: int) -> Tensor:
     return torch.relu(y) if code == 1 else (y.clamp(0, 6) if code == 2 else y)
 
@@ -106,9 +113,7 @@ class FusedSeparableConv2d(nn.Module):
         self.tile_bytes = max(96 * 1024, 48 * 4 * c * m)
 
     def forward(self, x: Tensor) -> Tensor:
-        # _fused.load() registers torch.ops.sepconv.fused_dwpw (compiled once, then a cached lookup)
-        if (x.dtype != torch.float32 or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled())
-                or _fused.load() is None):
+        if x.dim() != 4 or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         # buffers straight from _buffers: nn.Module.__getattr__ cost ~1.5 us each, a quarter of a
         # small layer's whole call at batch 1
@@ -140,8 +145,7 @@ class FusedConv2d(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.dtype != torch.float32 or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled())
-                or _fused.load() is None):
+        if x.dim() != 4 or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         b = self._buffers
         return torch.ops.sepconv.conv2d_gemm(x, b["weight"], b["bias"], self.n, self.act_out, *self.geometry)
@@ -165,8 +169,7 @@ class FusedLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.dtype != torch.float32 or x.dim() == 0 or (x.requires_grad and torch.is_grad_enabled())
-                or _fused.load() is None):
+        if x.dim() == 0 or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         b = self._buffers
         y = torch.ops.sepconv.linear_gemm(x.reshape(-1, x.shape[-1]), b["weight"], b["bias"], self.n, self.act_out)

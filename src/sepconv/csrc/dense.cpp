@@ -52,7 +52,7 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   const float* bp = bias.numel() ? bias.contiguous().data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t blocks = (N + NB - 1) / NB, P = Ho * Wo;
-  const bool stream = K <= STREAM_MAX_C && B * P * N * 4 >= STREAM_MIN_BYTES;
+  const bool stream = streams(K, B * P * N * 4);
   // output columns whose taps are all inside the image (dw == 1: a tap row is kw x C contiguous floats)
   const int64_t ow_lo = dw == 1 ? std::min(Wo, (pl + sw - 1) / sw) : 0;
   const int64_t ow_hi = dw == 1 ? std::max(ow_lo, std::min(Wo, (W + pl - kw) / sw + 1)) : 0;

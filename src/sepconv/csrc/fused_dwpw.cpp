@@ -248,7 +248,7 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   tiles = (P + px - 1) / px;
   // a large output of a shallow GEMM (where writing it is a large part of the time) goes around
   // the cache; for deep ones (K > 384) streaming stores measured no faster
-  const bool stream = K <= STREAM_MAX_C && B * P * N * 4 >= STREAM_MIN_BYTES;
+  const bool stream = streams(K, B * P * N * 4);
   const int64_t jobs = B * tiles;
   parallel_claim(jobs, [&](const auto& claim) {
     // part: the GEMM's partial sums when it splits the channel sum. Uninitialized (every element

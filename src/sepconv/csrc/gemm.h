@@ -13,6 +13,7 @@ constexpr int MR = 6;
 // next layer: a 3.2 MB output written around the cache made 32->64 @112, batch 1, 11% slower) of
 // GEMMs over at most STREAM_MAX_C channels (for deeper ones they measured no faster)
 constexpr int64_t STREAM_MAX_C = 384, STREAM_MIN_BYTES = int64_t(4) << 20;
+inline bool streams(int64_t C, int64_t out_bytes) { return C <= STREAM_MAX_C && out_bytes >= STREAM_MIN_BYTES; }
 constexpr int NB = 16;
 // the GEMM sums over channels in blocks of KC_BLOCK when C > SPLIT_MIN_C (see gemm)
 constexpr int64_t SPLIT_MIN_C = 384, KC_BLOCK = 256;
@@ -83,7 +84,11 @@ __attribute__((always_inline)) static inline void store_rows(float* out, int64_t
 // 1): a step of few rows loads as many weights as a full one for a fraction of its multiply-adds.
 struct Steps {
   int64_t base, extra;  // the first `extra` steps have base + 1 rows, the others base
-  explicit Steps(int64_t P) : base(P / std::max<int64_t>(1, (P + MR - 1) / MR)), extra(P % std::max<int64_t>(1, (P + MR - 1) / MR)) {}
+  explicit Steps(int64_t P) {
+    const int64_t n = std::max<int64_t>(1, (P + MR - 1) / MR);
+    base = P / n;
+    extra = P % n;
+  }
   int rows(int64_t step) const { return (int)(base + (step < extra ? 1 : 0)); }
 };
 
