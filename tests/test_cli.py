@@ -149,7 +149,7 @@ def test_missing_optional_dependency_is_one_line(capsys, monkeypatch):
     import sepconv.data
 
     def no_sklearn(*a, **k):
-        raise ImportError("DigitsDataset needs scikit-learn: pip install 'sepconv[demo]'")
+        raise ImportError("DigitsDataset needs scikit-learn: pip install scikit-learn")
 
     monkeypatch.setattr(sepconv.data.DigitsDataset, "__init__", no_sklearn)
     code, _, err = run(capsys, "convert", "digits_cnn", "--budget", "0.5", "--output", "x.pt")

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="sepconv-demo", help="directory for report.md and plots")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("explain", help="count a layer's multiplications step by step, as the seeds do")
+    p = sub.add_parser("explain", help="count a layer's multiplications step by step, the way the tutorials do")
     p.add_argument("--input", required=True, help="HxWxC, e.g. 15x15x3")
     p.add_argument("--kernel", default="3", help="K or KHxKW")
     p.add_argument("--filters", type=int, required=True, help="number of kernels N")
@@ -300,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sepconv: error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:  # an optional extra is missing (e.g. scikit-learn for the demo)
-        print(f"sepconv: error: {exc} (install the extras: pip install 'sepconv[demo]')", file=sys.stderr)
+        print(f"sepconv: error: {exc} (install the demo extras: pip install scikit-learn matplotlib)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sepconv: interrupted", file=sys.stderr)

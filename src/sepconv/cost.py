@@ -2,8 +2,9 @@
 
 Units, stated once and used everywhere:
 
-* **MACs** (multiply-accumulates) = the multiplications the seeds and the MobileNet paper count
-  ("mult-adds"). A convolution output element costs ``C/groups * prod(kernel)`` MACs.
+* **MACs** (multiply-accumulates) = the multiplications the separable-convolution tutorials and
+  the MobileNet paper count ("mult-adds"). A convolution output element costs
+  ``C/groups * prod(kernel)`` MACs.
 * **FLOPs** = ``2 * MACs`` (one multiply and one add each), the convention of
   ``torch.utils.flop_counter.FlopCounterMode``. Bias additions are not counted (as there).
 * **params**: parameter elements; **bytes**: elements times the dtype's item size.
@@ -16,7 +17,8 @@ Every formula is a pure function of shapes (no tensor arithmetic), e.g. for a co
 :func:`profile` propagates shapes through a whole model on the ``meta`` device (no real
 compute), attributes each convolution / matmul to the module that ran it, and reports per layer
 and per layer type (MobileNet's Table 2). :func:`compare` and :func:`explain` put one layer's
-standard and separable forms side by side, with the derivation written out the way the seeds do.
+standard and separable forms side by side, with the derivation written out the way the
+tutorials do (docs/worked-examples.md checks their worked examples).
 """
 
 import copy
@@ -152,7 +154,7 @@ def conv_cost(
         out_channels: N.
 
     Example:
-        >>> conv_cost((1, 3, 15, 15), 10, 3).macs     # the seeds' 3x3x3x10x13x13
+        >>> conv_cost((1, 3, 15, 15), 10, 3).macs     # the tutorials' 3x3x3x10x13x13
         45630
     """
     x, n, k, s, d = _geom(input_shape, kernel_size, stride, dilation)
@@ -250,7 +252,7 @@ def spatially_separable_conv_cost(input_shape: Sequence[int], out_channels: int,
         macs = B * (r * H_out * W * C/g * kh  +  N * H_out * W_out * r/g * kw)
 
     Example:
-        >>> c = spatially_separable_conv_cost((1, 1, 15, 15), 1, 3)   # seeds: 3x1 then 1x3
+        >>> c = spatially_separable_conv_cost((1, 1, 15, 15), 1, 3)   # the tutorials' 3x1 then 1x3
         >>> [p.macs for _, p in c.parts], c.macs
         ([585, 507], 1092)
     """
@@ -664,7 +666,7 @@ def _n(v: int) -> str:
 
 def explain(input_shape: Sequence[int], out_channels: int, kernel_size, stride=1, padding: PaddingArg = "valid",
             dilation=1, depth_multiplier: int = 1, spatial: bool = False, rank: int = 1) -> str:
-    """The seeds' step-by-step multiplication count, for one layer, as text.
+    """The tutorials' step-by-step multiplication count, for one layer, as text.
 
     Args:
         input_shape: ``(C, H, W)`` or ``(B, C, H, W)``.
@@ -722,7 +724,7 @@ def explain(input_shape: Sequence[int], out_channels: int, kernel_size, stride=1
         seed_style = kw * rank * out_channels * h * wo * b
         if seed_style != hz.macs:
             lines.append(
-                f"  note: counting the 1x{kw} pass over all {h} input rows, as the seed tutorial does, gives "
+                f"  note: counting the 1x{kw} pass over all {h} input rows, as one of the tutorials does, gives "
                 f"{_n(v.macs)} + {_n(seed_style)} = {_n(v.macs + seed_style)}; but the {kh}x1 pass leaves only {vh} rows."
             )
         other = sp

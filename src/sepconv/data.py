@@ -40,7 +40,7 @@ class DigitsDataset(Dataset):
         try:
             from sklearn.datasets import load_digits
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("DigitsDataset needs scikit-learn: pip install 'sepconv[demo]'") from exc
+            raise ImportError("DigitsDataset needs scikit-learn: pip install scikit-learn") from exc
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         labels = torch.tensor(digits.target, dtype=torch.int64)

@@ -1,6 +1,6 @@
 """``sepconv demo``: the whole story, on real data (scikit-learn's bundled digits), offline.
 
-1. the seeds' worked examples, counted by running the layers;
+1. the tutorials' worked examples (15x15x3 and 7x7x3 inputs), counted by running the layers;
 2. train a standard CNN; accuracy, MACs, params;
 3. how separable its learned filters are (singular value spectra per structure);
 4. convert it with each method at 50% and 25% of the MACs: accuracy data-free, with calibration
@@ -32,8 +32,9 @@ METHODS = ("depthwise", "blueprint", "spatial", "auto")
 BUDGETS = (0.5, 0.25)
 
 
-def seeds_examples() -> list[dict]:
-    """The seeds' worked examples, counted by profiling real layers on real-size inputs."""
+def tutorial_examples() -> list[dict]:
+    """The separable-convolution tutorials' worked examples (see docs/worked-examples.md), counted by
+    profiling real layers on real-size inputs; ``tutorial`` is what the tutorial's text counts."""
     rows = []
     cases = [
         ("15x15x3, 10 kernels 3x3, no padding", (1, 3, 15, 15), 10, 0, "depthwise", "45,630 vs 9,633"),
@@ -41,14 +42,14 @@ def seeds_examples() -> list[dict]:
         ("7x7x3 -> 256, no padding", (1, 3, 7, 7), 256, 0, "depthwise", "338,688 vs 23,169 (mixes sizes)"),
         ("7x7x3 -> 256, 'same' padding", (1, 3, 7, 7), 256, "same", "depthwise", "338,688 vs 23,169 (mixes sizes)"),
     ]
-    for label, shape, n, padding, kind, seed in cases:
+    for label, shape, n, padding, kind, said in cases:
         dense = nn.Conv2d(shape[1], n, 3, padding=1 if padding == "same" else 0, bias=False)
         if kind == "depthwise":
             sep = SeparableConv2d(shape[1], n, 3, padding=padding, bias=False)
         else:
             sep = SpatiallySeparableConv2d(shape[1], n, 3, rank=1, padding=padding, bias=False)
         d, s = profile(dense, shape).macs, profile(sep, shape).macs
-        rows.append(dict(example=label, kind=kind, standard=d, separable=s, ratio=s / d, seed=seed))
+        rows.append(dict(example=label, kind=kind, standard=d, separable=s, ratio=s / d, tutorial=said))
     return rows
 
 
@@ -164,13 +165,13 @@ def run_demo(args) -> int:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
 
-    # 1. the seeds
-    seeds = seeds_examples()
-    t = Table(title="1. The seeds' worked examples, counted by running sepconv's layers (MACs = multiplications)")
-    for col in ("example", "separable kind", "standard", "separable", "ratio", "seed says"):
+    # 1. the tutorials' worked examples
+    examples = tutorial_examples()
+    t = Table(title="1. The tutorials' worked examples, counted by running sepconv's layers (MACs = multiplications)")
+    for col in ("example", "separable kind", "standard", "separable", "ratio", "the tutorial says"):
         t.add_column(col, justify="right" if col in ("standard", "separable", "ratio") else "left")
-    for r in seeds:
-        t.add_row(r["example"], r["kind"], f"{r['standard']:,}", f"{r['separable']:,}", f"{r['ratio']:.2%}", r["seed"])
+    for r in examples:
+        t.add_row(r["example"], r["kind"], f"{r['standard']:,}", f"{r['separable']:,}", f"{r['ratio']:.2%}", r["tutorial"])
     console.print(t)
 
     # 2. a standard CNN on real digits
@@ -260,7 +261,7 @@ def run_demo(args) -> int:
 
     plots = _plots(out_dir, results, base, twin, spectra, layer_errors, latency)
     elapsed = time.perf_counter() - started
-    report = _report_md(args, cfg, seeds, base, twin, results, spectra, latency, lines, plots, elapsed, len(train_set),
+    report = _report_md(args, cfg, examples, base, twin, results, spectra, latency, lines, plots, elapsed, len(train_set),
                         len(test_set))
     path = os.path.join(out_dir, "report.md")
     write_atomic(path, lambda f: f.write(report.encode("utf-8")))
@@ -270,7 +271,7 @@ def run_demo(args) -> int:
     return 0
 
 
-def _report_md(args, cfg, seeds, base, twin, results, spectra, latency, table_lines, plots, elapsed, n_train, n_test) -> str:
+def _report_md(args, cfg, examples, base, twin, results, spectra, latency, table_lines, plots, elapsed, n_train, n_test) -> str:
     best = max(results, key=lambda r: (r["budget"] == 0.25, r["distilled"]))
     lines = [
         "# sepconv demo report",
@@ -278,12 +279,12 @@ def _report_md(args, cfg, seeds, base, twin, results, spectra, latency, table_li
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. Seed {args.seed}{', --quick' if args.quick else ''}; ran in {elapsed:.0f} s.",
         "",
-        "## 1. The seeds' worked examples",
+        "## 1. The tutorials' worked examples (see docs/worked-examples.md in the sepconv repository)",
         "",
-        "| example | kind | standard MACs | separable MACs | ratio | seed says |",
+        "| example | kind | standard MACs | separable MACs | ratio | the tutorial says |",
         "|---|---|---:|---:|---:|---|",
-        *[f"| {r['example']} | {r['kind']} | {r['standard']:,} | {r['separable']:,} | {r['ratio']:.2%} | {r['seed']} |"
-          for r in seeds],
+        *[f"| {r['example']} | {r['kind']} | {r['standard']:,} | {r['separable']:,} | {r['ratio']:.2%} | {r['tutorial']} |"
+          for r in examples],
         "",
         "## 2-5. Digits: original, converted, and separable twin",
         "",

@@ -408,7 +408,7 @@ def spatially_separable_conv2d(x: Tensor, vertical_weight: Tensor, horizontal_we
         groups: channel groups, applied to both factors.
 
     Example:
-        >>> x = torch.randn(1, 1, 15, 15)   # the seeds' 3x1 then 1x3 example
+        >>> x = torch.randn(1, 1, 15, 15)   # the tutorials' 3x1 then 1x3 example
         >>> spatially_separable_conv2d(x, torch.randn(1, 1, 3, 1), torch.randn(1, 1, 1, 3)).shape
         torch.Size([1, 1, 13, 13])
     """

@@ -666,7 +666,7 @@ class SpatiallySeparableConv2d(_Padded):
 
     A learnable low-rank conv (Jaderberg et al. 2014): its dense kernel has rank ``rank`` per group
     when each ``(kh, kw)`` slice pair is read as a ``(C/g*kh) x (N/g*kw)`` matrix. With
-    ``groups == in_channels == out_channels == rank`` it is the seeds' per-channel Kx1 then 1xK
+    ``groups == in_channels == out_channels == rank`` it is the tutorials' per-channel Kx1 then 1xK
     filter. Stride, dilation and padding of H go to ``vertical``, those of W to ``horizontal``,
     so the output shape is the dense conv's.
 
