@@ -5,7 +5,10 @@ A digits CNN is trained here on scikit-learn's bundled digits (16x16), then conv
 the model output's relative error against the original, next to the original and to the same
 architecture built from separable layers and trained from scratch.
 
-    python benchmarks/conversion.py [--quick]   # writes benchmarks/results/conversion.{json,md}
+    python benchmarks/conversion.py [--quick] [--output DIR | --update-results]
+
+writes conversion.{json,md} to benchmarks/results/latest/ (not tracked by git) or to --output DIR;
+--update-results writes the tracked benchmarks/results/conversion.{json,md} and the README's tables.
 """
 
 import argparse
@@ -24,7 +27,8 @@ from sepconv.data import DigitsDataset
 from sepconv.models import digits_cnn, digits_separable_cnn
 from sepconv.train import distill, evaluate, train
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _output import add_output_args, output_dir
+
 
 
 def rel_error(model, reference, x):
@@ -34,11 +38,12 @@ def rel_error(model, reference, x):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a smaller network, fewer epochs (a smoke run)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for training (default 0)")
+    add_output_args(p)
     args = p.parse_args(argv)
+    out = output_dir(p, args)
     width, epochs = (16, 4) if args.quick else (32, 8)
     torch.manual_seed(args.seed)
     train_set, test_set = DigitsDataset("train", 16), DigitsDataset("test", 16)
@@ -75,8 +80,8 @@ def main(argv=None) -> int:
     meta = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores", torch=torch.__version__,
                 python=sys.version.split()[0], width=width, epochs=epochs, seed=args.seed,
                 seconds=round(time.perf_counter() - start, 1), quick=args.quick)
-    os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, "conversion.json"), lambda f: f.write(json.dumps(dict(meta=meta, rows=rows), indent=2).encode()))
+    os.makedirs(out, exist_ok=True)
+    write_atomic(os.path.join(out, "conversion.json"), lambda f: f.write(json.dumps(dict(meta=meta, rows=rows), indent=2).encode()))
     lines = [f"Digits CNN (width {width}, {epochs} epochs) on scikit-learn's digits, 16x16; {meta['machine']}, "
              f"torch {meta['torch']}; `python benchmarks/conversion.py`", "",
              "| model | MAC budget | stage | MACs | params | test accuracy | output rel. error |",
@@ -86,8 +91,13 @@ def main(argv=None) -> int:
         lines.append(f"| {r['model']} | {r['budget']:.0%} | {r['stage']} | {r['macs']:,} | {r['params']:,} | "
                      f"{r['accuracy']:.2%} | {err} |")
     table = "\n".join(lines) + "\n"
-    write_atomic(os.path.join(args.out, "conversion.md"), lambda f: f.write(table.encode()))
+    write_atomic(os.path.join(out, "conversion.md"), lambda f: f.write(table.encode()))
     print(table)
+    print(f"results written to {out}")
+    if args.update_results:
+        import update_readme
+
+        update_readme.main(["--update-results"])
     return 0
 
 

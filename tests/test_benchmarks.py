@@ -1,0 +1,108 @@
+"""Running a benchmark modifies no tracked file unless asked (``--update-results``).
+
+The measurements themselves are replaced by stubs: only where the results go is tested here.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _output  # noqa: E402
+import conversion  # noqa: E402
+import speed  # noqa: E402
+import update_readme  # noqa: E402
+
+TRACKED = [ROOT / "README.md", *sorted((ROOT / "benchmarks" / "results").glob("*.*"))]
+
+
+def _digests() -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in TRACKED}
+
+
+@pytest.fixture
+def latest(tmp_path, monkeypatch):
+    """The default output folder, moved to a temporary one for the test."""
+    monkeypatch.setattr(_output, "LATEST", str(tmp_path / "latest"))
+    return tmp_path / "latest"
+
+
+@pytest.fixture
+def stub_speed(monkeypatch):
+    monkeypatch.setattr(speed, "layer_rows", lambda *a, **k: [])
+    monkeypatch.setattr(speed, "mobilenet_rows", lambda *a, **k: [])
+    monkeypatch.setattr(speed, "filter_rows", lambda *a, **k: [])
+    monkeypatch.setattr(speed, "markdown", lambda *a, **k: "Measured today.\n\nTargets:\n")
+
+
+@pytest.fixture
+def stub_conversion(monkeypatch):
+    data = SimpleNamespace(tensors=lambda n=None: (torch.zeros(4, 1, 16, 16),))
+    monkeypatch.setattr(conversion, "DigitsDataset", lambda *a, **k: data)
+    for name in ("train", "distill"):
+        monkeypatch.setattr(conversion, name, lambda *a, **k: None)
+    monkeypatch.setattr(conversion, "evaluate", lambda *a, **k: 0.5)
+    monkeypatch.setattr(conversion, "convert", lambda model, **k: (model, None))
+    monkeypatch.setattr(conversion, "profile", lambda *a, **k: SimpleNamespace(macs=10, params=1))
+
+
+@pytest.mark.parametrize("script", ["speed", "conversion"])
+def test_a_plain_run_writes_only_to_the_untracked_default_folder(script, latest, stub_speed, stub_conversion):
+    before = _digests()
+    assert {"speed": speed, "conversion": conversion}[script].main(["--quick"]) == 0
+    assert sorted(p.name for p in latest.iterdir()) == [f"{script}.json", f"{script}.md"]
+    assert _digests() == before
+
+
+@pytest.mark.parametrize("script", ["speed", "conversion"])
+def test_output_names_the_folder(script, tmp_path, latest, stub_speed, stub_conversion):
+    before = _digests()
+    assert {"speed": speed, "conversion": conversion}[script].main(["--quick", "--output", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"{script}.json", f"{script}.md"]
+    assert not latest.exists() and _digests() == before
+
+
+def test_update_results_and_output_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        conversion.main(["--output", "x", "--update-results"])
+    assert exc.value.code == 2
+    assert "error: --output and --update-results: expected at most one of them, got both" in capsys.readouterr().err
+
+
+def test_default_output_folder_is_ignored_by_git():
+    assert Path(_output.LATEST) == ROOT / "benchmarks" / "results" / "latest"
+    assert "benchmarks/results/latest/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_update_readme_only_writes_when_asked(tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- conversion:start -->\nold\n<!-- conversion:end -->\n"
+                      "<!-- speed:start -->\nold\n<!-- speed:end -->\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "conversion.md").write_text("| new conversion table |\n")
+    (results / "speed.md").write_text("Measured today.\n\nTargets:\n| new speed table |\n")
+    monkeypatch.setattr(update_readme, "README", str(readme))
+    original = readme.read_text()
+
+    assert update_readme.main(["--results", str(results)]) == 1  # out of date: shows the diff, writes nothing
+    assert readme.read_text() == original and "+| new conversion table |" in capsys.readouterr().out
+
+    assert update_readme.main(["--results", str(results), "--update-results"]) == 0
+    assert readme.read_text() == (
+        "a\n<!-- conversion:start -->\n| new conversion table |\n<!-- conversion:end -->\n<!-- speed:start -->\n"
+        "Measured today.\n\nTargets:\n| new speed table |\n\nPer layer shape, batch and thread count: "
+        "[benchmarks/results/speed.md](benchmarks/results/speed.md).\n<!-- speed:end -->\n")
+    assert update_readme.main(["--results", str(results)]) == 0
+
+
+def test_the_readme_tables_match_the_tracked_results():
+    with open(update_readme.README) as f:
+        readme = f.read()
+    assert update_readme.updated_readme(str(ROOT / "benchmarks" / "results"), readme) == readme
