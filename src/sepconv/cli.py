@@ -1,18 +1,29 @@
 """The ``sepconv`` command: a thin layer over the library.
 
-User mistakes (bad shapes, unknown models, unreadable files) print one ``sepconv: error: ...``
-line on stderr and exit with status 2, never a traceback.
+User mistakes (bad shapes, unknown models, unreadable files, an output that cannot be written)
+print one ``sepconv: error: ...`` line on stderr and exit with status 2, never a traceback; they
+are found before any long work starts. Ctrl-C prints ``sepconv: interrupted`` and exits 130, from
+the first moment (this module imports torch only inside :func:`main`). When the reader of the
+output goes away (``sepconv profile ... | head``), the command stops quietly with status 141, as a
+Unix tool killed by SIGPIPE would.
 """
 
 import argparse
-import importlib.util
+import errno
+import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-from torch import nn
+from ._io import check_output_dir, check_output_file
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+# what ``sepconv demo`` writes into its --output directory
+DEMO_FILES = ("report.md", "digits_cnn.pt", "accuracy_vs_macs.png", "spectra.png", "layer_error.png", "latency.png")
 
 
 class UsageError(Exception):
@@ -33,7 +44,32 @@ def parse_shape(text: str, what: str, dims: Optional[Sequence[int]] = None) -> t
     return shape
 
 
-def load_model(spec: str) -> tuple[nn.Module, Optional[tuple[int, ...]], str]:
+def _one_line(exc: BaseException) -> str:
+    """The first non-blank line of ``exc``'s message ('' if none)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+def _first_line(exc: BaseException) -> str:
+    """``'Type: first line of the message'``: what a one-line error can say about ``exc``."""
+    line = _one_line(exc)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _guarded(fn, what: str):
+    """``fn()``, with anything it raises (even ``sys.exit``) turned into a :class:`UsageError` about ``what``.
+
+    For code the user supplied (their model file, their factory, a pickle): its failure is theirs to
+    see, on one line.
+    """
+    try:
+        return fn()
+    except SystemExit as exc:
+        raise UsageError(f"{what}: it called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise UsageError(f"{what}: {_first_line(exc)}") from None
+
+
+def load_model(spec: str) -> tuple["nn.Module", Optional[tuple[int, ...]], str]:
     """A built-in name (``mobilenet_v1:0.5``), ``file.py:factory``, or a ``torch.save``'d model.
 
     Returns ``(model, default input size or None, label)``. Loading a saved model unpickles it:
@@ -49,40 +85,66 @@ def load_model(spec: str) -> tuple[nn.Module, Optional[tuple[int, ...]], str]:
             raise UsageError(str(exc)) from None
     path, sep, factory = spec.rpartition(":")
     if sep and path.endswith(".py"):
-        if not os.path.isfile(path):
-            raise UsageError(f"model: file {path!r} not found")
-        module_spec = importlib.util.spec_from_file_location("_sepconv_user_model", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise UsageError(f"model: could not import {path!r}: {type(exc).__name__}: {exc}") from None
-        fn = getattr(module, factory, None)
-        if not callable(fn):
-            raise UsageError(f"model: {path!r} has no callable {factory!r}")
-        model = fn()
-        if not isinstance(model, nn.Module):
-            raise UsageError(f"model: {spec!r} returned {type(model).__name__}, expected an nn.Module")
-        return model, None, spec
+        return _from_factory(path, factory, spec), None, spec
+    if spec.endswith(".py"):
+        raise UsageError(f"model: expected FILE.py:FACTORY (the function that builds the model), got {spec!r}")
+    if os.path.isdir(spec):
+        raise UsageError(f"model: {spec!r} is a directory, expected a file saved with torch.save(model, path)")
     if os.path.exists(spec):
-        try:
-            obj = torch.load(spec, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise UsageError(f"model: could not read {spec!r} with torch.load: {type(exc).__name__}: {exc}") from None
-        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], nn.Module):
-            obj = obj["model"]
-        if not isinstance(obj, nn.Module):
-            raise UsageError(f"model: {spec!r} holds a {type(obj).__name__}, expected a whole nn.Module saved with torch.save(model, path)")
-        return obj, None, os.path.basename(spec)
+        return _from_saved(spec), None, os.path.basename(spec)
     raise UsageError(
         f"model: expected a built-in name ({', '.join(sorted(BUILTIN))}[:WIDTH]), FILE.py:FACTORY or a torch.save file, got {spec!r}"
     )
 
 
+def _from_factory(path: str, factory: str, spec: str) -> "nn.Module":
+    import importlib.util
+
+    from torch import nn
+
+    if not os.path.isfile(path):
+        raise UsageError(f"model: file {path!r} not found" if not os.path.exists(path) else f"model: {path!r} is not a file")
+    module_spec = importlib.util.spec_from_file_location("_sepconv_user_model", path)
+    module = importlib.util.module_from_spec(module_spec)
+    _guarded(lambda: module_spec.loader.exec_module(module), f"model: could not import {path!r}")
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise UsageError(f"model: {path!r} has no callable {factory!r}")
+    model = _guarded(fn, f"model: {factory}() in {path!r} failed")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model: {spec!r} returned {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def _from_saved(path: str) -> "nn.Module":
+    import torch
+    from torch import nn
+
+    obj = _guarded(lambda: torch.load(path, map_location="cpu", weights_only=False),
+                   f"model: could not read {path!r} with torch.load")
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], nn.Module):
+        obj = obj["model"]
+    if not isinstance(obj, nn.Module):
+        raise UsageError(f"model: {path!r} holds a {type(obj).__name__}, expected a whole nn.Module saved with torch.save(model, path)")
+    return obj
+
+
+def console(width: Optional[int] = None):
+    """A rich console whose closed-pipe error reaches :func:`main` (rich alone would exit 1 there)."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(width=width)
+
+
 def _console():
     from rich.console import Console
 
-    return Console(width=max(100, Console().width))
+    return console(width=max(100, Console().width))
 
 
 def _emit(report, args) -> None:
@@ -157,17 +219,18 @@ def cmd_convert(args) -> int:
     from .convert import convert
     from .train import distill, save_atomic
 
+    if args.output is None:
+        raise UsageError("--output: expected a path for the converted model, got none")
+    check_output_file(args.output, "--output")  # before the long work, not after it
+    for name in ("calibrate", "distill_epochs"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative int, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr: expected a positive number, got {args.lr}")
     model, default_input, label = load_model(args.model)
     shape = parse_shape(args.input, "--input") if args.input else default_input
     if shape is None:
         raise UsageError("--input: expected an input size like 1x3x32x32 for this model, got none")
-    if args.output is None:
-        raise UsageError("--output: expected a path for the converted model, got none")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise UsageError(f"--output: directory of {args.output!r} does not exist")
-    for name in ("calibrate", "distill_epochs"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative int, got {getattr(args, name)}")
     model.eval()
     example = _digits_like(shape, shape[0], "test")[0]  # real images, for the report's output errors
     calibration = None
@@ -198,6 +261,8 @@ def cmd_bench(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads: expected a positive int, got {args.threads}")
+        import torch
+
         torch.set_num_threads(args.threads)
     for name in ("filters", "stride", "kernel", "rounds"):
         if getattr(args, name) < 1:
@@ -225,6 +290,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed: expected a non-negative int below 2**63, got {args.seed}")
+    check_output_dir(args.output, "--output", DEMO_FILES)  # before the import and the training
     from .demo import run_demo
 
     return run_demo(args)
@@ -292,19 +360,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the ``sepconv`` command; returns the exit status (0, 2 for a mistake, 130, 141)."""
     try:
-        return int(args.func(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"sepconv: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:  # an optional extra is missing (e.g. scikit-learn for the demo)
-        print(f"sepconv: error: {exc} (install the demo extras: pip install scikit-learn matplotlib)", file=sys.stderr)
-        return 2
+        return _main(argv)
     except KeyboardInterrupt:
         print("sepconv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, like a tool killed by SIGPIPE
+        _discard_stdout()
+        return 141
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        raise
+    except ImportError as exc:  # an optional extra is missing (e.g. scikit-learn for the demo)
+        print(f"sepconv: error: {_one_line(exc)} (install the demo extras: pip install scikit-learn matplotlib)", file=sys.stderr)
+        return 2
+    except (UsageError, ValueError, TypeError, OSError) as exc:
+        print(f"sepconv: error: {_one_line(exc) or _first_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (e.g. captured in tests)
+        pass
 
 
 if __name__ == "__main__":

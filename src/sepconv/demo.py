@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._io import write_atomic
+from ._io import check_output_dir, write_atomic
 from ._timing import interleaved
+from .cli import DEMO_FILES
+from .cli import console as make_console
 from .convert import convert
 from .cost import profile
 from .decompose import spectrum
@@ -158,10 +160,10 @@ def run_demo(args) -> int:
     from .models import digits_cnn, digits_separable_cnn
     from .train import distill, evaluate, save_atomic, train
 
-    console = Console() if Console().is_terminal else Console(width=120)
+    console = make_console() if Console().is_terminal else make_console(width=120)
     cfg = _config(args.quick)
     out_dir = args.output
-    os.makedirs(out_dir, exist_ok=True)
+    check_output_dir(out_dir, "--output", DEMO_FILES)  # a bad folder is reported now, not after the training
     torch.manual_seed(args.seed)
     started = time.perf_counter()
 

@@ -1,5 +1,6 @@
 """Models built from sepconv layers, and the built-in names the CLI accepts."""
 
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -28,6 +29,10 @@ BUILTIN: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "digits_separable_cnn": (lambda w=32: digits_separable_cnn(int(w)), (1, 1, 16, 16)),
 }
 
+# name -> (kind of its ':WIDTH', the largest accepted: a typo must not allocate a huge model)
+_WIDTHS = {"mobilenet_v1": ("number", 8), "conv_mobilenet_v1": ("number", 8),
+           "digits_cnn": ("int", 1024), "digits_separable_cnn": ("int", 1024)}
+
 
 def build(name: str) -> nn.Module:
     """Build a built-in model by name, e.g. ``'mobilenet_v1'`` or ``'mobilenet_v1:0.5'``.
@@ -46,4 +51,7 @@ def build(name: str) -> nn.Module:
         value = float(arg)
     except ValueError:
         raise ValueError(f"model: expected a number after ':' in {name!r}, got {arg!r}") from None
+    kind, largest = _WIDTHS[base]
+    if not (math.isfinite(value) and 0 < value <= largest) or (kind == "int" and value != int(value)):
+        raise ValueError(f"model: expected a positive {kind} up to {largest:g} after ':' in {name!r}, got {arg!r}")
     return factory(value)
