@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXT_FILES = sorted({ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("src/sepconv/**/*.py"),
                      *ROOT.glob("benchmarks/*.py"), *ROOT.glob("benchmarks/results/*.md")})
 JARGON = [r"\bseeds\b", r"\bseed says\b", r"\bseed tutorial\b", r"\(seed \d\)", r"\bthe seed's\b", r"\bissue\b",
-          r"shared/"]
+          r"shared/", r"\bthis session\b"]
 # paths the docs name that are not files of this repository: outputs of a run, a user's own files
 NOT_REPO_FILES = {".venv/", "sepconv-demo/", "report.md", "digits_cnn.pt", "Python.h", "script.py",
                   "~/.cache/torch_extensions/py311_cpu/sepconv_kernels/", "$TORCH_EXTENSIONS_DIR/sepconv_kernels/",
