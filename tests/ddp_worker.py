@@ -7,11 +7,13 @@ nothing). Usage: ``torchrun --nproc_per_node=2 ddp_worker.py OUT_DIR`` writes ``
 
 import os
 import sys
+from datetime import timedelta
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from sepconv._distributed import epoch_batches
 from sepconv.train import distill, train
 
 
@@ -69,13 +71,29 @@ def resumed_run(checkpoint: str) -> dict:
     return train_run(checkpoint=checkpoint)  # a fresh model: only the checkpoint survives
 
 
+def failing_run() -> tuple[int, str]:
+    """A NaN input in one process's part of the first step: every process stops, none waits."""
+    data = dataset(37)
+    bad = epoch_batches(37, 8, 3, 0, 1, 2)[0][0][0]  # process 1's first sample
+    data.tensors[0][bad, 0, 0, 0] = float("nan")
+    try:
+        train(bn_model(0), data, epochs=1, lr=1e-2, batch_size=8, progress=False, seed=3)
+    except (ValueError, RuntimeError) as exc:
+        return bad, f"{type(exc).__name__}: {exc}"
+    return bad, "no error"
+
+
 def single_process() -> dict:
     return {"train": train_run(), "distill": distill_run()}
 
 
 def main(out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))  # a hang fails in a minute
     results = {"train": train_run(), "train_unsynced": train_run(sync_batchnorm=False), "distill": distill_run(),
                "resumed": resumed_run(os.path.join(out_dir, "ddp-run.pt"))}
+    errors = [None, None]
+    torch.distributed.all_gather_object(errors, failing_run())
+    results["errors"] = errors
     if torch.distributed.get_rank() == 0:
         torch.save(results, os.path.join(out_dir, "ddp.pt"))
     torch.distributed.destroy_process_group()

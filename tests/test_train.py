@@ -242,7 +242,8 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
     """BatchNorm models on uneven datasets, float64: weights equal to 1e-9 after 2 epochs of AdamW.
 
     Also with a process that gets no sample in the last step, and after a crash and a resume.
-    Without global BatchNorm statistics the runs differ (so the comparison can fail).
+    Without global BatchNorm statistics the runs differ (so the comparison can fail). A NaN input
+    in one process's part stops every process with an error instead of leaving the others waiting.
     """
     import ddp_worker
 
@@ -258,4 +259,8 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
     gap = max(float((ddp["train_unsynced"][k] - v).abs().max()) for k, v in single["train"].items()
               if v.is_floating_point())
     assert gap > 1e-3
+    (bad, stopped), (bad_too, found) = ddp["errors"]  # a bad sample in one process stops both, none hangs
+    assert bad == bad_too
+    assert stopped == "RuntimeError: training stopped: process 1 failed at this step (its own error says why)"
+    assert found == f"ValueError: data: expected finite inputs, got NaN or Inf in sample {bad}"
     assert any(not torch.equal(v, ddp_worker.bn_model(0).state_dict()[k]) for k, v in ddp["train"].items())

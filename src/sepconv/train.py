@@ -194,13 +194,31 @@ def _take(data: Dataset, indices: list[int], fallback: int) -> Any:
     return batch
 
 
+def _together(world: int, fn: Callable, *args: Any) -> Any:
+    """``fn(*args)``; under torchrun, if it fails in one process all stop (none waits in a collective)."""
+    if world == 1:
+        return fn(*args)
+    error, result = None, None
+    try:
+        result = fn(*args)
+    except Exception as exc:  # re-raised below, in this process, with its own traceback
+        error = exc
+    failed = torch.tensor([-1 if error is None else dist.get_rank()])
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if int(failed) >= 0:
+        raise RuntimeError(f"training stopped: process {int(failed)} failed at this step (its own error says why)")
+    return result
+
+
 def _epoch(net: nn.Module, data: Dataset, steps: list, world: int, loss_fn, opt, sched, bar, task) -> Tensor:
     """One epoch; returns (summed loss, correct, samples) of this process."""
     totals = torch.zeros(3, dtype=torch.float64)
     for indices, batch_indices in steps:
-        x, y = _split(_take(data, indices, batch_indices[0]))
+        x, y = _split(_together(world, _take, data, indices, batch_indices[0]))
         out = net(x)
-        loss = loss_fn(out, x, y)  # summed over this process's samples
+        loss = _together(world, loss_fn, out, x, y)  # summed over this process's samples
         opt.zero_grad(set_to_none=True)
         (loss * (world / len(batch_indices))).backward()  # DDP averages: the global batch's mean
         opt.step()
