@@ -114,6 +114,8 @@ BAD_TRAIN = [  # (keyword arguments of train, error type, exact message)
     (dict(sync_batchnorm=1), TypeError, "sync_batchnorm: expected True or False, got 1 (int)"),
     (dict(checkpoint=3), TypeError, "checkpoint: expected None or a file path, got 3 (int)"),
     (dict(checkpoint=""), ValueError, "checkpoint: expected None or a file path, got ''"),
+    (dict(eval_data=torch.utils.data.TensorDataset(torch.rand(4, 1, 16, 16))), ValueError,
+     "eval_data: expected (input, label) pairs, got inputs only"),
     (dict(model=torch.nn.Flatten()), ValueError, "model: expected trainable parameters, got none in Flatten"),
     (dict(data=torch.utils.data.TensorDataset(torch.rand(4, 1, 16, 16))), ValueError,
      "data: expected (input, label) pairs for train(), got inputs only"),
@@ -171,6 +173,44 @@ def test_evaluate_bad_input(kwargs, error, message):
     with pytest.raises(error) as info:
         evaluate(**{"model": digits_cnn(4), "data": _tiny(), **kwargs})
     assert str(info.value) == message
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_non_finite_outputs_never_reach_the_weights():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10), _Scale(float("inf")))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError) as info:
+        train(model, _tiny(), epochs=1, batch_size=4, progress=False)
+    assert str(info.value) == ("loss: got nan at epoch 0, step 0; the weights are kept from before this step "
+                               "(a lower lr may help)")
+    teacher, student = digits_cnn(4), digits_cnn(4)
+    with torch.no_grad():
+        teacher.classifier.bias[3] = float("nan")
+    before.update({f"student.{k}": v.detach().clone() for k, v in student.named_parameters()})
+    with pytest.raises(ValueError) as info:
+        distill(student, teacher, _tiny(), progress=False)
+    assert str(info.value) == "teacher: expected finite outputs, got NaN or Inf (are its weights finite?)"
+    after = {**model.state_dict(), **{f"student.{k}": v for k, v in student.named_parameters()}}
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # (BatchNorm statistics: finite batches)
+    assert all(torch.isfinite(v).all() for v in student.state_dict().values())
+
+
+def test_save_atomic_bad_path(tmp_path):
+    with pytest.raises(TypeError) as info:
+        save_atomic({}, 3)
+    assert str(info.value) == "path: expected a file path, got 3 (int)"
+    with pytest.raises(ValueError) as info:
+        save_atomic({}, tmp_path)
+    assert str(info.value) == f"path: expected a file path, got the directory {str(tmp_path)!r}"
+    assert os.listdir(tmp_path) == []
 
 
 class _Counting(torch.utils.data.Dataset):

@@ -58,9 +58,18 @@ class History:
     resumed_from: Optional[int] = None
 
 
-def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename: never a partial file."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename: never a partial file.
+
+    Args:
+        obj: anything ``torch.save`` takes.
+        path: the file to write (a ``str`` or ``os.PathLike``; not a directory).
+    """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"path: expected a file path, got {path!r} ({type(path).__name__})")
+    if os.path.isdir(path):
+        raise ValueError(f"path: expected a file path, got the directory {os.fspath(path)!r}")
+    write_atomic(os.fspath(path), lambda f: torch.save(obj, f))
 
 
 def _dist() -> tuple[int, int]:
@@ -109,6 +118,12 @@ def _check_flag(name: str, value: object) -> None:
         raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
 
 
+def _check_pairs(name: str, data: Dataset, purpose: str) -> None:
+    """The first sample must be an ``(input, label)`` pair (checked before training, not after an epoch)."""
+    if _split(data[0])[1] is None:
+        raise ValueError(f"{name}: expected (input, label) pairs{purpose}, got inputs only")
+
+
 def _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress, weight_decay,
                   sync_batchnorm) -> Optional[str]:
     """Checks shared by :func:`train` and :func:`distill`; returns the checkpoint path."""
@@ -119,6 +134,7 @@ def _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, s
     _check_number("weight_decay", weight_decay, "a finite number >= 0", lambda v: v >= 0)
     if eval_data is not None:
         _check_dataset("eval_data", eval_data)
+        _check_pairs("eval_data", eval_data, "")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed: expected an int >= 0, got {seed!r} ({type(seed).__name__})")
     if not 0 <= seed < 2**63:
@@ -212,13 +228,23 @@ def _together(world: int, fn: Callable, *args: Any) -> Any:
     return result
 
 
-def _epoch(net: nn.Module, data: Dataset, steps: list, world: int, loss_fn, opt, sched, bar, task) -> Tensor:
+def _finite_loss(loss_fn: Callable, out: Tensor, x: Tensor, y: Optional[Tensor], where: str) -> Tensor:
+    loss = loss_fn(out, x, y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss: got {float(loss.detach())} at {where}; the weights are kept from before this step "
+                                 "(a lower lr may help)")
+    return loss
+
+
+def _epoch(net: nn.Module, data: Dataset, steps: list, world: int, loss_fn, opt, sched, bar, task,
+           epoch: int) -> Tensor:
     """One epoch; returns (summed loss, correct, samples) of this process."""
     totals = torch.zeros(3, dtype=torch.float64)
-    for indices, batch_indices in steps:
+    for step, (indices, batch_indices) in enumerate(steps):
         x, y = _split(_together(world, _take, data, indices, batch_indices[0]))
         out = net(x)
-        loss = _together(world, loss_fn, out, x, y)  # summed over this process's samples
+        # summed over this process's samples
+        loss = _together(world, _finite_loss, loss_fn, out, x, y, f"epoch {epoch}, step {step}")
         opt.zero_grad(set_to_none=True)
         (loss * (world / len(batch_indices))).backward()  # DDP averages: the global batch's mean
         opt.step()
@@ -266,7 +292,7 @@ def _fit(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: in
             for epoch in range(start, epochs):
                 net.train()
                 batches = epoch_batches(len(data), batch_size, seed, epoch, rank, world)
-                totals = _epoch(net, data, batches, world, loss_fn, opt, sched, bar, task)
+                totals = _epoch(net, data, batches, world, loss_fn, opt, sched, bar, task, epoch)
                 if world > 1:
                     dist.all_reduce(totals)
                 history.epochs.append(epoch)
@@ -326,6 +352,7 @@ def train(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 3e-3, b
     _check_module("model", model)
     checkpoint = _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress,
                                weight_decay, sync_batchnorm)
+    _check_pairs("data", data, " for train()")
 
     def loss_fn(out, x, y):
         if y is None:
@@ -376,6 +403,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int =
     def loss_fn(out, x, y):
         with torch.no_grad():
             target = _check_output("teacher", teacher(x), None)
+        if not torch.isfinite(target).all():
+            raise ValueError("teacher: expected finite outputs, got NaN or Inf (are its weights finite?)")
         if not isinstance(out, Tensor) or out.shape != target.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"student: expected outputs shaped like the teacher's {tuple(target.shape)}, got {got}")
