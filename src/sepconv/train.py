@@ -136,9 +136,9 @@ def _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, s
         _check_dataset("eval_data", eval_data)
         _check_pairs("eval_data", eval_data, "")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed: expected an int >= 0, got {seed!r} ({type(seed).__name__})")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed: expected an int >= 0 (below 2**63), got {seed!r}")
+        raise TypeError(f"seed: expected an int, got {seed!r} ({type(seed).__name__})")
+    if not -2**63 <= seed < 2**63:  # torch.Generator.manual_seed(seed + epoch) must take it
+        raise ValueError(f"seed: expected an int in [-2**63, 2**63), got {seed!r}")
     for name, flag in (("resume", resume), ("progress", progress), ("sync_batchnorm", sync_batchnorm)):
         _check_flag(name, flag)
     return check_checkpoint(checkpoint)
@@ -329,7 +329,7 @@ def train(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 3e-3, b
         checkpoint: path of the checkpoint written atomically after every epoch; its folder must be
             writable (checked before training starts).
         resume: continue from ``checkpoint`` if it exists.
-        seed: data order (an int >= 0).
+        seed: data order.
         progress: a rich progress bar with loss and accuracy (rank 0 only).
         weight_decay: AdamW's decoupled weight decay.
         sync_batchnorm: under ``torchrun``, BatchNorm layers normalize with the statistics of the
