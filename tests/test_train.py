@@ -227,9 +227,10 @@ class _Counting(torch.utils.data.Dataset):
 
 def test_unwritable_checkpoint_path_is_refused_before_training(tmp_path):
     (tmp_path / "a-file").write_text("x")
+    under_a_file = tmp_path / "a-file" / "run.pt"
     for path, message in ((tmp_path, f"checkpoint: expected a file path, got the directory {str(tmp_path)!r}"),
-                          (tmp_path / "a-file" / "run.pt", f"checkpoint: cannot write "
-                           f"{str(tmp_path / 'a-file' / 'run.pt')!r}: {str(tmp_path / 'a-file')!r} is not a directory")):
+                          (under_a_file, f"checkpoint: cannot write {str(under_a_file)!r}: "
+                           f"{str(tmp_path / 'a-file')!r} is not a directory")):
         data = _Counting()
         with pytest.raises(ValueError) as info:
             train(digits_cnn(4), data, epochs=1, checkpoint=str(path), progress=False)

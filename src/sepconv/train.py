@@ -28,7 +28,7 @@ Choices, and why:
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -99,7 +99,8 @@ def _check_dataset(name: str, value: object) -> None:
     try:
         n = len(value)
     except TypeError:
-        raise TypeError(f"{name}: expected a Dataset with a length, got {type(value).__name__} without __len__") from None
+        raise TypeError(f"{name}: expected a Dataset with a length, got {type(value).__name__} "
+                        "without __len__") from None
     if n < 1:
         raise ValueError(f"{name}: expected a non-empty dataset, got {n} samples")
 
@@ -195,13 +196,21 @@ def _check_output(name: str, out: object, y: Optional[Tensor]) -> Tensor:
     return out
 
 
+def _empty(batch: Any) -> Any:
+    """The batch's structure with no sample in it."""
+    if isinstance(batch, Tensor):
+        return batch[:0]
+    if isinstance(batch, Mapping):
+        return {k: _empty(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [_empty(b) for b in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)  # a namedtuple, or not
+    return batch
+
+
 def _take(data: Dataset, indices: list[int], fallback: int) -> Any:
     """Collate ``data[indices]``; an empty part keeps the batch's structure (shapes from ``fallback``)."""
-    if indices:
-        batch = default_collate([data[i] for i in indices])
-    else:
-        batch = default_collate([data[fallback]])
-        batch = [b[:0] for b in batch] if isinstance(batch, (list, tuple)) else batch[:0]
+    batch = default_collate([data[i] for i in indices]) if indices else _empty(default_collate([data[fallback]]))
     x, _ = _split(batch)
     if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
         bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
@@ -231,8 +240,8 @@ def _together(world: int, fn: Callable, *args: Any) -> Any:
 def _finite_loss(loss_fn: Callable, out: Tensor, x: Tensor, y: Optional[Tensor], where: str) -> Tensor:
     loss = loss_fn(out, x, y)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss: got {float(loss.detach())} at {where}; the weights are kept from before this step "
-                                 "(a lower lr may help)")
+        raise FloatingPointError(f"loss: got {float(loss.detach())} at {where}; the weights are kept from before "
+                                 "this step (a lower lr may help)")
     return loss
 
 
@@ -274,12 +283,11 @@ def _fit(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: in
          loss_fn: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor], eval_data: Optional[Dataset],
          checkpoint: Optional[str], resume: bool, seed: int, progress: bool, weight_decay: float,
          sync_batchnorm: bool, description: str) -> History:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model: expected trainable parameters, got none in {type(model).__name__}")
     rank, world = _dist()
     per_epoch = math.ceil(len(data) / batch_size)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history, start = History(), 0
