@@ -5,33 +5,43 @@ Choices, and why:
 * **AdamW** (``weight_decay=1e-4``) with a **cosine** learning-rate schedule over all steps and no
   warm-up: robust for small CNNs without tuning, and the schedule ends at zero so the last epoch
   settles.
-* **Determinism**: the model's initialization is the caller's; data order comes from a
-  ``DistributedSampler`` seeded with ``seed`` and re-shuffled per epoch with ``set_epoch``, the
-  same in one process and in many, so a ``torchrun`` run and a single-process run of the same
-  global batch see the same batches.
+* **Determinism**: the model's initialization is the caller's; the data order is ``randperm``
+  seeded with ``seed + epoch`` (what ``DistributedSampler`` draws), the same in one process and in
+  many, so a ``torchrun`` run and a single-process run of the same global batch see the same
+  batches.
 * **Checkpoints** are written at the end of every epoch, atomically (a temporary file in the
   same directory, then ``os.replace``): an interrupted run never leaves a half-written file, and
   ``resume=True`` continues after the last finished epoch with the model, optimizer, schedule
   and random state restored.
 * **Distributed**: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialized with
   the ``gloo`` backend (CPU), the model is wrapped in ``DistributedDataParallel``, each rank takes
-  ``batch_size / world_size`` samples per step, and only rank 0 prints and writes checkpoints.
+  an equal part (to one sample) of every global batch, the loss is weighted by the global batch
+  size, BatchNorm layers use the global batch's statistics (``sync_batchnorm``), and only rank 0
+  prints and writes checkpoints: see :mod:`sepconv._distributed` for why this equals one process.
+* **Checks**: arguments are checked before anything runs (also that the checkpoint's folder is
+  writable); every batch is checked for non-finite inputs and out-of-range labels before it can
+  reach the weights; a checkpoint that is not one of ours is refused with the reason.
 * **Distillation** (Hinton et al. 2015): ``alpha * T**2 * KL(softmax(t/T) || softmax(s/T))`` plus
   ``(1 - alpha) * cross_entropy(s, labels)`` when the data has labels.
 """
 
 import math
+import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data.dataloader import default_collate
 
+from ._checkpoint import check_checkpoint, load_checkpoint
+from ._checks import check_positive_int
+from ._distributed import epoch_batches, synced_batchnorm
 from ._io import write_atomic
 
 __all__ = ["train", "distill", "evaluate", "History", "save_atomic"]
@@ -48,9 +58,18 @@ class History:
     resumed_from: Optional[int] = None
 
 
-def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename: never a partial file."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename: never a partial file.
+
+    Args:
+        obj: anything ``torch.save`` takes.
+        path: the file to write (a ``str`` or ``os.PathLike``; not a directory).
+    """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"path: expected a file path, got {path!r} ({type(path).__name__})")
+    if os.path.isdir(path):
+        raise ValueError(f"path: expected a file path, got the directory {os.fspath(path)!r}")
+    write_atomic(os.fspath(path), lambda f: torch.save(obj, f))
 
 
 def _dist() -> tuple[int, int]:
@@ -69,9 +88,74 @@ def _split(batch):
     return batch, None
 
 
+def _check_module(name: str, value: object) -> None:
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name}: expected an nn.Module, got {type(value).__name__}")
+
+
+def _check_dataset(name: str, value: object) -> None:
+    if not isinstance(value, Dataset) or isinstance(value, IterableDataset):
+        raise TypeError(f"{name}: expected a torch.utils.data.Dataset, got {type(value).__name__}")
+    try:
+        n = len(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a Dataset with a length, got {type(value).__name__} "
+                        "without __len__") from None
+    if n < 1:
+        raise ValueError(f"{name}: expected a non-empty dataset, got {n} samples")
+
+
+def _check_number(name: str, value: object, what: str, ok: Callable[[float], bool]) -> float:
+    """A finite real number (not a bool) for which ``ok`` holds; ``what`` describes it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {what}, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return float(value)
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+
+
+def _check_pairs(name: str, data: Dataset, purpose: str) -> None:
+    """The first sample must be an ``(input, label)`` pair (checked before training, not after an epoch)."""
+    if _split(data[0])[1] is None:
+        raise ValueError(f"{name}: expected (input, label) pairs{purpose}, got inputs only")
+
+
+def _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress, weight_decay,
+                  sync_batchnorm) -> Optional[str]:
+    """Checks shared by :func:`train` and :func:`distill`; returns the checkpoint path."""
+    _check_dataset("data", data)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    _check_number("lr", lr, "a finite number > 0", lambda v: v > 0)
+    _check_number("weight_decay", weight_decay, "a finite number >= 0", lambda v: v >= 0)
+    if eval_data is not None:
+        _check_dataset("eval_data", eval_data)
+        _check_pairs("eval_data", eval_data, "")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed: expected an int, got {seed!r} ({type(seed).__name__})")
+    if not -2**63 <= seed < 2**63:  # torch.Generator.manual_seed(seed + epoch) must take it
+        raise ValueError(f"seed: expected an int in [-2**63, 2**63), got {seed!r}")
+    for name, flag in (("resume", resume), ("progress", progress), ("sync_batchnorm", sync_batchnorm)):
+        _check_flag(name, flag)
+    return check_checkpoint(checkpoint)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on a dataset of ``(input, label)`` pairs (eval mode).
+
+    Args:
+        model: a classifier returning ``(batch, classes)`` scores; its train/eval mode is restored.
+        data: a ``Dataset`` of ``(input, label)`` pairs.
+        batch_size: samples per forward pass.
+
+    Returns:
+        The share of samples whose highest score is their label.
 
     Example:
         >>> from sepconv.data import DigitsDataset
@@ -79,101 +163,157 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
         >>> 0.0 <= acc <= 1.0
         True
     """
+    _check_module("model", model)
+    _check_dataset("data", data)
+    check_positive_int("batch_size", batch_size)
     was = model.training
     model.eval()
     correct = total = 0
-    for x, y in DataLoader(data, batch_size=batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    model.train(was)
+    try:
+        for batch in DataLoader(data, batch_size=batch_size):
+            x, y = _split(batch)
+            if y is None:
+                raise ValueError("data: expected (input, label) pairs for evaluate(), got inputs only")
+            out = _check_output("model", model(x), y)
+            correct += int((out.argmax(1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was)
     return correct / max(total, 1)
 
 
-def _check(name: str, value, kind=int, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-        raise ValueError(f"{name}: expected a {kind.__name__} >= {minimum}, got {value!r}")
+def _check_output(name: str, out: object, y: Optional[Tensor]) -> Tensor:
+    """The model's output must be ``(batch, classes)`` scores; integer labels must index a class."""
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{name}: expected (batch, classes) scores from forward(), got {got}")
+    if y is not None and y.numel() and not y.is_floating_point():
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= out.shape[1]:
+            bad = low if low < 0 else high
+            raise ValueError(f"data: expected labels in [0, {out.shape[1] - 1}] for a model with {out.shape[1]} "
+                             f"outputs, got {bad}")
+    return out
 
 
-def _fit(
-    model: nn.Module,
-    data: Dataset,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    loss_fn: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor],
-    eval_data: Optional[Dataset],
-    checkpoint: Optional[str],
-    resume: bool,
-    seed: int,
-    progress: bool,
-    weight_decay: float,
-    description: str,
-) -> History:
-    _check("epochs", epochs)
-    _check("batch_size", batch_size)
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
-    if not isinstance(data, Dataset):
-        raise TypeError(f"data: expected a torch.utils.data.Dataset, got {type(data).__name__}")
-    rank, world = _dist()
-    if batch_size % world:
-        raise ValueError(f"batch_size: expected a multiple of the {world} processes, got {batch_size}")
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = DataLoader(data, batch_size=batch_size // world, sampler=sampler)
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    history = History()
-    start = 0
-    if checkpoint and resume and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = state["history"]
-        start = history.resumed_from = state["epoch"] + 1
+def _empty(batch: Any) -> Any:
+    """The batch's structure with no sample in it."""
+    if isinstance(batch, Tensor):
+        return batch[:0]
+    if isinstance(batch, Mapping):
+        return {k: _empty(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [_empty(b) for b in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)  # a namedtuple, or not
+    return batch
 
-    bar = None
-    if progress and rank == 0 and start < epochs:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn(),
-                       transient=True)
-        task = bar.add_task(description, total=(epochs - start) * len(loader), loss=0.0, acc=0.0)
-        bar.start()
+def _take(data: Dataset, indices: list[int], fallback: int) -> Any:
+    """Collate ``data[indices]``; an empty part keeps the batch's structure (shapes from ``fallback``)."""
+    batch = default_collate([data[i] for i in indices]) if indices else _empty(default_collate([data[fallback]]))
+    x, _ = _split(batch)
+    if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
+        bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
+        if bad.any():
+            raise ValueError(f"data: expected finite inputs, got NaN or Inf in sample {indices[int(bad.nonzero()[0])]}")
+    return batch
+
+
+def _together(world: int, fn: Callable, *args: Any) -> Any:
+    """``fn(*args)``; under torchrun, if it fails in one process all stop (none waits in a collective)."""
+    if world == 1:
+        return fn(*args)
+    error, result = None, None
     try:
-        for epoch in range(start, epochs):
-            sampler.set_epoch(epoch)
-            net.train()
-            loss_sum = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
-            for batch in loader:
-                x, y = _split(batch)
-                out = net(x)
-                loss = loss_fn(out, x, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                n = x.shape[0]
-                loss_sum += torch.tensor([float(loss.detach()) * n, float((out.argmax(1) == y).sum()) if y is not None else 0.0, n])
-                if bar is not None:
-                    bar.update(task, advance=1, loss=float(loss_sum[0] / loss_sum[2]),
-                               acc=float(loss_sum[1] / loss_sum[2]))
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            history.epochs.append(epoch)
-            history.train_loss.append(float(loss_sum[0] / loss_sum[2]))
-            history.train_accuracy.append(float(loss_sum[1] / loss_sum[2]))
-            if eval_data is not None:
-                history.eval_accuracy.append(evaluate(model, eval_data))
-            if checkpoint and rank == 0:
-                save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": torch.get_rng_state(), "epoch": epoch, "history": history}, checkpoint)
-            if world > 1:
-                dist.barrier()
+        result = fn(*args)
+    except Exception as exc:  # re-raised below, in this process, with its own traceback
+        error = exc
+    failed = torch.tensor([-1 if error is None else dist.get_rank()])
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if int(failed) >= 0:
+        raise RuntimeError(f"training stopped: process {int(failed)} failed at this step (its own error says why)")
+    return result
+
+
+def _finite_loss(loss_fn: Callable, out: Tensor, x: Tensor, y: Optional[Tensor], where: str) -> Tensor:
+    loss = loss_fn(out, x, y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss: got {float(loss.detach())} at {where}; the weights are kept from before "
+                                 "this step (a lower lr may help)")
+    return loss
+
+
+def _epoch(net: nn.Module, data: Dataset, steps: list, world: int, loss_fn, opt, sched, bar, task,
+           epoch: int) -> Tensor:
+    """One epoch; returns (summed loss, correct, samples) of this process."""
+    totals = torch.zeros(3, dtype=torch.float64)
+    for step, (indices, batch_indices) in enumerate(steps):
+        x, y = _split(_together(world, _take, data, indices, batch_indices[0]))
+        out = net(x)
+        # summed over this process's samples
+        loss = _together(world, _finite_loss, loss_fn, out, x, y, f"epoch {epoch}, step {step}")
+        opt.zero_grad(set_to_none=True)
+        (loss * (world / len(batch_indices))).backward()  # DDP averages: the global batch's mean
+        opt.step()
+        sched.step()
+        correct = float((out.argmax(1) == y).sum()) if y is not None else 0.0
+        totals += torch.tensor([float(loss.detach()), correct, len(indices)], dtype=torch.float64)
+        if bar is not None:
+            bar.update(task, advance=1, loss=float(totals[0] / max(totals[2], 1)),
+                       acc=float(totals[1] / max(totals[2], 1)))
+    return totals
+
+
+def _progress(enabled: bool, description: str, total: int):
+    if not enabled:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn(),
+                   transient=True)
+    task = bar.add_task(description, total=total, loss=0.0, acc=0.0)
+    bar.start()
+    return bar, task
+
+
+def _fit(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int,
+         loss_fn: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor], eval_data: Optional[Dataset],
+         checkpoint: Optional[str], resume: bool, seed: int, progress: bool, weight_decay: float,
+         sync_batchnorm: bool, description: str) -> History:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model: expected trainable parameters, got none in {type(model).__name__}")
+    rank, world = _dist()
+    per_epoch = math.ceil(len(data) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    history, start = History(), 0
+    if checkpoint and resume and os.path.exists(checkpoint):
+        history, start = load_checkpoint(checkpoint, model, opt, sched, History)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    bar, task = _progress(progress and rank == 0 and start < epochs, description, (epochs - start) * per_epoch)
+    try:
+        with synced_batchnorm(model, enabled=sync_batchnorm and world > 1):
+            for epoch in range(start, epochs):
+                net.train()
+                batches = epoch_batches(len(data), batch_size, seed, epoch, rank, world)
+                totals = _epoch(net, data, batches, world, loss_fn, opt, sched, bar, task, epoch)
+                if world > 1:
+                    dist.all_reduce(totals)
+                history.epochs.append(epoch)
+                history.train_loss.append(float(totals[0] / totals[2]))
+                history.train_accuracy.append(float(totals[1] / totals[2]))
+                if eval_data is not None:
+                    history.eval_accuracy.append(evaluate(model, eval_data))
+                if checkpoint and rank == 0:
+                    save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                                 "history": history}, checkpoint)
+                if world > 1:
+                    dist.barrier()
     finally:
         if bar is not None:
             bar.stop()
@@ -183,23 +323,33 @@ def _fit(
 
 def train(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 3e-3, batch_size: int = 64,
           eval_data: Optional[Dataset] = None, checkpoint: Optional[str] = None, resume: bool = True,
-          seed: int = 0, progress: bool = True, weight_decay: float = 1e-4) -> History:
+          seed: int = 0, progress: bool = True, weight_decay: float = 1e-4, sync_batchnorm: bool = True) -> History:
     """Train a classifier with cross-entropy on ``(input, label)`` data.
 
     Args:
-        model: trained in place; left in eval mode.
-        data: a ``Dataset`` of ``(input, label)`` pairs.
+        model: returns ``(batch, classes)`` scores; trained in place; left in eval mode.
+        data: a ``Dataset`` of ``(input, label)`` pairs, labels in ``[0, classes)``; inputs must be
+            finite.
         epochs: total epochs (a resumed run continues up to this many).
         lr: peak AdamW learning rate (cosine decay to zero).
-        batch_size: global batch size (split across ``torchrun`` processes).
+        batch_size: global batch size (split across ``torchrun`` processes, to one sample).
         eval_data: evaluated (top-1 accuracy) after every epoch.
-        checkpoint: path of the checkpoint written atomically after every epoch.
+        checkpoint: path of the checkpoint written atomically after every epoch; its folder must be
+            writable (checked before training starts).
         resume: continue from ``checkpoint`` if it exists.
         seed: data order.
         progress: a rich progress bar with loss and accuracy (rank 0 only).
+        weight_decay: AdamW's decoupled weight decay.
+        sync_batchnorm: under ``torchrun``, BatchNorm layers normalize with the statistics of the
+            whole global batch, as in one process (two all-reduces per layer and pass); False keeps
+            each process's own statistics. No effect in one process.
 
     Returns:
         :class:`History`.
+
+    Raises:
+        TypeError, ValueError: a bad argument, a checkpoint that cannot be written or read, a
+            non-finite input, a label out of range, or outputs that are not ``(batch, classes)``.
 
     Example:
         >>> from sepconv.data import DigitsDataset
@@ -207,20 +357,24 @@ def train(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 3e-3, b
         >>> len(h.train_loss)
         1
     """
+    _check_module("model", model)
+    checkpoint = _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress,
+                               weight_decay, sync_batchnorm)
+    _check_pairs("data", data, " for train()")
 
     def loss_fn(out, x, y):
         if y is None:
             raise ValueError("data: expected (input, label) pairs for train(), got inputs only")
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(_check_output("model", out, y), y, reduction="sum")
 
     return _fit(model, data, epochs, lr, batch_size, loss_fn, eval_data, checkpoint, resume, seed, progress,
-                weight_decay, "train")
+                weight_decay, sync_batchnorm, "train")
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int = 1, lr: float = 3e-4,
             temperature: float = 4.0, alpha: float = 0.9, batch_size: int = 64, eval_data: Optional[Dataset] = None,
             checkpoint: Optional[str] = None, resume: bool = True, seed: int = 0, progress: bool = True,
-            weight_decay: float = 0.0) -> History:
+            weight_decay: float = 0.0, sync_batchnorm: bool = True) -> History:
     """Knowledge distillation: train ``student`` to match ``teacher``'s soft outputs.
 
     Loss: ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student,
@@ -228,38 +382,50 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int =
     without gradients and is never modified.
 
     Args:
-        student: e.g. the model :func:`sepconv.convert` returned; trained in place.
+        student: e.g. the model :func:`sepconv.convert` returned; trained in place. Its outputs
+            must have the teacher's shape ``(batch, classes)`` (checked on every batch).
         teacher: the original model.
         data: a ``Dataset`` of inputs or ``(input, label)`` pairs.
         lr: peak learning rate; small by default, since a converted student starts close to its
             teacher and a large step would first undo the conversion's fit.
-        temperature: T, softening both distributions.
-        alpha: weight of the soft-target term.
+        temperature: T > 0, softening both distributions.
+        alpha: weight of the soft-target term, in [0, 1].
         Others: as :func:`train`.
 
     Returns:
         :class:`History`.
+
+    Raises:
+        TypeError, ValueError: as :func:`train`, and when the student's and the teacher's outputs
+            differ in shape.
     """
-    if not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher: expected an nn.Module, got {type(teacher).__name__}")
-    if not temperature > 0:
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
+    _check_module("student", student)
+    _check_module("teacher", teacher)
+    checkpoint = _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress,
+                               weight_decay, sync_batchnorm)
+    temperature = _check_number("temperature", temperature, "a finite number > 0", lambda v: v > 0)
+    alpha = _check_number("alpha", alpha, "a weight in [0, 1]", lambda v: 0 <= v <= 1)
     teacher_was = teacher.training
     teacher.eval()
 
     def loss_fn(out, x, y):
         with torch.no_grad():
-            soft = F.log_softmax(teacher(x) / temperature, 1)
-        kd = F.kl_div(F.log_softmax(out / temperature, 1), soft, reduction="batchmean", log_target=True)
+            target = _check_output("teacher", teacher(x), None)
+        if not torch.isfinite(target).all():
+            raise ValueError("teacher: expected finite outputs, got NaN or Inf (are its weights finite?)")
+        if not isinstance(out, Tensor) or out.shape != target.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"student: expected outputs shaped like the teacher's {tuple(target.shape)}, got {got}")
+        _check_output("student", out, y)
+        soft = F.log_softmax(target / temperature, 1)
+        kd = F.kl_div(F.log_softmax(out / temperature, 1), soft, reduction="sum", log_target=True)
         kd = kd * temperature**2
         if y is None:
             return kd
-        return alpha * kd + (1 - alpha) * F.cross_entropy(out, y)
+        return alpha * kd + (1 - alpha) * F.cross_entropy(out, y, reduction="sum")
 
     try:
         return _fit(student, data, epochs, lr, batch_size, loss_fn, eval_data, checkpoint, resume, seed, progress,
-                    weight_decay, "distill")
+                    weight_decay, sync_batchnorm, "distill")
     finally:
         teacher.train(teacher_was)
