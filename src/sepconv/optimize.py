@@ -83,7 +83,11 @@ def _min_input(channels: int, extent: tuple, pads: tuple) -> tuple:
 def _fits(x: Tensor, least: tuple) -> bool:
     """Whether the 4-D ``x`` has a non-empty batch, the channels and at least the size ``least``
     (:func:`_min_input`) of a fused conv's kernel. Any other input runs the reference layer, which
-    raises the original model's error for it (the kernel itself refuses it too, in its own words)."""
+    raises the original model's error for it (the kernel itself refuses it too, in its own words).
+    True while tracing: a traced graph keeps the kernel call, whose own checks then guard it (and
+    comparing traced sizes would only warn)."""
+    if torch.jit.is_tracing():
+        return True
     return x.shape[1] == least[0] and x.shape[2] >= least[1] and x.shape[3] >= least[2] and x.shape[0] > 0
 
 
@@ -186,7 +190,8 @@ class FusedLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.k or _needs_reference(x):  # the reference raises for a wrong size
+        # another feature count: the reference raises the layer's error (while tracing, the kernel's check guards)
+        if x.dim() == 0 or (not torch.jit.is_tracing() and x.shape[-1] != self.k) or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         b = self._buffers
         y = torch.ops.sepconv.linear_gemm(x.reshape(-1, x.shape[-1]), b["weight"], b["bias"], self.n, self.act_out)

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
 #include <vector>
 
@@ -49,6 +50,15 @@ inline void check_float(const at::Tensor& t, const char* op, const char* name, i
 // v in [lo, MAX_GEOMETRY]
 inline void check_int(int64_t v, int64_t lo, const char* op, const char* name) {
   TORCH_CHECK(v >= lo && v <= MAX_GEOMETRY, op, ": ", name, ": expected an int in [", lo, ", ", MAX_GEOMETRY, "], got ", v);
+}
+
+// several check_int at once: {name, value, lo}
+struct IntArg {
+  const char* name;
+  int64_t value, lo;
+};
+inline void check_ints(const char* op, std::initializer_list<IntArg> args) {
+  for (const auto& a : args) check_int(a.value, a.lo, op, a.name);
 }
 
 // an activation code: 0 none, 1 ReLU, 2 ReLU6

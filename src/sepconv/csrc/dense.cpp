@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -41,31 +42,29 @@ void check_packed(const torch::Tensor& w, const torch::Tensor& bias, int64_t K, 
 
 }  // namespace
 
-torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, int64_t n_out, int64_t act, int64_t kh, int64_t kw,
-                          int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  // every argument checked here: the op is public (torch.ops.sepconv.conv2d_gemm)
+// Checks every argument of conv2d_gemm (the op is public, torch.ops.sepconv.conv2d_gemm); returns
+// the output's (height, width).
+static std::pair<int64_t, int64_t> checked_output_size(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                                                       int64_t n_out, int64_t act, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                                       int64_t dh, int64_t dw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   constexpr const char* fn = "conv2d_gemm";
   check_float(x, fn, "x", 4);
   check_act(act, fn, "act");
-  check_int(n_out, 1, fn, "n_out");
-  check_int(kh, 1, fn, "kh");
-  check_int(kw, 1, fn, "kw");
-  check_int(sh, 1, fn, "sh");
-  check_int(sw, 1, fn, "sw");
-  check_int(dh, 1, fn, "dh");
-  check_int(dw, 1, fn, "dw");
-  check_int(pt, 0, fn, "pt");
-  check_int(pb, 0, fn, "pb");
-  check_int(pl, 0, fn, "pl");
-  check_int(pr, 0, fn, "pr");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), N = n_out;
+  check_ints(fn, {{"n_out", n_out, 1}, {"kh", kh, 1}, {"kw", kw, 1}, {"sh", sh, 1}, {"sw", sw, 1}, {"dh", dh, 1}, {"dw", dw, 1},
+                  {"pt", pt, 0}, {"pb", pb, 0}, {"pl", pl, 0}, {"pr", pr, 0}});
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(C >= 1, fn, ": x: expected at least one channel, got shape ", x.sizes());
   TORCH_CHECK(kh * kw <= MAX_GEOMETRY / C, fn, ": kh*kw*C: expected at most ", MAX_GEOMETRY, ", got ", kh, "*", kw, "*", C);
-  const int64_t K = kh * kw * C;
-  check_int(H, 0, fn, "x's height");
-  check_int(W, 0, fn, "x's width");
-  check_packed(w, bias, K, N, fn);
-  const int64_t Ho = conv_out_size(fn, "height", H, pt, pb, kh, sh, dh), Wo = conv_out_size(fn, "width", W, pl, pr, kw, sw, dw);
+  check_ints(fn, {{"x's height", H, 0}, {"x's width", W, 0}});
+  check_packed(w, bias, kh * kw * C, n_out, fn);
+  return {conv_out_size(fn, "height", H, pt, pb, kh, sh, dh), conv_out_size(fn, "width", W, pl, pr, kw, sw, dw)};
+}
+
+torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, int64_t n_out, int64_t act, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  const auto size = checked_output_size(x, w, bias, n_out, act, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), N = n_out, K = kh * kw * C;
+  const int64_t Ho = size.first, Wo = size.second;
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   // contiguous copies held for the whole call (a pointer into a temporary copy would dangle)
   w = w.contiguous();
@@ -137,7 +136,7 @@ torch::Tensor linear_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   constexpr const char* fn = "linear_gemm";
   check_float(x, fn, "x", 2);
   check_act(act, fn, "act");
-  check_int(n_out, 1, fn, "n_out");
+  check_ints(fn, {{"n_out", n_out, 1}});
   const int64_t M = x.size(0), K = x.size(1), N = n_out;
   TORCH_CHECK(K >= 1, fn, ": x: expected at least one input feature, got shape ", x.sizes());
   check_packed(w, bias, K, N, fn);

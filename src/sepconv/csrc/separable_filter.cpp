@@ -83,13 +83,9 @@ torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tenso
   check_float(kx, fn, "kx", 2);
   TORCH_CHECK(border >= 0 && border <= 3, fn, ": border: expected 0 (zeros), 1 (reflect), 2 (replicate) or 3 (circular), got ",
               border);
-  check_int(pt, 0, fn, "pt");
-  check_int(pb, 0, fn, "pb");
-  check_int(pl, 0, fn, "pl");
-  check_int(pr, 0, fn, "pr");
+  check_ints(fn, {{"pt", pt, 0}, {"pb", pb, 0}, {"pl", pl, 0}, {"pr", pr, 0}});
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  check_int(H, 1, fn, "x's height");
-  check_int(W, 1, fn, "x's width");
+  check_ints(fn, {{"x's height", H, 1}, {"x's width", W, 1}});
   TORCH_CHECK(ky.size(0) == C && ky.size(1) >= 1, fn, ": ky: expected (C = ", C, ", kh >= 1), got ", ky.sizes());
   TORCH_CHECK(kx.size(0) == C && kx.size(1) >= 1, fn, ": kx: expected (C = ", C, ", kw >= 1), got ", kx.sizes());
   const int64_t kh = ky.size(1), kw = kx.size(1);
