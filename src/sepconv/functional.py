@@ -445,7 +445,8 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
     ``kernel_x = [-1, 0, 1]``, ``kernel_y = [1, 2, 1]``.
 
     Args:
-        image: ``(B, C, H, W)`` or ``(C, H, W)``, any float dtype.
+        image: ``(B, C, H, W)`` or ``(C, H, W)``, any floating-point dtype (an integer image raises
+            ``TypeError``: filter ``image.float()``).
         kernel_x: ``(kw,)`` applied along W (or ``(C, kw)``, one per channel).
         kernel_y: ``(kh,)`` applied along H (or ``(C, kh)``).
         padding: ``'same'`` (output ``H x W``; even kernels put the smaller half before) or ``'valid'``.
@@ -463,6 +464,12 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
     Returns:
         Same shape as ``image`` for ``'same'``; ``(B, C, H-kh+1, W-kw+1)`` for ``'valid'``.
 
+    Raises:
+        TypeError: ``image`` is not a floating-point tensor.
+        ValueError: a bad argument, or an image too small for the kernel: smaller than it for
+            ``'valid'``, not larger than the border for ``'reflect'``, smaller than the border for
+            ``'circular'`` (the same rules for every ``kernel`` choice).
+
     Example:
         >>> img = torch.rand(1, 3, 32, 32)
         >>> gx = separable_filter2d(img, torch.tensor([-1., 0., 1.]), torch.tensor([1., 2., 1.]))
@@ -473,6 +480,8 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
         raise TypeError(f"image: expected a torch.Tensor, got {type(image).__name__}")
     if image.dim() not in (3, 4):
         raise ValueError(f"image: expected a 4-D (B, C, H, W) or 3-D (C, H, W) tensor, got {image.dim()}-D of shape {tuple(image.shape)}")
+    if not image.is_floating_point():  # the kernel cast to an integer dtype would truncate to 0
+        raise TypeError(f"image: expected a floating-point tensor, got {image.dtype} (filter image.float() for a float result)")
     if padding not in ("same", "valid"):
         raise ValueError(f"padding: expected one of ('same', 'valid'), got {padding!r}")
     if border not in BORDERS:
@@ -491,14 +500,10 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
         weights.append(k.to(device=image.device, dtype=image.dtype))
     ky, kx = weights
     kh, kw = ky.shape[1], kx.shape[1]
-    if padding == "same":
-        fpad = to_fpad([((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)])
+    fpad = _filter_pads(image, kh, kw, padding, border)
+    if image.numel() == 0:  # no batch or no channels (F.pad refuses some such tensors): an empty result
         h, w = image.shape[-2:]
-        if border == "reflect" and (max(fpad[2:]) >= h or max(fpad[:2]) >= w):
-            raise ValueError(f"image: expected H > {max(fpad[2:])} and W > {max(fpad[:2])} for border='reflect' with a "
-                             f"{kh}x{kw} kernel, got {h}x{w}")
-    else:
-        fpad = [0, 0, 0, 0]
+        return image.new_zeros(*image.shape[:-2], h + fpad[2] + fpad[3] - kh + 1, w + fpad[0] + fpad[1] - kw + 1)
     ext = _compiled_kernels(kernel, image, ky, kx)
     if ext is not None:
         batched = image if image.dim() == 4 else image.unsqueeze(0)
@@ -510,6 +515,26 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
     # path for those shapes). In-place accumulation unless gradients are needed.
     y = _shifted_sum(pad_input(image, [0, 0, fpad[2], fpad[3]], border), ky, dim=-2)
     return _shifted_sum(pad_input(y, [fpad[0], fpad[1], 0, 0], border), kx, dim=-1)
+
+
+def _filter_pads(image: Tensor, kh: int, kw: int, padding: str, border: str) -> List[int]:
+    """``separable_filter2d``'s ``F.pad``-ordered pads, after checking that the image suits them:
+    the same rules for the compiled and the PyTorch path, checked before either runs."""
+    h, w = image.shape[-2:]
+    if h < 1 or w < 1:
+        raise ValueError(f"image: expected H >= 1 and W >= 1, got {h}x{w}")
+    if padding == "valid":
+        if h < kh or w < kw:
+            raise ValueError(f"image: expected H >= {kh} and W >= {kw} for padding='valid' with a {kh}x{kw} kernel, got {h}x{w}")
+        return [0, 0, 0, 0]
+    fpad = to_fpad([((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)])
+    ph, pw = max(fpad[2:]), max(fpad[:2])
+    # F.pad's limits: a reflection must not repeat the edge, a circular border wraps at most once
+    if border == "reflect" and (ph >= h or pw >= w):
+        raise ValueError(f"image: expected H > {ph} and W > {pw} for border='reflect' with a {kh}x{kw} kernel, got {h}x{w}")
+    if border == "circular" and (ph > h or pw > w):
+        raise ValueError(f"image: expected H >= {ph} and W >= {pw} for border='circular' with a {kh}x{kw} kernel, got {h}x{w}")
+    return fpad
 
 
 _BORDER_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}  # as in csrc/separable_filter.cpp

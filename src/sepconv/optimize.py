@@ -74,6 +74,23 @@ def _needs_reference(x: Tensor) -> bool:
     return x.dtype != torch.float32 or (x.requires_grad and torch.is_grad_enabled()) or _fused.load() is None
 
 
+def _min_input(channels: int, extent: tuple, pads: tuple) -> tuple:
+    """``(channels, H, W)``: the least input a fused conv's kernel runs on (a padded image holding the
+    kernel's extent ``(h, w)`` at least once; ``pads`` top, bottom, left, right). See :func:`_fits`."""
+    return channels, max(1, extent[0] - pads[0] - pads[1]), max(1, extent[1] - pads[2] - pads[3])
+
+
+def _fits(x: Tensor, least: tuple) -> bool:
+    """Whether the 4-D ``x`` has a non-empty batch, the channels and at least the size ``least``
+    (:func:`_min_input`) of a fused conv's kernel. Any other input runs the reference layer, which
+    raises the original model's error for it (the kernel itself refuses it too, in its own words).
+    True while tracing: a traced graph keeps the kernel call, whose own checks then guard it (and
+    comparing traced sizes would only warn)."""
+    if torch.jit.is_tracing():
+        return True
+    return x.shape[1] == least[0] and x.shape[2] >= least[1] and x.shape[3] >= least[2] and x.shape[0] > 0
+
+
 def _activation(y: Tensor, code: int) -> Tensor:
     return torch.relu(y) if code == 1 else (y.clamp(0, 6) if code == 2 else y)
 
@@ -98,6 +115,7 @@ class FusedSeparableConv2d(nn.Module):
         self.act_out = act_out
         self.n = n
         self.geometry = (kh, kw, *layer.stride, layer._fpad[2], layer._fpad[3], layer._fpad[0], layer._fpad[1])
+        self.least = _min_input(c, (kh, kw), self.geometry[4:])
         # PyTorch's depthwise output channel c * m + j filters input channel c; the kernel keeps
         # the intermediate in the order j * C + c (so 8 adjacent channels read 8 adjacent inputs),
         # the pointwise weights' columns permuted to match
@@ -113,7 +131,7 @@ class FusedSeparableConv2d(nn.Module):
         self.tile_bytes = max(96 * 1024, 48 * 4 * c * m)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or _needs_reference(x):
+        if x.dim() != 4 or not _fits(x, self.least) or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         # buffers straight from _buffers: nn.Module.__getattr__ cost ~1.5 us each, a quarter of a
         # small layer's whole call at batch 1
@@ -140,12 +158,14 @@ class FusedConv2d(nn.Module):
         self.n = n
         left, right, top, bottom = conv._reversed_padding_repeated_twice
         self.geometry = (kh, kw, *conv.stride, *conv.dilation, top, bottom, left, right)
+        dh, dw = conv.dilation
+        self.least = _min_input(c, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), (top, bottom, left, right))
         weight, bias = _pack_panels(conv.weight.permute(0, 2, 3, 1).reshape(n, kh * kw * c), conv.bias)
         self.register_buffer("weight", weight)  # rows in (kh, kw, in_channels) order, as gathered
         self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or _needs_reference(x):
+        if x.dim() != 4 or not _fits(x, self.least) or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         b = self._buffers
         return torch.ops.sepconv.conv2d_gemm(x, b["weight"], b["bias"], self.n, self.act_out, *self.geometry)
@@ -164,12 +184,14 @@ class FusedLinear(nn.Module):
         self.reference = linear
         self.act_out = act_out
         self.n = linear.out_features
+        self.k = linear.in_features
         weight, bias = _pack_panels(linear.weight, linear.bias)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 0 or _needs_reference(x):
+        # another feature count: the reference raises the layer's error (while tracing, the kernel's check guards)
+        if x.dim() == 0 or (not torch.jit.is_tracing() and x.shape[-1] != self.k) or _needs_reference(x):
             return _activation(self.reference(x), self.act_out)
         b = self._buffers
         y = torch.ops.sepconv.linear_gemm(x.reshape(-1, x.shape[-1]), b["weight"], b["bias"], self.n, self.act_out)

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
 #include <vector>
 
@@ -30,6 +31,49 @@ inline void stream_store(float* p, vec v) {
 #else
   store(p, v);
 #endif
+}
+
+// floor(a / b) for b > 0. C++ division truncates toward zero (-1 / 2 == 0), which for a negative
+// numerator (an input smaller than the kernel) gives one output too many.
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// ---- argument checks of the kernels' entry points (each a RuntimeError naming op and argument) ----
+// bound on sizes, pads, strides, dilations: keeps every index computation far from int64 overflow
+constexpr int64_t MAX_GEOMETRY = (int64_t(1) << 31) - 1;
+
+// t: a `dim`-D float32 CPU tensor
+inline void check_float(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == dim && t.scalar_type() == at::kFloat && t.device().is_cpu(), op, ": ", name, ": expected a ", dim,
+              "-D float32 CPU tensor, got ", t.dim(), "-D ", t.scalar_type(), " on ", t.device());
+}
+
+// v in [lo, MAX_GEOMETRY]
+inline void check_int(int64_t v, int64_t lo, const char* op, const char* name) {
+  TORCH_CHECK(v >= lo && v <= MAX_GEOMETRY, op, ": ", name, ": expected an int in [", lo, ", ", MAX_GEOMETRY, "], got ", v);
+}
+
+// several check_int at once: {name, value, lo}
+struct IntArg {
+  const char* name;
+  int64_t value, lo;
+};
+inline void check_ints(const char* op, std::initializer_list<IntArg> args) {
+  for (const auto& a : args) check_int(a.value, a.lo, op, a.name);
+}
+
+// an activation code: 0 none, 1 ReLU, 2 ReLU6
+inline void check_act(int64_t act, const char* op, const char* name) {
+  TORCH_CHECK(act >= 0 && act <= 2, op, ": ", name, ": expected 0 (none), 1 (ReLU) or 2 (ReLU6), got ", act);
+}
+
+// An output size along one dim of a convolution (of extent dilation (k - 1) + 1), checking first that
+// the padded input holds the kernel at least once (else the truncating division would give 1).
+inline int64_t conv_out_size(const char* op, const char* dim, int64_t in, int64_t pad_before, int64_t pad_after, int64_t k,
+                             int64_t stride, int64_t dilation) {
+  const int64_t extent = dilation * (k - 1) + 1, padded = in + pad_before + pad_after;
+  TORCH_CHECK(padded >= extent, op, ": input ", dim, " ", in, " padded to ", padded, " is smaller than the kernel's extent ",
+              extent);
+  return (padded - extent) / stride + 1;
 }
 
 // Runs body(claim) once on each of torch's threads (at most `jobs` of them); claim() returns the

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -29,33 +30,56 @@ namespace {
 
 constexpr int64_t MAX_TILE_ROWS = 96;
 
-void check_packed(const torch::Tensor& w, const torch::Tensor& bias, int64_t K, int64_t N, const char* op) {
-  TORCH_CHECK(w.dim() == 3 && w.size(0) == (N + NB - 1) / NB && w.size(1) == K && w.size(2) == NB && w.scalar_type() == at::kFloat,
-              op, ": weight must be packed (ceil(N/16), K, 16) float32");
-  TORCH_CHECK(bias.numel() == 0 || bias.numel() == w.size(0) * NB, op, ": bias must be padded to ceil(N/16) * 16");
+// w: prepacked (ceil(N / 16), K, 16) panels; bias: empty or padded to ceil(N / 16) * 16
+void check_packed(const torch::Tensor& w, const torch::Tensor& bias, int64_t K, int64_t N, const char* fn) {
+  check_float(w, fn, "w", 3);
+  check_float(bias, fn, "bias", 1);
+  TORCH_CHECK(w.size(0) == (N + NB - 1) / NB && w.size(1) == K && w.size(2) == NB, fn, ": w: expected packed (ceil(n_out/16) = ",
+              (N + NB - 1) / NB, ", K = ", K, ", 16), got ", w.sizes());
+  TORCH_CHECK(bias.numel() == 0 || bias.size(0) == w.size(0) * NB, fn, ": bias: expected 0 or ceil(n_out/16)*16 = ",
+              w.size(0) * NB, " elements, got ", bias.numel());
 }
 
 }  // namespace
 
+// Checks every argument of conv2d_gemm (the op is public, torch.ops.sepconv.conv2d_gemm); returns
+// the output's (height, width).
+static std::pair<int64_t, int64_t> checked_output_size(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                                                       int64_t n_out, int64_t act, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                                       int64_t dh, int64_t dw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  constexpr const char* fn = "conv2d_gemm";
+  check_float(x, fn, "x", 4);
+  check_act(act, fn, "act");
+  check_ints(fn, {{"n_out", n_out, 1}, {"kh", kh, 1}, {"kw", kw, 1}, {"sh", sh, 1}, {"sw", sw, 1}, {"dh", dh, 1}, {"dw", dw, 1},
+                  {"pt", pt, 0}, {"pb", pb, 0}, {"pl", pl, 0}, {"pr", pr, 0}});
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(C >= 1, fn, ": x: expected at least one channel, got shape ", x.sizes());
+  TORCH_CHECK(kh * kw <= MAX_GEOMETRY / C, fn, ": kh*kw*C: expected at most ", MAX_GEOMETRY, ", got ", kh, "*", kw, "*", C);
+  check_ints(fn, {{"x's height", H, 0}, {"x's width", W, 0}});
+  check_packed(w, bias, kh * kw * C, n_out, fn);
+  return {conv_out_size(fn, "height", H, pt, pb, kh, sh, dh), conv_out_size(fn, "width", W, pl, pr, kw, sw, dw)};
+}
+
 torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, int64_t n_out, int64_t act, int64_t kh, int64_t kw,
                           int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "conv2d_gemm: expected a 4-D float32 input");
-  x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto size = checked_output_size(x, w, bias, n_out, act, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), N = n_out, K = kh * kw * C;
-  TORCH_CHECK(K > 0 && N > 0, "conv2d_gemm: expected at least one input and one output channel");
-  check_packed(w, bias, K, N, "conv2d_gemm");
-  const int64_t Ho = (H + pt + pb - dh * (kh - 1) - 1) / sh + 1, Wo = (W + pl + pr - dw * (kw - 1) - 1) / sw + 1;
-  TORCH_CHECK(Ho > 0 && Wo > 0, "conv2d_gemm: empty output");
+  const int64_t Ho = size.first, Wo = size.second;
+  x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  // contiguous copies held for the whole call (a pointer into a temporary copy would dangle)
+  w = w.contiguous();
+  bias = bias.contiguous();
   auto out = new_output({B, N, Ho, Wo}, at::MemoryFormat::ChannelsLast);
   const float* xp = x.data_ptr<float>();
-  const float* wp = w.contiguous().data_ptr<float>();
-  const float* bp = bias.numel() ? bias.contiguous().data_ptr<float>() : nullptr;
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t blocks = (N + NB - 1) / NB, P = Ho * Wo;
   const bool stream = streams(K, B * P * N * 4);
   // output columns whose taps are all inside the image (dw == 1: a tap row is kw x C contiguous floats)
   const int64_t ow_lo = dw == 1 ? std::min(Wo, (pl + sw - 1) / sw) : 0;
-  const int64_t ow_hi = dw == 1 ? std::max(ow_lo, std::min(Wo, (W + pl - kw) / sw + 1)) : 0;
+  // (floor: with W + pl < kw, where only right padding completes a pixel's taps, none is inside)
+  const int64_t ow_hi = dw == 1 ? std::max(ow_lo, std::min(Wo, floor_div(W + pl - kw, sw) + 1)) : 0;
   // jobs: output rows, claimed one at a time by the threads
   parallel_claim(B * Ho, [&](const auto& claim) {
     std::vector<float> col(Wo * K), part(K > SPLIT_MIN_C ? Wo * NB : 0);
@@ -109,16 +133,22 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
 }
 
 torch::Tensor linear_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, int64_t n_out, int64_t act) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "linear_gemm: expected a 2-D float32 input");
-  x = x.contiguous();
+  constexpr const char* fn = "linear_gemm";
+  check_float(x, fn, "x", 2);
+  check_act(act, fn, "act");
+  check_ints(fn, {{"n_out", n_out, 1}});
   const int64_t M = x.size(0), K = x.size(1), N = n_out;
-  TORCH_CHECK(K > 0 && N > 0, "linear_gemm: expected at least one input and one output feature");
-  check_packed(w, bias, K, N, "linear_gemm");
+  TORCH_CHECK(K >= 1, fn, ": x: expected at least one input feature, got shape ", x.sizes());
+  check_packed(w, bias, K, N, fn);
+  x = x.contiguous();
+  // contiguous copies held for the whole call (a pointer into a temporary copy would dangle)
+  w = w.contiguous();
+  bias = bias.contiguous();
   auto out = new_output({M, N}, at::MemoryFormat::Contiguous);
   if (M == 0) return out;
   const float* xp = x.data_ptr<float>();
-  const float* wp = w.contiguous().data_ptr<float>();
-  const float* bp = bias.numel() ? bias.contiguous().data_ptr<float>() : nullptr;
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // jobs: (row tile, group of weight panels); few row tiles -> the panels are split instead
   const int64_t blocks = (N + NB - 1) / NB, threads = std::max(1, at::get_num_threads());

@@ -133,7 +133,8 @@ static void dw_block(const float* xb, const float* dw, const float* db, int64_t 
                      int64_t p0, int64_t p1, int64_t c0, float* t, int64_t nblk) {
   const int64_t C = g.C, tC = g.tC, W = g.W;
   const int64_t ow_lo = std::min(g.Wo, (g.pl + g.sw - 1) / g.sw);
-  const int64_t ow_hi = std::max(ow_lo, std::min(g.Wo, (W + g.pl - g.kw) / g.sw + 1));
+  // floor: with W + pl < kw (only right padding completes a pixel's taps) no column is interior
+  const int64_t ow_hi = std::max(ow_lo, std::min(g.Wo, floor_div(W + g.pl - g.kw, g.sw) + 1));
   int64_t p = p0;
   while (p < p1) {
     const int64_t oh = p / g.Wo, ow_begin = p % g.Wo, ow_end = std::min(g.Wo, ow_begin + (p1 - p));
@@ -212,30 +213,56 @@ __attribute__((noinline)) static void depthwise(const float* xb, const float* dw
   }
 }
 
+// Checks every argument of fused_dwpw (the op is public, torch.ops.sepconv.fused_dwpw, not only
+// called by FusedSeparableConv2d); returns the geometry.
+static Geometry checked_geometry(const torch::Tensor& x, const torch::Tensor& dw, const torch::Tensor& dw_bias, int64_t act_mid,
+                                 const torch::Tensor& pw, const torch::Tensor& pw_bias, int64_t n_out, int64_t act_out, int64_t kh,
+                                 int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t tile_bytes) {
+  constexpr const char* fn = "fused_dwpw";
+  check_float(x, fn, "x", 4);
+  check_float(dw, fn, "dw", 3);
+  check_float(dw_bias, fn, "dw_bias", 1);
+  check_float(pw, fn, "pw", 3);
+  check_float(pw_bias, fn, "pw_bias", 1);
+  check_act(act_mid, fn, "act_mid");
+  check_act(act_out, fn, "act_out");
+  check_ints(fn, {{"n_out", n_out, 1}, {"kh", kh, 1}, {"kw", kw, 1}, {"sh", sh, 1}, {"sw", sw, 1}, {"pt", pt, 0}, {"pb", pb, 0},
+                  {"pl", pl, 0}, {"pr", pr, 0}, {"tile_bytes", tile_bytes, 1}});
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = n_out;
+  TORCH_CHECK(C >= 1, fn, ": x: expected at least one channel, got shape ", x.sizes());
+  check_ints(fn, {{"x's height", H, 0}, {"x's width", W, 0}});
+  // depthwise weights (M, kh x kw, C) for a depth multiplier M: the intermediate channel m x C + c
+  // (the tile's order; the pointwise weights are packed to match) filters input channel c
+  TORCH_CHECK(dw.size(0) >= 1 && dw.size(1) == kh * kw && dw.size(2) == C, fn, ": dw: expected (M >= 1, kh*kw = ", kh * kw, ", C = ",
+              C, "), got ", dw.sizes());
+  const int64_t K = dw.size(0) * C;
+  TORCH_CHECK(dw_bias.numel() == 0 || dw_bias.size(0) == K, fn, ": dw_bias: expected 0 or M*C = ", K, " elements, got ",
+              dw_bias.numel());
+  TORCH_CHECK(pw.size(0) == (N + NB - 1) / NB && pw.size(1) == K && pw.size(2) == NB, fn,
+              ": pw: expected packed (ceil(n_out/16) = ", (N + NB - 1) / NB, ", M*C = ", K, ", 16), got ", pw.sizes());
+  TORCH_CHECK(pw_bias.numel() == 0 || pw_bias.size(0) == pw.size(0) * NB, fn, ": pw_bias: expected 0 or ceil(n_out/16)*16 = ",
+              pw.size(0) * NB, " elements, got ", pw_bias.numel());
+  const int64_t Ho = conv_out_size(fn, "height", H, pt, pb, kh, sh, 1), Wo = conv_out_size(fn, "width", W, pl, pr, kw, sw, 1);
+  return Geometry{H, W, C, K, Ho, Wo, kh, kw, sh, sw, pt, pl};
+}
+
 torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bias, int64_t act_mid, torch::Tensor pw,
                          torch::Tensor pw_bias, int64_t n_out, int64_t act_out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                          int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t tile_bytes) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "fused_dwpw: expected a 4-D float32 input");
+  const Geometry g = checked_geometry(x, dw, dw_bias, act_mid, pw, pw_bias, n_out, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes);
+  const int64_t B = x.size(0), C = g.C, H = g.H, W = g.W, N = n_out, M = dw.size(0), K = g.tC, Ho = g.Ho, Wo = g.Wo;
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t N = n_out;
-  // depthwise weights (M, kh x kw, C) for a depth multiplier M: the intermediate channel m x C + c
-  // (the tile's order; the pointwise weights are packed to match) filters input channel c
-  TORCH_CHECK(dw.dim() == 3 && dw.size(1) == kh * kw && dw.size(2) == C, "fused_dwpw: depthwise weight must be (M, kh*kw, C)");
-  const int64_t M = dw.size(0), K = M * C;
-  TORCH_CHECK(dw_bias.numel() == 0 || dw_bias.numel() == K, "fused_dwpw: depthwise bias must have M*C elements");
-  TORCH_CHECK(pw.dim() == 3 && pw.size(0) == (N + 15) / 16 && pw.size(1) == K && pw.size(2) == 16,
-              "fused_dwpw: pointwise weight must be packed (ceil(N/16), M*C, 16)");
-  TORCH_CHECK(pw_bias.numel() == 0 || pw_bias.numel() == pw.size(0) * 16, "fused_dwpw: padded bias");
-  const int64_t Ho = (H + pt + pb - kh) / sh + 1, Wo = (W + pl + pr - kw) / sw + 1;
-  TORCH_CHECK(Ho > 0 && Wo > 0, "fused_dwpw: empty output");
+  // contiguous copies held for the whole call (a pointer into a temporary copy would dangle)
+  dw = dw.contiguous();
+  dw_bias = dw_bias.contiguous();
+  pw = pw.contiguous();
+  pw_bias = pw_bias.contiguous();
   auto out = new_output({B, N, Ho, Wo}, at::MemoryFormat::ChannelsLast);
-  const Geometry g{H, W, C, K, Ho, Wo, kh, kw, sh, sw, pt, pl};
   const float* xp = x.data_ptr<float>();
-  const float* dwp = dw.contiguous().data_ptr<float>();
-  const float* dbp = dw_bias.numel() ? dw_bias.contiguous().data_ptr<float>() : nullptr;
-  const float* pwp = pw.contiguous().data_ptr<float>();
-  const float* pbp = pw_bias.numel() ? pw_bias.contiguous().data_ptr<float>() : nullptr;
+  const float* dwp = dw.data_ptr<float>();
+  const float* dbp = dw_bias.numel() ? dw_bias.data_ptr<float>() : nullptr;
+  const float* pwp = pw.data_ptr<float>();
+  const float* pbp = pw_bias.numel() ? pw_bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // tiles: ranges of output pixels of one image whose depthwise result (px x K floats) fits
   // tile_bytes, with a total (B x tiles) that spreads evenly over the threads

@@ -18,16 +18,19 @@ constexpr int NB = 16;
 // the GEMM sums over channels in blocks of KC_BLOCK when C > SPLIT_MIN_C (see gemm)
 constexpr int64_t SPLIT_MIN_C = 384, KC_BLOCK = 256;
 
+// ReLU (act 1) / ReLU6 (act 2) as torch.relu / F.relu6: NaN stays NaN. Each test is written so that
+// NaN fails it and keeps v (`v > 0 ? v : 0`, or max(v, 0) in SIMD, returns 0 for NaN), and
+// +/-inf and -0 come out as in PyTorch (relu(-0.) == -0.).
 static inline float act_scalar(float v, int64_t act) {
-  if (act == 1) return v > 0.f ? v : 0.f;
-  if (act == 2) return std::min(std::max(v, 0.f), 6.f);
+  if (act == 1) return v < 0.f ? 0.f : v;
+  if (act == 2) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
   return v;
 }
 static inline vec act_vec(vec v, int64_t act) {
   if (act == 0) return v;
   const vec zero = splat(0.f);
-  v = v > zero ? v : zero;
-  if (act == 2) { const vec six = splat(6.f); v = v < six ? v : six; }
+  v = v < zero ? zero : v;
+  if (act == 2) { const vec six = splat(6.f); v = v > six ? six : v; }
   return v;
 }
 

@@ -76,18 +76,30 @@ inline int64_t source_index(int64_t i, int64_t n, int64_t border) {
 // Returns (B, C, H + pt + pb - kh + 1, W + pl + pr - kw + 1).
 torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tensor kx, int64_t pt, int64_t pb, int64_t pl,
                                  int64_t pr, int64_t border) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "separable_filter2d: expected a 4-D float32 CPU tensor");
-  TORCH_CHECK(border >= 0 && border <= 3 && pt >= 0 && pb >= 0 && pl >= 0 && pr >= 0, "separable_filter2d: border/pads");
-  x = x.contiguous();
-  ky = ky.to(at::kFloat).contiguous();
-  kx = kx.to(at::kFloat).contiguous();
+  // every argument checked here: the op is public (torch.ops.sepconv.separable_filter2d)
+  constexpr const char* fn = "separable_filter2d";
+  check_float(x, fn, "x", 4);
+  check_float(ky, fn, "ky", 2);
+  check_float(kx, fn, "kx", 2);
+  TORCH_CHECK(border >= 0 && border <= 3, fn, ": border: expected 0 (zeros), 1 (reflect), 2 (replicate) or 3 (circular), got ",
+              border);
+  check_ints(fn, {{"pt", pt, 0}, {"pb", pb, 0}, {"pl", pl, 0}, {"pr", pr, 0}});
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(ky.dim() == 2 && ky.size(0) == C && kx.dim() == 2 && kx.size(0) == C,
-              "separable_filter2d: kernels must be (C, k)");
+  check_ints(fn, {{"x's height", H, 1}, {"x's width", W, 1}});
+  TORCH_CHECK(ky.size(0) == C && ky.size(1) >= 1, fn, ": ky: expected (C = ", C, ", kh >= 1), got ", ky.sizes());
+  TORCH_CHECK(kx.size(0) == C && kx.size(1) >= 1, fn, ": kx: expected (C = ", C, ", kw >= 1), got ", kx.sizes());
   const int64_t kh = ky.size(1), kw = kx.size(1);
-  const int64_t Ho = H + pt + pb - kh + 1, Wo = W + pl + pr - kw + 1, Wp = W + pl + pr;
-  TORCH_CHECK(kh >= 1 && kw >= 1 && Ho >= 1 && Wo >= 1, "separable_filter2d: image smaller than the kernel");
+  // the border rules of F.pad (sepconv.functional.separable_filter2d checks the same before either
+  // path): reflect pads smaller than the image, circular ones at most its size (one wrap)
+  const int64_t max_h = border == 1 ? H - 1 : (border == 3 ? H : MAX_GEOMETRY);
+  const int64_t max_w = border == 1 ? W - 1 : (border == 3 ? W : MAX_GEOMETRY);
+  TORCH_CHECK(pt <= max_h && pb <= max_h && pl <= max_w && pr <= max_w, fn, ": pads (", pt, ", ", pb, ", ", pl, ", ", pr,
+              "): expected at most ", max_h, " rows and ", max_w, " columns for border ", border, " on a ", H, "x", W, " image");
+  const int64_t Ho = conv_out_size(fn, "height", H, pt, pb, kh, 1, 1), Wo = conv_out_size(fn, "width", W, pl, pr, kw, 1, 1);
+  const int64_t Wp = W + pl + pr;
+  x = x.contiguous();
+  ky = ky.contiguous();
+  kx = kx.contiguous();
   auto out = new_output({B, C, Ho, Wo}, at::MemoryFormat::Contiguous);
   const float* xp = x.data_ptr<float>();
   const float* kyp = ky.data_ptr<float>();
