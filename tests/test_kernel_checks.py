@@ -376,3 +376,23 @@ def test_activations_of_special_values_match_pytorch(ext):
             expected = fn(values).expand_as(out)
             assert torch.equal(out.isnan(), expected.isnan()), (act, out)
             assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(expected)), (act, out)
+
+
+@pytest.mark.parametrize("op,base,change", [
+    ("fused_dwpw", _dwpw_args, dict(x=torch.randn(1, 8, 2, 2), sh=2, sw=2, pt=0, pb=0, pl=0, pr=0)),
+    ("conv2d_gemm", _conv_args, dict(x=torch.randn(1, 3, 1, 6), dh=2, pt=0, pb=0)),
+    ("separable_filter2d", _filter_args, dict(x=torch.randn(1, 2, 1, 8), pt=0, pb=0)),
+])
+def test_fake_shapes_refuse_what_the_kernel_refuses(ext, op, base, change):
+    """Tracing with fake tensors (torch.compile) must not predict an output for an input the kernel
+    refuses: the meta function raises the kernel's own message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with pytest.raises(RuntimeError) as real:
+        _call(op, base(), change)
+    args = dict(base())
+    args.update(change)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError) as fake:
+        getattr(torch.ops.sepconv, op)(*[mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for v in args.values()])
+    assert "smaller than the kernel's extent" in str(real.value)
+    assert str(fake.value) == str(real.value).splitlines()[0]

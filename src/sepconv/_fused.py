@@ -56,20 +56,30 @@ def load():
         return _state["module"]
 
 
+def _out_size(op: str, dim: str, size: int, before: int, after: int, k: int, stride: int, dilation: int = 1) -> int:
+    """An output size as the kernels compute it (``conv_out_size`` in ``csrc/common.h``), raising
+    their error when the padded input does not hold the kernel, so that tracing with fake tensors
+    refuses the same inputs as the kernels (floor division alone would predict an empty output)."""
+    extent, padded = dilation * (k - 1) + 1, size + before + after
+    if padded < extent:
+        raise RuntimeError(f"{op}: input {dim} {size} padded to {padded} is smaller than the kernel's extent {extent}")
+    return (padded - extent) // stride + 1
+
+
 def _register_fake() -> None:
     """Output shapes of the ops for tracing with fake tensors (torch.compile); once, by load()."""
     import torch
 
     @torch.library.register_fake("sepconv::fused_dwpw")
     def _(x, dw, dw_bias, act_mid, pw, pw_bias, n_out, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes):
-        ho = (x.shape[2] + pt + pb - kh) // sh + 1
-        wo = (x.shape[3] + pl + pr - kw) // sw + 1
+        ho = _out_size("fused_dwpw", "height", x.shape[2], pt, pb, kh, sh)
+        wo = _out_size("fused_dwpw", "width", x.shape[3], pl, pr, kw, sw)
         return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("sepconv::conv2d_gemm")
     def _(x, w, bias, n_out, act, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr):
-        ho = (x.shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
-        wo = (x.shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        ho = _out_size("conv2d_gemm", "height", x.shape[2], pt, pb, kh, sh, dh)
+        wo = _out_size("conv2d_gemm", "width", x.shape[3], pl, pr, kw, sw, dw)
         return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("sepconv::linear_gemm")
@@ -78,8 +88,9 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("sepconv::separable_filter2d")
     def _(x, ky, kx, pt, pb, pl, pr, border):
-        return x.new_empty((x.shape[0], x.shape[1], x.shape[2] + pt + pb - ky.shape[1] + 1,
-                            x.shape[3] + pl + pr - kx.shape[1] + 1))
+        ho = _out_size("separable_filter2d", "height", x.shape[2], pt, pb, ky.shape[1], 1)
+        wo = _out_size("separable_filter2d", "width", x.shape[3], pl, pr, kx.shape[1], 1)
+        return x.new_empty((x.shape[0], x.shape[1], ho, wo))
 
 
 def loaded():
