@@ -32,7 +32,7 @@ Layout: :mod:`.fused` holds the fused inference modules and :func:`release_buffe
 checks and the measured choice (:func:`optimize_for_inference`).
 """
 
-from .dispatch import BACKENDS, CANDIDATES, STEM_MAX_K, TIE, _fuse, _fused_class, _rel, optimize_for_inference
+from .dispatch import BACKENDS, CANDIDATES, STEM_MAX_K, TIE, _fuse, _fused_class, optimize_for_inference
 from .fused import _ACTS, FusedConv2d, FusedLinear, FusedSeparableConv2d, release_buffers
 from .module import InferenceModule
 from .rewrite import _CONVS, _inplace_activations, _lower, fold_batchnorms

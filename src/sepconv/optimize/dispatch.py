@@ -1,6 +1,7 @@
 """The candidate execution paths, their correctness checks and the measured choice between them."""
 
 import copy
+import io
 import warnings
 from typing import Optional
 
@@ -9,11 +10,11 @@ from torch import Tensor, nn
 
 from .. import _fused
 from .._timing import interleaved
+from .checks import CANDIDATES, check_arguments, reason, relative_error
 from .fused import _ACTS, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .module import InferenceModule
 from .rewrite import _lower, fold_batchnorms
 
-CANDIDATES = ("eager", "fused", "torchscript", "compile")
 BACKENDS = ("eager", "fused", "torchscript", "fused+torchscript", "compile")  # what InferenceModule.backend can be
 # Paths within 10% of the fastest count as tied, and a tie goes to a path with fused layers. The
 # other paths allocate their activations through glibc and, at batch 8, lose 1.3-1.5x when other
@@ -90,11 +91,13 @@ def _fuse(folded: nn.Module, x: Tensor, rounds: int):
         act = parent._modules[act_key] if act_key else nn.Identity()
         fused = _fused_class(layer)(layer, _ACTS[type(act)])
         inp = inputs[(id(parent), k)]
-        with torch.inference_mode():
-            ref = act(layer(inp))
-            if _rel(fused(inp), ref) > 1e-4:
-                continue
-        t = interleaved({"eager": lambda: act(layer(inp)), "fused": lambda: fused(inp)}, rounds, warmup=1)
+        try:  # a layer the kernel cannot take, or gets wrong, stays on PyTorch
+            with torch.inference_mode():
+                if relative_error(fused(inp), act(layer(inp))) > 1e-4:
+                    continue
+            t = interleaved({"eager": lambda: act(layer(inp)), "fused": lambda: fused(inp)}, rounds, warmup=1)
+        except Exception:
+            continue
         if t["fused"] < t["eager"]:
             parent._modules[k] = fused
             if act_key:
@@ -105,8 +108,117 @@ def _fuse(folded: nn.Module, x: Tensor, rounds: int):
     return model[0] if single else model  # without the wrapper's call (~2 us)
 
 
-def _rel(a: Tensor, b: Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+class _Rejected(Exception):
+    """A candidate path that is not built, with the reason (recorded in ``rejected``)."""
+
+
+def _trace(base: nn.Module, x: Tensor) -> tuple:
+    """The traced, frozen, oneDNN-optimized graph of ``base`` on ``x``, and the frozen graph as
+    torch.jit's archive (the optimized graph's oneDNN constants cannot be saved; the frozen one
+    can, and is optimized again when loaded)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shape checks become constants: guarded by InferenceModule
+        frozen = torch.jit.freeze(torch.jit.trace(copy.deepcopy(base), x, check_trace=False).eval())
+        archive = io.BytesIO()
+        torch.jit.save(frozen, archive)
+        return torch.jit.optimize_for_inference(frozen), archive.getvalue()
+
+
+def _compile(folded: nn.Module, x: Tensor) -> nn.Module:
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        compiled = torch.compile(copy.deepcopy(folded))
+        with torch.inference_mode():
+            compiled(x)  # compile now, with freezing, not on the user's first call
+    return compiled
+
+
+def _build(folded: nn.Module, x: Tensor, four_d: bool, rounds: int, candidates: tuple,
+           rejected: dict, archives: dict) -> dict:
+    """The candidate paths that could be built, by name; why the others could not, in ``rejected``."""
+    paths = {}
+
+    def attempt(name: str, build) -> None:
+        try:
+            paths[name] = build()
+        except _Rejected as exc:
+            rejected[name] = str(exc)
+        except Exception as exc:  # a graph a backend cannot take: the other paths remain
+            rejected[name] = f"could not be built: {reason(exc)}"
+
+    if "eager" in candidates:
+        attempt("eager", lambda: _lower(copy.deepcopy(folded)))
+    if "fused" in candidates:
+        attempt("fused", lambda: _fused_path(folded, x, four_d, rounds))
+    if "torchscript" in candidates:
+        # the frozen graph of the plain model, and of the one with fused layers (the kernel is a
+        # dispatcher op, so it stays a call in the graph while oneDNN fuses the convs around it)
+        for name, base in [("torchscript", folded)] + ([("fused+torchscript", paths["fused"])] if "fused" in paths else []):
+            def traced(base=base, name=name):
+                module, archives[name] = _trace(base, x)
+                return module
+            attempt(name, traced)
+    if "compile" in candidates:
+        attempt("compile", lambda: _compile(folded, x))
+    return paths
+
+
+def _fused_path(folded: nn.Module, x: Tensor, four_d: bool, rounds: int) -> nn.Module:
+    if not four_d or x.dtype != torch.float32:
+        raise _Rejected(f"needs a 4-D float32 example input, got {x.dim()}-D {str(x.dtype).replace('torch.', '')}")
+    if _fused.load() is None:
+        raise _Rejected("the fused kernels are not available here" + (f": {_fused.error()}" if _fused.error() else ""))
+    fused = _fuse(folded, x, rounds)
+    if fused is None:
+        raise _Rejected("no layer ran faster on the fused kernels")
+    return _lower(fused)
+
+
+def _check(paths: dict, x: Tensor, reference: Tensor, rejected: dict) -> dict:
+    """The paths whose output on ``x`` matches ``reference`` (relative error <= 1e-4) on three
+    calls (TorchScript's executor optimizes the graph again after its first calls)."""
+    correct = {}
+    for name, m in paths.items():
+        try:
+            with torch.inference_mode():
+                for _ in range(3):
+                    out = m(x)
+        except Exception as exc:
+            rejected[name] = f"failed on the example input: {reason(exc)}"
+            continue
+        error = relative_error(out, reference)
+        if error <= 1e-4:
+            correct[name] = m
+        else:
+            rejected[name] = f"output differs from the original model's: relative error {error:.3g} > 0.0001"
+    return correct
+
+
+def _measure(correct: dict, x: Tensor, rounds: int, rejected: dict) -> dict:
+    """Median ms of each path that runs (interleaved, see :func:`interleaved`); one that raises
+    during the timing is moved to ``rejected``."""
+    while len(correct) > 1:
+        failed = {}
+
+        def guarded(name: str, m: nn.Module):
+            def run():
+                try:
+                    return m(x)
+                except Exception as exc:
+                    failed[name] = exc
+                    raise
+            return run
+
+        try:
+            return interleaved({k: guarded(k, m) for k, m in correct.items()}, rounds, warmup=1)
+        except Exception:
+            if not failed:
+                raise
+            for name, exc in failed.items():
+                rejected[name] = f"failed on the example input: {reason(exc)}"
+                del correct[name]
+    return {}
 
 
 def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = None, rounds: int = 10,
@@ -138,13 +250,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         >>> fast.backend in BACKENDS
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    bad = [c for c in candidates if c not in CANDIDATES]
-    if bad or not candidates:
-        raise ValueError(f"candidates: expected a non-empty subset of {CANDIDATES}, got {candidates!r}")
-    if example_input is not None and not isinstance(example_input, Tensor):
-        raise TypeError(f"example_input: expected a torch.Tensor, got {type(example_input).__name__}")
+    check_arguments(model, example_input, rounds, candidates)
     folded = fold_batchnorms(model)
     four_d = example_input is None or example_input.dim() == 4
     if four_d:
@@ -154,49 +260,21 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
 
     x = example_input.contiguous(memory_format=torch.channels_last) if four_d else example_input
     reference_model = copy.deepcopy(model).eval()
-    with torch.inference_mode():
-        reference = reference_model(example_input)
-    paths = {}
-    if "eager" in candidates:
-        paths["eager"] = _lower(copy.deepcopy(folded))
-    fused = None
-    if "fused" in candidates and four_d and x.dtype == torch.float32:
-        fused = _fuse(folded, x, rounds)
-        if fused is not None:
-            fused = _lower(fused)
-            paths["fused"] = fused
-    if "torchscript" in candidates:
-        # the frozen graph of the plain model, and of the one with fused layers (the kernel is a
-        # dispatcher op, so it stays a call in the graph while oneDNN fuses the convs around it)
-        bases = [("torchscript", folded)] + ([("fused+torchscript", fused)] if "fused" in paths else [])
-        for name, base in bases:
-            try:
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # shape checks become constants: guarded by InferenceModule
-                    traced = torch.jit.trace(copy.deepcopy(base), x, check_trace=False)
-                    paths[name] = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-            except Exception:  # a graph TorchScript cannot trace: the other paths remain
-                pass
-    if "compile" in candidates:
-        try:
-            import torch._inductor.config as inductor_config
-
-            with inductor_config.patch(freezing=True):
-                compiled = torch.compile(copy.deepcopy(folded))
-                with torch.inference_mode():
-                    compiled(x)  # compile now, with freezing, not on the user's first call
-            paths["compile"] = compiled
-        except Exception:  # no compiler or an unsupported graph: the other paths remain
-            pass
-    correct = {}
-    for name, m in paths.items():
+    try:
         with torch.inference_mode():
-            out = m(x)
-        if _rel(out, reference) <= 1e-4:
-            correct[name] = m
-    if not correct:
-        return InferenceModule(folded, "eager", four_d, {})  # unlowered: checks stay in place
-    timings = interleaved({k: (lambda m=m: m(x)) for k, m in correct.items()}, rounds, warmup=1) if len(correct) > 1 else {}
+            reference = reference_model(example_input)
+    except Exception as exc:
+        raise ValueError(f"example_input: the model fails on a tensor of shape {tuple(example_input.shape)} "
+                         f"({reason(exc)})") from exc
+    if not isinstance(reference, Tensor):
+        raise TypeError(f"model: expected a module returning one tensor, got {type(reference).__name__}")
+    rejected, archives = {}, {}
+    correct = _check(_build(folded, x, four_d, rounds, candidates, rejected, archives), x, reference, rejected)
+    timings = _measure(correct, x, rounds, rejected)
+    if not correct:  # the original model itself, unchanged: it is the reference
+        warnings.warn("optimize_for_inference: no candidate path reproduced the model's output; the returned "
+                      f"module runs the original model (why, per path: {rejected})", RuntimeWarning, stacklevel=2)
+        return InferenceModule(reference_model, "eager", False, {}, rejected=rejected)
     best = min(correct, key=lambda k: timings.get(k, 0.0))
     # near-ties (see TIE) go to a path with fused layers: its pooled outputs keep its speed when
     # the process's allocator state changes
@@ -204,5 +282,6 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     if tied:
         best = min(tied, key=lambda k: timings[k])
     if best in ("eager", "fused"):  # no baked-in sizes: any input size runs this path
-        return InferenceModule(correct[best], best, four_d, timings)
-    return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]))
+        return InferenceModule(correct[best], best, four_d, timings, rejected=rejected)
+    return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]),
+                           rejected=rejected, archive=archives.get(best))
