@@ -98,6 +98,14 @@ def test_an_example_the_model_cannot_take_is_named():
         optimize_for_inference(_digits(), torch.randn(1, 3, 16, 16), rounds=1)
 
 
+def test_fold_batchnorms_names_its_argument():
+    from sepconv.optimize import fold_batchnorms
+
+    with pytest.raises(TypeError) as info:  # before: AttributeError from deepcopy'd str's .eval
+        fold_batchnorms("model")
+    assert str(info.value) == "model: expected an nn.Module, got str"
+
+
 def test_a_non_tensor_call_is_named():
     fast = optimize_for_inference(_digits())
     with pytest.raises(TypeError) as info:

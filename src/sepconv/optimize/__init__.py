@@ -28,8 +28,9 @@
 
 Layout: :mod:`.fused` holds the fused inference modules and :func:`release_buffers`;
 :mod:`.rewrite` the graph rewrites (BatchNorm folding, lowering, in-place activations);
-:mod:`.module` the returned :class:`InferenceModule`; :mod:`.dispatch` the candidate paths, their
-checks and the measured choice (:func:`optimize_for_inference`).
+:mod:`.module` the returned :class:`InferenceModule`; :mod:`.checks` the argument checks and the
+output comparison; :mod:`.dispatch` the candidate paths, their checks and the measured choice
+(:func:`optimize_for_inference`).
 """
 
 from .dispatch import BACKENDS, CANDIDATES, STEM_MAX_K, TIE, _fuse, _fused_class, optimize_for_inference

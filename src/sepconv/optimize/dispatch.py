@@ -226,13 +226,17 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     """Prepare ``model`` for fast CPU inference; the original is not modified.
 
     Args:
-        model: any module built from convs, sepconv layers, BatchNorm and activations.
-        example_input: a representative batch. With it, every candidate path is traced, checked
-            against the unoptimized model (relative error <= 1e-4) and timed (interleaved
-            medians of ``rounds`` runs) and the fastest correct one is kept (within 10% of the
-            fastest, a path with fused layers is preferred: its pooled outputs make it insensitive
-            to the allocator's state). Without it, the eager channels_last path is used.
-        rounds: timing rounds for the dispatch.
+        model: any module built from convs, sepconv layers, BatchNorm and activations, with
+            finite parameters and normalization statistics.
+        example_input: a representative batch (finite values). With it, every candidate path is
+            built, checked against the unoptimized model (relative error <= 1e-4, NaNs and
+            infinities at the same places) and timed (interleaved medians of ``rounds`` runs) and
+            the fastest correct one is kept (within 10% of the fastest, a path with fused layers
+            is preferred: its pooled outputs make it insensitive to the allocator's state). A
+            path that cannot be built, raises or differs is dropped and the reason recorded in
+            the result's ``rejected``; if none is left, the original model is returned (with a
+            ``RuntimeWarning``). Without an example, the eager channels_last path is used.
+        rounds: timing rounds for the dispatch, a positive int.
         candidates: paths to consider, a subset of ``('eager', 'fused', 'torchscript', 'compile')``.
             ``'fused'`` replaces each depthwise separable layer by the fused kernel where that
             measures faster on the layer's own input (a per-layer dispatch); the kernel is
@@ -242,7 +246,14 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
             minutes of compilation.
 
     Returns:
-        :class:`InferenceModule` (inference-only: gradients raise a clear error).
+        :class:`InferenceModule` (inference-only: gradients raise a clear error); ``backend``,
+        ``timings`` and ``rejected`` report the dispatch. It can be saved with ``torch.save``.
+
+    Raises:
+        TypeError: ``model`` is not a module, ``candidates`` not a tuple of names, ``rounds`` not
+            an int or ``example_input`` not a tensor.
+        ValueError: unknown candidates, ``rounds`` < 1, an empty or non-finite
+            ``example_input``, non-finite weights, or an example the model fails on.
 
     Example:
         >>> from sepconv.models import mobilenet_v1

@@ -36,6 +36,8 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
         >>> type(fold_batchnorms(m)[1]).__name__
         'Identity'
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         if isinstance(module, _SeparableConvNd) and _foldable(module.norm, module.depthwise.out_channels):
