@@ -173,7 +173,7 @@ def test_border_pixels_completed_by_right_padding_only(ext):
     x = torch.randn(2, c, 7, 2)
     dw, pw = torch.randn(c, 1, 3, 3), torch.randn(n, c, 1, 1)
     ref = F.conv2d(F.conv2d(F.pad(x.double(), (0, 1, 1, 1)), dw.double(), stride=2, groups=c), pw.double())
-    from sepconv.optimize import _pack_panels
+    from sepconv.optimize.fused import _pack_panels
 
     packed, bias = _pack_panels(pw.reshape(n, c), None)
     out = torch.ops.sepconv.fused_dwpw(x, dw.reshape(c, 9).t().reshape(1, 9, c).contiguous(), torch.zeros(0), 0, packed, bias,
@@ -210,7 +210,7 @@ def test_kernels_accept_non_contiguous_weights(ext):
 
 # ---- the fused layers refuse what the model refuses ----
 def _fused_wins(monkeypatch):
-    import sepconv.optimize as O
+    import sepconv.optimize.dispatch as O
 
     monkeypatch.setattr(O, "interleaved", lambda fns, rounds, warmup=1: {k: (1.0 if "fused" in k else 2.0) for k in fns})
 

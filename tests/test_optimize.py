@@ -366,7 +366,7 @@ def test_fused_conv_and_linear_fall_back_and_trace(fused_ext):
 def test_optimized_mobilenet_uses_fused_stem_and_classifier(fused_ext, monkeypatch):
     """With every kernel measured faster, the stem conv (+ ReLU), each separable layer and the
     classifier are replaced, and the model still matches the reference."""
-    import sepconv.optimize as O
+    import sepconv.optimize.dispatch as O
     from sepconv.optimize import FusedConv2d, FusedLinear, FusedSeparableConv2d
 
     monkeypatch.setattr(O, "interleaved", lambda fns, rounds, warmup=1: {k: (1.0 if k == "fused" else 2.0) for k in fns})
@@ -468,7 +468,7 @@ def test_fused_path_is_chosen_where_it_wins_and_matches(fused_ext):
     ({"eager": 1.0, "fused": 1.10, "torchscript": 0.90, "fused+torchscript": 1.2}, "torchscript"),  # a clear win
 ])
 def test_dispatch_prefers_fused_paths_on_near_ties(fused_ext, monkeypatch, measured, chosen):
-    import sepconv.optimize as O
+    import sepconv.optimize.dispatch as O
 
     def fake(fns, rounds, warmup=1):
         if set(fns) == {"eager", "fused"}:  # the per-layer dispatch: let the kernel win

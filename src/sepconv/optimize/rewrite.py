@@ -1,0 +1,110 @@
+"""Graph rewrites on a copy of the model: BatchNorm folding, lowering of sepconv layers to their
+child convs, in-place activations after fresh outputs."""
+
+import copy
+from typing import Optional
+
+from torch import nn
+
+from ..convert import fold_batchnorm
+from ..layers import _foldable_bn as _foldable
+from ..layers import _SeparableConvNd
+from .fused import FusedConv2d, FusedLinear, FusedSeparableConv2d
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _fold_into(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode."""
+    weight, bias = fold_batchnorm(conv, bn)
+    new = copy.deepcopy(conv)
+    new.weight = nn.Parameter(weight.clone())
+    new.bias = nn.Parameter(bias.clone())
+    return new
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every foldable BatchNorm folded into its conv.
+
+    Folds a BatchNorm that directly follows a conv or a sepconv layer in an ``nn.Sequential``
+    (into the conv, or the layer's output factor), and the ``norm`` between the depthwise and
+    pointwise factors of :class:`~sepconv.SeparableConv2d` (into the depthwise conv). Outputs are
+    unchanged in eval mode.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+        >>> type(fold_batchnorms(m)[1]).__name__
+        'Identity'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if isinstance(module, _SeparableConvNd) and _foldable(module.norm, module.depthwise.out_channels):
+            module.depthwise = _fold_into(module.depthwise, module.norm)
+            module.norm = nn.Identity()
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in zip(names, names[1:]):
+                conv, bn = module._modules[a], module._modules[b]
+                if isinstance(conv, _CONVS) and _foldable(bn, conv.out_channels):
+                    module._modules[a] = _fold_into(conv, bn)
+                    module._modules[b] = nn.Identity()
+                elif hasattr(conv, "_output_factor") and _foldable(bn, conv.out_channels):
+                    attr = conv._output_factor
+                    setattr(conv, attr, _fold_into(getattr(conv, attr), bn))
+                    module._modules[b] = nn.Identity()
+    return model
+
+
+def _lower(model: nn.Module) -> nn.Module:
+    """Replace sepconv layers whose padding their child convs do themselves by a plain
+    ``nn.Sequential`` of those children (identities dropped): the same ops without the layer's
+    input checks and extra module calls, which matter at batch 1. Modifies ``model``."""
+    from ..layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd
+
+    def lowered(m: nn.Module) -> Optional[nn.Module]:
+        if getattr(m, "_explicit", True):
+            return None
+        if isinstance(m, _SeparableConvNd):
+            parts = [m.depthwise, m.norm, m.act, m.pointwise]
+        elif isinstance(m, _BlueprintSeparableConvNd):
+            parts = [m.pointwise, m.norm, m.act, m.depthwise]
+        elif isinstance(m, SpatiallySeparableConv2d):
+            parts = [m.vertical, m.horizontal]
+        else:
+            return None
+        return nn.Sequential(*[p for p in parts if not isinstance(p, nn.Identity)])
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = lowered(child)
+            if new is not None:
+                setattr(parent, name, new)
+    model = lowered(model) or model
+    _inplace_activations(model)
+    return model
+
+
+def _inplace_activations(model: nn.Module) -> None:
+    """Make a ReLU / ReLU6 that directly follows a conv (identities skipped) in an
+    ``nn.Sequential`` work in place: the conv's output is a fresh tensor nobody else sees, so
+    this saves an allocation and a pass over memory. Modifies ``model``."""
+    producers = (*_CONVS, nn.Linear, FusedSeparableConv2d, FusedConv2d, FusedLinear)
+
+    def produces(m: Optional[nn.Module]) -> bool:  # a fresh output: a producer, or a Sequential ending in one
+        if isinstance(m, nn.Sequential):
+            rest = [c for c in m if not isinstance(c, nn.Identity)]
+            return bool(rest) and produces(rest[-1])
+        return isinstance(m, producers)
+
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        previous = None
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Identity):
+                continue
+            if type(child) in (nn.ReLU, nn.ReLU6) and produces(previous) and not child.inplace:
+                setattr(parent, name, type(child)(inplace=True))
+            previous = child
