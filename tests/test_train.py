@@ -238,6 +238,16 @@ def test_unwritable_checkpoint_path_is_refused_before_training(tmp_path):
         assert data.calls == 0  # nothing was trained
 
 
+def test_checkpoint_folder_that_refuses_writes_is_found_before_training():
+    """Permission bits do not tell (root may write anywhere they allow): a real write is tried.
+    /proc exists as a folder but takes no new files, for root too."""
+    data = _Counting()
+    with pytest.raises(ValueError, match=r"^checkpoint: cannot write '/proc/sepconv-run\.pt': ") as info:
+        train(digits_cnn(4), data, epochs=1, checkpoint="/proc/sepconv-run.pt", progress=False)
+    assert "\n" not in str(info.value)
+    assert data.calls == 0
+
+
 class Foreign:
     """Not something a training checkpoint holds."""
 

@@ -16,6 +16,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ._io import probe_writable
+
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history")
 
 
@@ -35,8 +37,7 @@ def check_checkpoint(checkpoint: object) -> Optional[str]:
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"checkpoint: cannot write {path!r}: {folder!r} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"checkpoint: cannot write {path!r}: the folder {folder!r} is not writable")
+    probe_writable(folder, path, "checkpoint")
     return path
 
 

@@ -127,8 +127,13 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def _probe(directory: str, path: str, what: str) -> None:
-    """Create and remove a file in ``directory``, the way :func:`write_atomic` will for ``path``."""
+def probe_writable(directory: str, path: str, what: str) -> None:
+    """Create and remove a file in ``directory``, the way :func:`write_atomic` will for ``path``
+    (a real write: permission bits alone do not tell, e.g. for root or on a read-only mount).
+
+    Raises:
+        ValueError: ``{what}: cannot write {path!r}: <reason>``.
+    """
     probe = os.path.join(directory, f"{temp_prefix(path)}{os.getpid()}-probe")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -153,7 +158,7 @@ def check_output_file(path: Union[str, os.PathLike], what: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{what}: directory of {path!r} does not exist")
-    _probe(directory, path, what)
+    probe_writable(directory, path, what)
 
 
 def check_output_dir(path: Union[str, os.PathLike], what: str, names: Sequence[str] = ()) -> None:
@@ -173,4 +178,4 @@ def check_output_dir(path: Union[str, os.PathLike], what: str, names: Sequence[s
     for name in names:
         if os.path.isdir(os.path.join(path, name)):
             raise ValueError(f"{what}: cannot write {os.path.join(path, name)!r}: it is a directory")
-    _probe(path, os.path.join(path, names[0] if names else "output"), what)
+    probe_writable(path, os.path.join(path, names[0] if names else "output"), what)
