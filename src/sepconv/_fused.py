@@ -7,8 +7,8 @@ per output and linear layers on the same GEMM (``csrc/dense.cpp``, ``conv2d_gemm
 Why a C++ extension: the point of fusion is that the depthwise tile is consumed by the pointwise
 GEMM while it is still in cache (and, for the filter, that a strip's vertical result is filtered
 horizontally before it leaves cache), which needs control over loops and buffers that no PyTorch
-op gives; a small C++ file built with ``torch.utils.cpp_extension.load`` at first use (cached under
-``~/.cache/torch_extensions``) uses the machine's own vector width (``-march=native``), needs only
+op gives; a small C++ file built with ``torch.utils.cpp_extension.load`` at first use (cached in a
+folder private to the environment, torch version and CPU: :func:`build_directory`) uses the machine's own vector width (``-march=native``), needs only
 the compiler PyTorch's CPU wheels already expect, and keeps torch's thread pool. When it cannot be
 built (no compiler, no ninja) :func:`load` returns ``None`` and callers keep the PyTorch path.
 
@@ -18,37 +18,128 @@ file is compiled with ``-fopenmp`` — without it the pragma is ignored and the 
 on one thread. The link resolves ``libgomp.so.1`` to the copy torch has already loaded.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import os
+import platform
 import sys
 import threading
+import time
 from typing import Optional
 
 _lock = threading.Lock()
 _state: dict = {}
+SOURCES = ("fused_dwpw.cpp", "separable_filter.cpp", "dense.cpp")
+HEADERS = ("common.h", "gemm.h")
+
+
+def _csrc() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+
+
+def cpu_signature() -> str:
+    """The CPU's model name and instruction-set flags (``-march=native`` code depends on both)."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "model name" and not model:
+                    model = value
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return f"{model or platform.machine()} [{flags}]"
+
+
+def build_directory() -> str:
+    """Where the kernels are built and cached: private to this Python environment, torch version and
+    CPU, so that two environments (or two machines sharing a home folder) never rebuild or load each
+    other's build. Under ``$TORCH_EXTENSIONS_DIR`` if set, else ``~/.cache/sepconv/kernels``."""
+    import torch
+
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sepconv", "kernels")
+    key = hashlib.sha256("\0".join((os.path.realpath(sys.prefix), torch.__version__, cpu_signature())).encode()).hexdigest()
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.replace('+', '-')}"
+    return os.path.join(base, f"{tag}-{key[:12]}")
+
+
+def _fingerprint(flags: list) -> str:
+    """What a build depends on: the sources and headers, and the flags."""
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for name in SOURCES + HEADERS:
+        with open(os.path.join(_csrc(), name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _exclusive(directory: str):
+    """Hold an exclusive lock on the build folder (released by the OS if this process dies).
+
+    torch's own build lock is a plain file that a killed build leaves behind, after which every
+    later process waits for it forever; while we hold this lock no other sepconv process is
+    building here, so such a file is stale and is removed."""
+    with open(os.path.join(directory, "sepconv.lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("sepconv: waiting for another process building the kernels ...", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        stale = os.path.join(directory, "lock")
+        if os.path.exists(stale):
+            os.unlink(stale)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build():
+    """Build (or load the cached build of) the extension; says so on stderr when it compiles."""
+    from torch.utils.cpp_extension import load as load_extension
+    import torch
+
+    # the pip-installed ninja lives next to this interpreter, which may not be on PATH
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
+    cflags = ["-O3", "-march=native", *openmp]
+    directory = build_directory()
+    os.makedirs(directory, exist_ok=True)
+    marker = os.path.join(directory, f"built-{_fingerprint(cflags + openmp)}")
+    with _exclusive(directory):
+        fresh = not os.path.exists(marker)
+        if fresh:
+            print(f"sepconv: building the C++ kernels for this environment, once (about 1-5 minutes); "
+                  f"cached in {directory}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        module = load_extension(name="sepconv_kernels", sources=[os.path.join(_csrc(), n) for n in SOURCES],
+                                extra_cflags=cflags, extra_ldflags=openmp, build_directory=directory, verbose=False)
+        if fresh:
+            open(marker, "w").close()
+            print(f"sepconv: kernels built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    _state["directory"] = directory
+    return module
 
 
 def load():
-    """The compiled extension module, or ``None`` if it cannot be built here (reason in :func:`error`)."""
+    """The compiled extension module, or ``None`` if it cannot be built here (reason in :func:`error`).
+
+    The first call in an environment compiles the kernels (1-5 minutes, announced on stderr; the
+    set-up scripts do it up front with ``sepconv doctor``); later calls load the cached build.
+    """
     if "module" in _state:  # built (or failed) already: no lock, so torch.compile can trace callers
         return _state["module"]
     with _lock:
         if "module" in _state:
             return _state["module"]
         try:
-            from torch.utils.cpp_extension import load as load_extension
-
-            csrc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-            sources = [os.path.join(csrc, name) for name in ("fused_dwpw.cpp", "separable_filter.cpp", "dense.cpp")]
-            # the pip-installed ninja lives next to this interpreter, which may not be on PATH
-            bindir = os.path.dirname(sys.executable)
-            if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-                os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-            import torch
-
-            openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-            _state["module"] = load_extension(name="sepconv_kernels", sources=sources,
-                                              extra_cflags=["-O3", "-march=native", *openmp],
-                                              extra_ldflags=openmp, verbose=False)
+            _state["module"] = _build()
             _register_fake()
         except Exception as exc:  # no compiler / ninja: the PyTorch path remains
             _state["module"] = None
@@ -102,3 +193,8 @@ def loaded():
 def error() -> Optional[str]:
     """Why the extension could not be built, if it could not."""
     return _state.get("error")
+
+
+def directory() -> Optional[str]:
+    """The build folder of the loaded extension, if it is loaded."""
+    return _state.get("directory")
