@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import sepconv
+from sepconv import decompose as D
 from sepconv import functional as SF
 
 CASES = [
@@ -96,3 +97,74 @@ def test_from_dense_errors():
         sepconv.DepthwiseConv2d.from_dense(torch.nn.Conv2d(4, 4, 3))
     with pytest.raises(TypeError, match="conv: expected nn.Conv2d, got Conv1d"):
         sepconv.DepthwiseConv2d.from_dense(torch.nn.Conv1d(4, 4, 3, groups=4))
+
+
+# --------------------------------------------------------------------------------------------
+# sepconv.decompose: every public function refuses bad factors, groups and non-finite kernels
+# --------------------------------------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+W4 = torch.randn(4, 3, 3, 3)
+
+
+def _with(value, shape, index=(0, 1)):
+    t = torch.ones(shape)
+    t[index] = value
+    return t
+
+
+DECOMPOSE_CASES = [
+    (lambda: D.spatially_separable(W4, 2, groups=0), ValueError, "groups: expected a positive int, got 0"),
+    (lambda: D.spatially_separable(W4, 2, groups=2.0), TypeError, "groups: expected a positive int, got 2.0"),
+    (lambda: D.compose_depthwise_separable(torch.randn(6, 1, 3, 3), torch.randn(4, 6, 1, 1), 0), ValueError,
+     "depth_multiplier: expected a positive int, got 0"),
+    (lambda: D.compose_depthwise_separable(torch.randn(6, 1, 3, 3), torch.randn(4, 5, 1, 1), 2), ValueError,
+     "pointwise_weight: expected shape (N, 6, 1, 1) for depthwise_weight (6, 1, 3, 3), got (4, 5, 1, 1)"),
+    (lambda: D.compose_depthwise_separable(torch.randn(6, 1, 3, 3), torch.randn(4, 6, 1, 1), 4), ValueError,
+     "depthwise_weight: expected shape (C*d, 1, *k) with d=4, got (6, 1, 3, 3)"),
+    (lambda: D.compose_depthwise_separable([1.0], torch.randn(4, 6, 1, 1)), TypeError,
+     "depthwise_weight: expected a torch.Tensor, got list"),
+    (lambda: D.compose_blueprint_separable(torch.randn(7, 3, 1, 1), torch.randn(4, 2, 5, 5)), ValueError,
+     "pointwise_weight: expected shape (8, C, 1, 1) for depthwise_weight (4, 2, 5, 5), got (7, 3, 1, 1)"),
+    (lambda: D.compose_blueprint_separable(torch.randn(8, 3, 1, 1), torch.randn(4, 2, 0, 5)), ValueError,
+     "depthwise_weight: expected a non-empty conv weight with 3 or 4 or 5 dims, got shape (4, 2, 0, 5)"),
+    (lambda: D.compose_spatially_separable(torch.randn(2, 3, 3, 1), torch.randn(4, 2, 1, 3), 0), ValueError,
+     "groups: expected a positive int, got 0"),
+    (lambda: D.compose_spatially_separable(torch.randn(2, 3, 3, 1), torch.randn(4, 3, 1, 3)), ValueError,
+     "horizontal_weight: expected shape (N, 2, 1, kw) with N a multiple of groups=1, got (4, 3, 1, 3)"),
+    (lambda: D.compose_spatially_separable(torch.randn(3, 3, 3, 1), torch.randn(4, 1, 1, 3), 2), ValueError,
+     "vertical_weight: expected shape (r, C/groups, kh, 1) with r a multiple of groups=2, got (3, 3, 3, 1)"),
+    (lambda: D.kernel_rank(_with(INF, (2, 2))), ValueError, "kernel: expected finite values, got inf at index (0, 1)"),
+    (lambda: D.kernel_rank(_with(NAN, (3, 3), (2, 1))), ValueError, "kernel: expected finite values, got nan at index (2, 1)"),
+    (lambda: D.separate_kernel(_with(-INF, (2, 2))), ValueError, "kernel: expected finite values, got -inf at index (0, 1)"),
+    (lambda: D.separate_kernel(_with(NAN, (2, 2), (1, 0))), ValueError, "kernel: expected finite values, got nan at index (1, 0)"),
+    (lambda: D.kernel_rank(torch.zeros(0, 3)), ValueError, "kernel: expected a non-empty 2-D tensor (kh, kw), got shape (0, 3)"),
+    (lambda: D.kernel_rank([[1.0, 2.0]]), TypeError, "kernel: expected a torch.Tensor, got list"),
+    (lambda: D.kernel_rank(torch.eye(3), rtol="a"), TypeError, "rtol: expected a number >= 0, got 'a' (str)"),
+    (lambda: D.separate_kernel(torch.eye(3), rtol=-1.0), ValueError, "rtol: expected a finite number >= 0, got -1.0"),
+    (lambda: D.spectrum(_with(INF, (4, 3, 3, 3), (1, 2, 0, 0)), "blueprint"), ValueError,
+     "weight: expected finite values, got inf at index (1, 2, 0, 0)"),
+    (lambda: D.depthwise_separable(torch.randn(0, 3, 3, 3)), ValueError, "weight: expected a non-empty conv weight, got shape (0, 3, 3, 3)"),
+    (lambda: D.best_approximations(W4, "depthwise", 3), TypeError, "ranks: expected an iterable of positive ints, got 3"),
+    (lambda: D.best_approximations(torch.randn(4, 2, 3, 3), "spatial", [3], groups=2), ValueError,
+     "rank: expected a multiple of groups=2, got 3"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", DECOMPOSE_CASES)
+def test_decompose_errors(make, exc, msg):
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == msg
+
+
+def test_separate_kernel_of_an_integer_kernel_is_not_truncated():
+    col, row = D.separate_kernel(torch.tensor([[2, 3], [4, 6]]))
+    assert col.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(torch.outer(col, row).double(), torch.tensor([[2.0, 3.0], [4.0, 6.0]], dtype=torch.float64))
+
+
+def test_decomposition_refuses_non_finite_factors(monkeypatch):
+    real = D._svd
+    monkeypatch.setattr(D, "_svd", lambda m: tuple(t * INF for t in real(m)))
+    with pytest.raises(ValueError, match=r"weight: expected factors representable in torch.float32, got non-finite values"):
+        D.depthwise_separable(W4, 2)
