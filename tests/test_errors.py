@@ -6,6 +6,10 @@ import torch
 import sepconv
 from sepconv import decompose as D
 from sepconv import functional as SF
+from sepconv import padding as P
+from sepconv.data import DigitsDataset
+from sepconv.models import build, mobilenet_v1
+from torch import nn
 
 CASES = [
     (lambda: sepconv.SeparableConv2d(0, 4, 3), ValueError, "in_channels: expected a positive int, got 0"),
@@ -168,3 +172,155 @@ def test_decomposition_refuses_non_finite_factors(monkeypatch):
     monkeypatch.setattr(D, "_svd", lambda m: tuple(t * INF for t in real(m)))
     with pytest.raises(ValueError, match=r"weight: expected factors representable in torch.float32, got non-finite values"):
         D.depthwise_separable(W4, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers and functional ops: wrong types, factories, dtypes and inputs the kernel does not fit
+# --------------------------------------------------------------------------------------------
+def _describe(layer):
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
+SEP5 = sepconv.SeparableConv2d(3, 4, 5)
+REFLECT7 = sepconv.BlueprintSeparableConv2d(3, 4, 7, padding=3, padding_mode="reflect")
+CIRCULAR = sepconv.DepthwiseConv1d(2, 5, padding=4, padding_mode="circular")
+SPATIAL = sepconv.SpatiallySeparableConv2d(3, 4, (3, 5), rank=2, padding="same", stride=2)
+
+LAYER_CASES = [
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, act_layer=nn.ReLU()), TypeError,
+     "act_layer: expected a callable returning a module (a class such as nn.ReLU, not an instance), got the module instance ReLU()"),
+    (lambda: sepconv.BlueprintSeparableConv2d(3, 4, 3, norm_layer=nn.BatchNorm2d(3)), TypeError,
+     "norm_layer: expected a callable taking the channel count (a class such as nn.BatchNorm2d, not an instance), "
+     "got the module instance BatchNorm2d()"),
+    (lambda: sepconv.SeparableConv1d(3, 4, 3, act_layer=lambda: 3), TypeError,
+     "act_layer: expected a callable returning an nn.Module, got one returning int"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, norm_layer=lambda c: None), TypeError,
+     "norm_layer: expected a callable returning an nn.Module, got one returning NoneType"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3)([[1.0, 2.0]]), TypeError, "input: expected a torch.Tensor, got list"),
+    (lambda: sepconv.DepthwiseConv2d(3, 3)((1.0, 2.0)), TypeError, "input: expected a torch.Tensor, got tuple"),
+    (lambda: SPATIAL([[1.0]]), TypeError, "input: expected a torch.Tensor, got list"),
+    (lambda: SEP5(torch.randn(1, 3, 8, 8, dtype=torch.float64)), TypeError,
+     f"input: expected dtype torch.float32 (the weights' dtype of {_describe(SEP5)}), got torch.float64 (shape [1, 3, 8, 8])"),
+    (lambda: SEP5(torch.ones(3, 8, 8, dtype=torch.long)), TypeError,
+     f"input: expected dtype torch.float32 (the weights' dtype of {_describe(SEP5)}), got torch.int64 (shape [3, 8, 8])"),
+    (lambda: SEP5(torch.randn(1, 3, 4, 9)), ValueError,
+     f"input: expected a spatial size >= (5, 5) for {_describe(SEP5)} (the kernel must fit the padded input), "
+     "got (4, 9) (shape [1, 3, 4, 9])"),
+    (lambda: REFLECT7(torch.randn(1, 3, 3, 3)), ValueError,
+     f"input: expected a spatial size >= (4, 4) for {_describe(REFLECT7)} (the kernel must fit the padded input; "
+     "'reflect' pads must be smaller than the input), got (3, 3) (shape [1, 3, 3, 3])"),
+    (lambda: CIRCULAR(torch.randn(2, 3)), ValueError,
+     f"input: expected a spatial size >= (4,) for {_describe(CIRCULAR)} (the kernel must fit the padded input; "
+     "'circular' pads must not exceed the input), got (3,) (shape [2, 3])"),
+    (lambda: SPATIAL(torch.randn(1, 3, 0, 6)), ValueError,
+     f"input: expected a spatial size >= (1, 1) for {_describe(SPATIAL)} (the kernel must fit the padded input), "
+     "got (0, 6) (shape [1, 3, 0, 6])"),
+    (lambda: SF.separable_conv2d(torch.randn(1, 3, 2, 2), torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1)), ValueError,
+     "input: expected a spatial size >= (3, 3) for separable_conv2d (the kernel must fit the padded input), got (2, 2) "
+     "(shape [1, 3, 2, 2])"),
+    (lambda: SF.blueprint_separable_conv1d(torch.randn(1, 3, 3), torch.randn(4, 3, 1), torch.randn(4, 1, 3),
+                                           padding=3, padding_mode="reflect"), ValueError,
+     "input: expected a spatial size >= (4,) for blueprint_separable_conv1d (the kernel must fit the padded input; "
+     "'reflect' pads must be smaller than the input), got (3,) (shape [1, 3, 3])"),
+    (lambda: SF.depthwise_conv2d(torch.randn(1, 3, 8, 8), torch.randn(3, 1, 3, 3, dtype=torch.float64)), TypeError,
+     "input: expected dtype torch.float64 (the weights' dtype of depthwise_conv2d), got torch.float32 (shape [1, 3, 8, 8])"),
+    (lambda: SF.spatially_separable_conv2d(torch.ones(1, 3, 8, 8, dtype=torch.int32), torch.randn(2, 3, 3, 1),
+                                           torch.randn(4, 2, 1, 3)), TypeError,
+     "input: expected dtype torch.float32 (the weights' dtype of spatially_separable_conv2d), got torch.int32 (shape [1, 3, 8, 8])"),
+    (lambda: SF.depthwise_conv2d(torch.randn(1, 0, 8, 8), torch.randn(3, 1, 3, 3)), ValueError,
+     "input: expected at least 1 channel at dim -3, got 0 (shape [1, 0, 8, 8])"),
+    (lambda: SF.depthwise_conv2d(torch.randn(1, 3, 8, 8), torch.randn(3, 1, 0, 3)), ValueError,
+     "weight: expected a tensor without empty dims, got shape (3, 1, 0, 3)"),
+    (lambda: SF.separable_conv3d(torch.randn(1, 2, 4, 4, 4), torch.randn(0, 1, 3, 3, 3), torch.randn(4, 0, 1, 1, 1)),
+     ValueError, "depthwise_weight: expected a tensor without empty dims, got shape (0, 1, 3, 3, 3)"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", LAYER_CASES)
+def test_layer_and_functional_errors(make, exc, msg):
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == msg
+
+
+def test_layer_under_autocast_is_not_refused_for_its_dtype():
+    layer = sepconv.SeparableConv2d(3, 4, 3).to(torch.bfloat16)
+    with torch.autocast("cpu"):
+        assert layer(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# The derived ``weight`` of two-factor layers cannot be changed by mistake
+# --------------------------------------------------------------------------------------------
+TWO_FACTOR = [
+    (lambda: sepconv.SeparableConv2d(3, 4, 3), "SeparableConv2d", ("depthwise", "pointwise")),
+    (lambda: sepconv.BlueprintSeparableConv1d(3, 4, 3), "BlueprintSeparableConv1d", ("pointwise", "depthwise")),
+    (lambda: sepconv.SpatiallySeparableConv2d(3, 4, 3, rank=2), "SpatiallySeparableConv2d", ("vertical", "horizontal")),
+]
+IN_PLACE = [
+    ("zero_", lambda w: nn.init.zeros_(w)),
+    ("kaiming_uniform_", lambda w: nn.init.kaiming_uniform_(w)),
+    ("copy_", lambda w: w.data.copy_(torch.zeros_like(w))),
+    ("fill_", lambda w: w.detach()[0].fill_(1.0)),
+    ("__setitem__", lambda w: w.__setitem__(0, 1.0)),
+    ("add_", lambda w: w.__iadd__(1.0)),
+]
+
+
+@pytest.mark.parametrize("make,kind,factors", TWO_FACTOR)
+@pytest.mark.parametrize("op,change", IN_PLACE)
+def test_derived_weight_refuses_in_place_changes(make, kind, factors, op, change):
+    layer = make()
+    before = [p.detach().clone() for p in layer.parameters()]
+    with pytest.raises(ValueError) as info:
+        with torch.no_grad():
+            change(layer.weight)
+    assert str(info.value) == (
+        f"weight: expected no in-place change ({kind}.weight is computed from {factors[0]}.weight and "
+        f"{factors[1]}.weight on every access, so changing it would change nothing), got {op}(); change the factors "
+        f"instead, e.g. nn.init.zeros_(layer.{factors[1]}.weight)")
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
+@pytest.mark.parametrize("make,kind,factors", TWO_FACTOR)
+def test_derived_weight_reads_like_a_tensor_and_refuses_assignment(make, kind, factors):
+    layer = make()
+    w = layer.weight
+    torch.testing.assert_close(w.detach(), layer.to_dense().weight.detach())
+    assert type(w * 2) is torch.Tensor and type(w.sum()) is torch.Tensor
+    w.square().sum().backward()  # gradients reach the factors
+    assert all(getattr(layer, f).weight.grad is not None for f in factors)
+    with pytest.raises(AttributeError, match=rf"weight: expected no assignment \({kind}.weight is computed from"):
+        layer.weight = torch.zeros(1)
+
+
+# --------------------------------------------------------------------------------------------
+# padding, data and model builders
+# --------------------------------------------------------------------------------------------
+OTHER_CASES = [
+    (lambda: P.same_pads([7], [3], [0], [1]), ValueError, "stride: expected 1 positive ints, got [0]"),
+    (lambda: P.same_pads([7, 7], [3], [1], [1]), ValueError, "input_size: expected an int or 1 ints, got 2 values [7, 7]"),
+    (lambda: P.same_pads([7], [-3], [1], [1]), ValueError, "kernel_size: expected 1 positive ints, got [-3]"),
+    (lambda: P.same_pads([7], 3, [1], [1]), TypeError, "kernel_size: expected a sequence of positive ints, got 3"),
+    (lambda: P.resolve_pads("same", [3], [2], [1], [0]), ValueError, "input_size: expected 1 positive ints, got [0]"),
+    (lambda: P.same_fpad([7], [3], [0], [1]), ValueError,
+     "same_fpad: expected positive input_size, kernel_size, stride and dilation, got [7], [3], [0], [1]"),
+    (lambda: DigitsDataset(seed="a"), TypeError, "seed: expected an int, got 'a' (str)"),
+    (lambda: DigitsDataset(seed=1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda: DigitsDataset(test_fraction="a"), TypeError, "test_fraction: expected a fraction in (0, 1), got 'a' (str)"),
+    (lambda: build(3), TypeError, "model: expected a name such as 'mobilenet_v1:0.5', got 3"),
+    (lambda: build("mobilenet_v1:inf"), ValueError, "model: expected a finite number after ':' in 'mobilenet_v1:inf', got 'inf'"),
+    (lambda: build("digits_cnn:2.5"), ValueError, "model: expected a whole number after ':' in 'digits_cnn:2.5', got '2.5'"),
+    (lambda: mobilenet_v1(float("inf")), ValueError, "width_mult: expected a positive number, got inf"),
+    (lambda: mobilenet_v1(0.25, act_layer=nn.ReLU()), TypeError,
+     "act_layer: expected a callable returning a module (a class such as nn.ReLU, not an instance), got the module instance ReLU()"),
+    (lambda: mobilenet_v1(0.25, norm_layer="bn"), TypeError, "norm_layer: expected a callable taking the channel count, got 'bn'"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", OTHER_CASES)
+def test_padding_data_and_model_errors(make, exc, msg):
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == msg
+

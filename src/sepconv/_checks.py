@@ -76,10 +76,11 @@ def check_tensor(name: str, value: object) -> "torch.Tensor":
     return value
 
 
-def check_finite(name: str, tensor: "torch.Tensor") -> "torch.Tensor":
+def check_finite(name: str, tensor: "torch.Tensor", where: str = "") -> "torch.Tensor":
     """Raise ``ValueError`` naming the first non-finite entry of a floating tensor and its index.
 
-    Example message: ``calibration_data: expected finite values, got nan at index (0, 0, 3, 5)``.
+    Example message: ``calibration_data: expected finite values, got nan at index (0, 0, 3, 5)``
+    (``where``, e.g. ``' in batch 2'``, is appended).
     """
     import torch
 
@@ -88,7 +89,7 @@ def check_finite(name: str, tensor: "torch.Tensor") -> "torch.Tensor":
         if bool(bad.any()):
             index = tuple(int(i) for i in bad.nonzero()[0])
             value = tensor.detach()[index].item()
-            raise ValueError(f"{name}: expected finite values, got {value} at index {index}")
+            raise ValueError(f"{name}: expected finite values, got {value} at index {index}{where}")
     return tensor
 
 

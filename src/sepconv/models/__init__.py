@@ -1,5 +1,6 @@
 """Models built from sepconv layers, and the built-in names the CLI accepts."""
 
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -36,6 +37,8 @@ def build(name: str) -> nn.Module:
         >>> build('mobilenet_v1:0.25').num_features
         256
     """
+    if not isinstance(name, str):
+        raise TypeError(f"model: expected a name such as 'mobilenet_v1:0.5', got {name!r}")
     base, _, arg = name.partition(":")
     if base not in BUILTIN:
         raise ValueError(f"model: expected one of {sorted(BUILTIN)} (optionally ':WIDTH'), got {name!r}")
@@ -46,4 +49,7 @@ def build(name: str) -> nn.Module:
         value = float(arg)
     except ValueError:
         raise ValueError(f"model: expected a number after ':' in {name!r}, got {arg!r}") from None
+    if not math.isfinite(value) or (base.startswith("digits") and not value.is_integer()):
+        what = "a whole number" if base.startswith("digits") else "a finite number"
+        raise ValueError(f"model: expected {what} after ':' in {name!r}, got {arg!r}")
     return factory(value)
