@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import sepconv
+from sepconv import cost as C
 from sepconv import decompose as D
 from sepconv import functional as SF
 from sepconv import padding as P
@@ -233,6 +234,15 @@ LAYER_CASES = [
      "weight: expected a tensor without empty dims, got shape (3, 1, 0, 3)"),
     (lambda: SF.separable_conv3d(torch.randn(1, 2, 4, 4, 4), torch.randn(0, 1, 3, 3, 3), torch.randn(4, 0, 1, 1, 1)),
      ValueError, "depthwise_weight: expected a tensor without empty dims, got shape (0, 1, 3, 3, 3)"),
+    (lambda: SF.separable_conv2d(torch.randn(1, 3, 8, 8), torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1).double()),
+     TypeError, "pointwise_weight: expected the dtype of depthwise_weight (torch.float32), got torch.float64"),
+    (lambda: SF.spatially_separable_conv2d(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 1).half(), torch.randn(4, 2, 1, 3)),
+     TypeError, "horizontal_weight: expected the dtype of vertical_weight (torch.float16), got torch.float32"),
+    (lambda: sepconv.SeparableConv2d(3, 4, 3, bias="yes"), TypeError, "bias: expected a bool, got 'yes'"),
+    (lambda: sepconv.DepthwiseConv1d(3, 3, dtype=torch.int32), TypeError,
+     "dtype: expected None or a floating-point torch.dtype, got torch.int32"),
+    (lambda: sepconv.SpatiallySeparableConv2d(3, 4, 3, rank=1, dtype="float"), TypeError,
+     "dtype: expected None or a floating-point torch.dtype, got 'float'"),
 ]
 
 
@@ -305,6 +315,9 @@ OTHER_CASES = [
     (lambda: P.resolve_pads("same", [3], [2], [1], [0]), ValueError, "input_size: expected 1 positive ints, got [0]"),
     (lambda: P.same_fpad([7], [3], [0], [1]), ValueError,
      "same_fpad: expected positive input_size, kernel_size, stride and dilation, got [7], [3], [0], [1]"),
+    (lambda: C.conv_output_size(8, 3, 1, 0, 1), TypeError, "input_size: expected a sequence of positive ints (the spatial size), got 8"),
+    (lambda: C.conv_output_size((8,), (3,), (0,), 0, (1,)), ValueError, "stride: expected 1 positive ints, got (0,)"),
+    (lambda: C.conv_output_size((8, 8), (3,), (1, 1), 0, (1, 1)), ValueError, "kernel_size: expected an int or 2 ints, got 1 values (3,)"),
     (lambda: DigitsDataset(seed="a"), TypeError, "seed: expected an int, got 'a' (str)"),
     (lambda: DigitsDataset(seed=1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
     (lambda: DigitsDataset(test_fraction="a"), TypeError, "test_fraction: expected a fraction in (0, 1), got 'a' (str)"),

@@ -170,6 +170,11 @@ def _check_tensor(name: str, t: object, dim: int) -> Tensor:
     return t
 
 
+def _same_dtype(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(f"{b_name}: expected the dtype of {a_name} ({a.dtype}), got {b.dtype}")
+
+
 def _check_bias(bias: Optional[Tensor], channels: int) -> None:
     if bias is not None:
         _check_tensor("bias", bias, 1)
@@ -277,6 +282,7 @@ def depthwise_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
 def _separable(n: int, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
     _check_tensor("depthwise_weight", depthwise_weight, n + 2)
     _check_tensor("pointwise_weight", pointwise_weight, n + 2)
+    _same_dtype("depthwise_weight", depthwise_weight, "pointwise_weight", pointwise_weight)
     mid = depthwise_weight.shape[0]
     if depthwise_weight.shape[1] != 1:
         raise ValueError(f"depthwise_weight: expected shape (C*d, 1, *k), got {tuple(depthwise_weight.shape)}")
@@ -358,6 +364,7 @@ def separable_conv3d(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tens
 def _blueprint(n: int, x, pointwise_weight, depthwise_weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
     _check_tensor("pointwise_weight", pointwise_weight, n + 2)
     _check_tensor("depthwise_weight", depthwise_weight, n + 2)
+    _same_dtype("pointwise_weight", pointwise_weight, "depthwise_weight", depthwise_weight)
     out, rank = depthwise_weight.shape[0], depthwise_weight.shape[1]
     if pointwise_weight.shape[0] != out * rank or any(k != 1 for k in pointwise_weight.shape[2:]):
         raise ValueError(
@@ -467,6 +474,7 @@ def spatially_separable_conv2d(x: Tensor, vertical_weight: Tensor, horizontal_we
     """
     _check_tensor("vertical_weight", vertical_weight, 4)
     _check_tensor("horizontal_weight", horizontal_weight, 4)
+    _same_dtype("vertical_weight", vertical_weight, "horizontal_weight", horizontal_weight)
     if vertical_weight.shape[3] != 1:
         raise ValueError(f"vertical_weight: expected shape (r, C/groups, kh, 1), got {tuple(vertical_weight.shape)}")
     if horizontal_weight.shape[2] != 1:

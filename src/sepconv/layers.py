@@ -66,6 +66,15 @@ NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
+def _factory(bias: object, device: object, dtype: object) -> dict:
+    """Check the constructor's ``bias`` flag and ``dtype``; the ``device``/``dtype`` keywords."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias: expected a bool, got {bias!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected None or a floating-point torch.dtype, got {dtype!r}")
+    return dict(device=device, dtype=dtype)
+
+
 def _lecun_uniform_(weight: Tensor) -> None:
     fan_in = weight.shape[1] * math.prod(weight.shape[2:])
     bound = math.sqrt(3.0 / fan_in)
@@ -201,7 +210,7 @@ class _DepthwiseConvNd(_Padded):
         self.out_channels = in_channels * depth_multiplier
         self.groups = in_channels
         self._init_geometry(n, kernel_size, stride, padding, dilation, padding_mode)
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         self.weight = nn.Parameter(torch.empty(self.out_channels, 1, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -386,7 +395,7 @@ class _SeparableConvNd(_Padded):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.depth_multiplier = check_positive_int("depth_multiplier", depth_multiplier)
         self._init_geometry(n, kernel_size, stride, padding, dilation, padding_mode)
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         mid = in_channels * depth_multiplier
         conv = _CONV[n]
         self.depthwise = conv(in_channels, mid, self.kernel_size, self.stride, self._conv_padding, self.dilation,
@@ -556,7 +565,7 @@ class _BlueprintSeparableConvNd(_Padded):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.rank = check_positive_int("rank", rank)
         self._init_geometry(n, kernel_size, stride, padding, dilation, padding_mode)
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         mid = out_channels * rank
         conv = _CONV[n]
         self.pointwise = conv(in_channels, mid, 1, bias=False, **factory)
@@ -749,7 +758,7 @@ class SpatiallySeparableConv2d(_Padded):
         self._init_geometry(2, kernel_size, stride, padding, dilation, padding_mode)
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         ph, pw = self._conv_padding
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         self.vertical = nn.Conv2d(in_channels, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups, bias=False, **factory)
         self.horizontal = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), groups, bias=bias, **factory)
         self.reset_parameters()
