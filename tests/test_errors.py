@@ -337,3 +337,82 @@ def test_padding_data_and_model_errors(make, exc, msg):
         make()
     assert str(info.value) == msg
 
+
+# --------------------------------------------------------------------------------------------
+# convert: non-finite or malformed data and models are refused before anything is written
+# --------------------------------------------------------------------------------------------
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+
+
+def _poisoned(value, index, shape=(2, 3, 8, 8)):
+    x = torch.randn(shape)
+    x[index] = value
+    return x
+
+
+def _negative_var():
+    net = _net()
+    net[1].running_var[2] = -5.0
+    return net
+
+
+X8 = torch.randn(2, 3, 8, 8)
+CONVERT_CASES = [
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data=_poisoned(NAN, (0, 0, 3, 5))), ValueError,
+     "calibration_data: expected finite values, got nan at index (0, 0, 3, 5)"),
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data=[(X8, 0), (_poisoned(INF, (1, 2, 0, 7)), 1)]), ValueError,
+     "calibration_data: expected finite values, got inf at index (1, 2, 0, 7) in batch 1"),
+    (lambda: sepconv.convert(_net(), rank=1, example_input=_poisoned(-INF, (0, 1, 1, 1), (1, 3, 8, 8))), ValueError,
+     "example_input: expected finite values, got -inf at index (0, 1, 1, 1)"),
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data=X8.long()), ValueError,
+     "calibration_data: the model cannot run batch 0 of shape (2, 3, 8, 8): layer '0' (Conv2d) failed on input of "
+     "shape (2, 3, 8, 8) (model input (2, 3, 8, 8)): Input type (long int) and bias type (float) should be the same"),
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data=[X8, X8[:0]]), ValueError,
+     "calibration_data: expected a non-empty batch, got shape (0, 3, 8, 8) in batch 1"),
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data=3), TypeError,
+     "calibration_data: expected a tensor or an iterable of batches, got int"),
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data="x.pt"), TypeError,
+     "calibration_data: expected a tensor or an iterable of batches, got str"),
+    (lambda: sepconv.convert(_net(), rank=1, calibration_data=torch.randn(2, 5, 8, 8)), ValueError,
+     "calibration_data: the model cannot run batch 0 of shape (2, 5, 8, 8): layer '0' (Conv2d) failed on input of "
+     "shape (2, 5, 8, 8) (model input (2, 5, 8, 8)): Invalid channel dimensions"),
+    (lambda: sepconv.convert(_net(), rank=1, example_input=torch.randn(1, 3, 2, 2)), ValueError,
+     "example_input: the model cannot run an input of shape (1, 3, 2, 2): layer '3' (Conv2d) failed on input of shape "
+     "(1, 8, 2, 2) (model input (1, 3, 2, 2)): Calculated padded input size per channel: (2 x 2). Kernel size: (3 x 3). "
+     "Kernel size can't be greater than actual input size"),
+    (lambda: sepconv.convert(nn.Sequential(nn.Conv2d(3, 8, 3)), rank=1, example_input=torch.randn(3, 8, 8)), ValueError,
+     "example_input: expected a batched input, got shape (3, 8, 8) (layer '0' (Conv2d) received an unbatched input of "
+     "shape (3, 8, 8))"),
+    (lambda: sepconv.convert(_net(), fold_bn="no"), TypeError, "fold_bn: expected a bool, got 'no'"),
+    (lambda: sepconv.convert(_net(), inplace=1), TypeError, "inplace: expected a bool, got 1"),
+    (lambda: sepconv.convert(_negative_var(), rank=1), ValueError,
+     "layer '1': expected a BatchNorm that folds into finite weights (running_var + eps > 0), got non-finite folded "
+     "weights for layer '0'"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", CONVERT_CASES)
+def test_convert_errors(make, exc, msg):
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == msg
+
+
+def test_convert_refuses_a_model_with_non_finite_weights_anywhere():
+    net = _net()
+    with torch.no_grad():
+        net[1].weight[3] = INF  # a BatchNorm's affine weight, folded into conv '0'
+    with pytest.raises(ValueError) as info:
+        sepconv.convert(net, rank=1)
+    assert str(info.value) == "model: expected finite values, got inf at index (3,) of parameter '1.weight'"
+
+
+def test_non_finite_refit_keeps_the_svd_factors_and_says_so(monkeypatch):
+    net = _net()
+    monkeypatch.setattr(torch.linalg, "solve", lambda a, b: torch.full_like(b, NAN))
+    new, report = sepconv.convert(net, method="depthwise", rank=1, calibration_data=X8)
+    assert all(bool(torch.isfinite(p).all()) for p in new.parameters())
+    assert all("the least-squares fit was not finite; kept the SVD factors" in r.note for r in report.layers)
+    assert report.output_error is not None and report.output_error == report.output_error  # not NaN
