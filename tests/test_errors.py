@@ -182,6 +182,12 @@ def _describe(layer):
     return f"{type(layer).__name__}({layer.extra_repr()})"
 
 
+def _nan_conv(conv, index):
+    with torch.no_grad():
+        conv.weight[index] = NAN
+    return conv
+
+
 SEP5 = sepconv.SeparableConv2d(3, 4, 5)
 REFLECT7 = sepconv.BlueprintSeparableConv2d(3, 4, 7, padding=3, padding_mode="reflect")
 CIRCULAR = sepconv.DepthwiseConv1d(2, 5, padding=4, padding_mode="circular")
@@ -239,6 +245,8 @@ LAYER_CASES = [
     (lambda: SF.spatially_separable_conv2d(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 1).half(), torch.randn(4, 2, 1, 3)),
      TypeError, "horizontal_weight: expected the dtype of vertical_weight (torch.float16), got torch.float32"),
     (lambda: sepconv.SeparableConv2d(3, 4, 3, bias="yes"), TypeError, "bias: expected a bool, got 'yes'"),
+    (lambda: sepconv.DepthwiseConv2d.from_dense(_nan_conv(nn.Conv2d(3, 6, 3, groups=3), (5, 0, 1, 2))), ValueError,
+     "conv.weight: expected finite values, got nan at index (5, 0, 1, 2)"),
     (lambda: sepconv.DepthwiseConv1d(3, 3, dtype=torch.int32), TypeError,
      "dtype: expected None or a floating-point torch.dtype, got torch.int32"),
     (lambda: sepconv.SpatiallySeparableConv2d(3, 4, 3, rank=1, dtype="float"), TypeError,

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from . import functional as SF
 from ._computed import computed_weight
-from ._checks import call_factory, check_divisible, check_padding_mode, check_positive_int, to_tuple
+from ._checks import call_factory, check_divisible, check_finite, check_padding_mode, check_positive_int, to_tuple
 from .decompose import (
     blueprint_separable,
     compose_blueprint_separable,
@@ -245,6 +245,9 @@ class _DepthwiseConvNd(_Padded):
         if isinstance(conv, _CONV[n]) and conv.groups != conv.in_channels:
             raise ValueError(f"conv: expected groups == in_channels ({conv.in_channels}) for a depthwise conv, got groups={conv.groups}")
         opts = _dense_options(conv, n, groups_ok=True)
+        check_finite("conv.weight", conv.weight)
+        if conv.bias is not None:
+            check_finite("conv.bias", conv.bias)
         layer = cls(conv.in_channels, conv.kernel_size, conv.out_channels // conv.in_channels, **opts)
         with torch.no_grad():
             layer.weight.copy_(conv.weight)
