@@ -233,7 +233,7 @@ def test_nan_weights_name_the_layer():
     net = _net()
     with torch.no_grad():
         net[2].weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="layer '2': expected finite weights, got NaN or Inf"):
+    with pytest.raises(ValueError, match=r"model: expected finite values, got nan at index \(0, 0, 0, 0\) of parameter '2.weight'"):
         convert(net, budget=0.5, example_input=X)
 
 

@@ -6,8 +6,14 @@ what was expected and what was got, e.g. ``kernel_size: expected 2 positive ints
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PADDING_STRINGS = ("valid", "same")
@@ -59,3 +65,61 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
     """Raise if ``value`` is not a multiple of ``divisor``."""
     if value % divisor != 0:
         raise ValueError(f"{name}: expected a multiple of {divisor_name}={divisor}, got {value}")
+
+
+def check_tensor(name: str, value: object) -> "torch.Tensor":
+    """Return ``value`` if it is a ``torch.Tensor``, else raise ``TypeError``."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_finite(name: str, tensor: "torch.Tensor", where: str = "") -> "torch.Tensor":
+    """Raise ``ValueError`` naming the first non-finite entry of a floating tensor and its index.
+
+    Example message: ``calibration_data: expected finite values, got nan at index (0, 0, 3, 5)``
+    (``where``, e.g. ``' in batch 2'``, is appended).
+    """
+    import torch
+
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = ~torch.isfinite(tensor.detach())
+        if bool(bad.any()):
+            index = tuple(int(i) for i in bad.nonzero()[0])
+            value = tensor.detach()[index].item()
+            raise ValueError(f"{name}: expected finite values, got {value} at index {index}{where}")
+    return tensor
+
+
+def check_real(name: str, value: object, *, minimum: float = 0.0) -> float:
+    """Return ``value`` as a float if it is a finite real number >= ``minimum``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number >= {minimum:g}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name}: expected a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def call_factory(name: str, factory: object, *args: object, wants: str) -> "nn.Module":
+    """Call a user's module factory (``norm_layer``, ``act_layer``) and check it made a module.
+
+    Args:
+        name: the argument name used in error messages.
+        factory: a class or function returning an ``nn.Module`` (``nn.ReLU``, not ``nn.ReLU()``).
+        args: what the factory is called with (e.g. the channel count).
+        wants: a description of the expected callable, e.g. ``'a callable taking the channel count'``.
+    """
+    from torch import nn
+
+    if isinstance(factory, nn.Module):
+        kind = type(factory).__name__
+        raise TypeError(f"{name}: expected {wants} (a class such as nn.{kind}, not an instance), "
+                        f"got the module instance {kind}()")
+    if not callable(factory):
+        raise TypeError(f"{name}: expected {wants}, got {factory!r}")
+    module = factory(*args)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{name}: expected a callable returning an nn.Module, got one returning {type(module).__name__}")
+    return module

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cost as C
+from ._checks import check_finite
 from .decompose import best_approximations
 from .layers import (
     BlueprintSeparableConv1d,
@@ -358,19 +359,42 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
+def _check_input(name: str, x: Tensor, where: str = "") -> Tensor:
+    """A model input for conversion: a non-empty batch of finite values (any dtype the model takes)."""
+    if x.dim() == 0 or 0 in x.shape:
+        raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}{where}")
+    return check_finite(name, x, where)
+
+
 def _batches(data) -> list[Tensor]:
     """A tensor (one batch) or an iterable of batches / (input, target) pairs -> list of inputs."""
     if isinstance(data, Tensor):
-        return [data]
+        return [_check_input("calibration_data", data)]
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(f"calibration_data: expected a tensor or an iterable of batches, got {type(data).__name__}")
     out = []
-    for b in data:
-        x = b[0] if isinstance(b, (list, tuple)) else b
+    for i, b in enumerate(data):
+        x = b[0] if isinstance(b, (list, tuple)) and b else b
         if not isinstance(x, Tensor):
             raise TypeError(f"calibration_data: expected tensors or (input, target) batches, got {type(x).__name__}")
-        out.append(x)
+        out.append(_check_input("calibration_data", x, f" in batch {i}"))
     if not out:
         raise ValueError("calibration_data: expected at least one batch, got none")
     return out
+
+
+def _check_runs(model: nn.Module, name: str, inputs: list[Tensor]) -> None:
+    """Shape-check the model on every distinct input shape (on the meta device), naming the argument."""
+    seen = set()
+    for i, x in enumerate(inputs):
+        if tuple(x.shape[1:]) in seen:
+            continue
+        seen.add(tuple(x.shape[1:]))
+        try:
+            C.profile(model, tuple(x.shape), dtype=x.dtype)
+        except ValueError as exc:
+            what = f"batch {i} of shape {tuple(x.shape)}" if name == "calibration_data" else f"an input of shape {tuple(x.shape)}"
+            raise ValueError(f"{name}: the model cannot run {what}: {str(exc).removeprefix('profile: ')}") from exc
 
 
 def _capture_inputs(model: nn.Module, names: list[str], batches: list[Tensor]) -> dict[str, list[Tensor]]:
@@ -382,8 +406,12 @@ def _capture_inputs(model: nn.Module, names: list[str], batches: list[Tensor]) -
     model.eval()
     try:
         with torch.no_grad():
-            for x in batches:
-                model(x)
+            for i, x in enumerate(batches):
+                try:
+                    model(x)
+                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                    raise ValueError(f"calibration_data: the model failed on batch {i} of shape {tuple(x.shape)}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
     finally:
         for h in handles:
             h.remove()
@@ -422,8 +450,10 @@ def _chunks(x: Tensor, conv, *others: Tensor, rows: int = 8192):
         yield (x[i:i + step], *[o[i:i + step] for o in others])
 
 
-def _refit_last(child: nn.Module, inputs: list[Tensor], targets: list[Tensor]) -> None:
-    """Closed-form least squares for the last factor (a conv) so that child(inputs) ~ targets."""
+def _refit_last(child: nn.Module, inputs: list[Tensor], targets: list[Tensor]) -> bool:
+    """Closed-form least squares for the last factor (a conv) so that child(inputs) ~ targets.
+
+    Returns False, leaving ``child`` unchanged, if the solution is not finite."""
     g = child.groups
     per_in = child.in_channels // g
     per_out = child.out_channels // g
@@ -447,11 +477,16 @@ def _refit_last(child: nn.Module, inputs: list[Tensor], targets: list[Tensor]) -
     ridge = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
     sol = torch.linalg.solve(gram + ridge[:, None, None] * eye, cross)  # (g, features, per_out)
-    if child.bias is not None:
-        bias, sol = sol[:, -1, :], sol[:, :-1, :]
-        child.bias.data.copy_(bias.reshape(-1).to(child.bias.dtype))
-    w = sol.permute(0, 2, 1).reshape(child.out_channels, per_in, *child.kernel_size)
-    child.weight.data.copy_(w.to(child.weight.dtype))
+    bias = sol[:, -1, :].reshape(-1) if child.bias is not None else None
+    w = (sol[:, :-1, :] if child.bias is not None else sol).permute(0, 2, 1)
+    w = w.reshape(child.out_channels, per_in, *child.kernel_size).to(child.weight.dtype)
+    bias = None if bias is None else bias.to(child.bias.dtype)
+    if not bool(torch.isfinite(w).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+        return False  # keep the SVD factor: never write non-finite weights (also after the cast)
+    child.weight.data.copy_(w)
+    if bias is not None:
+        child.bias.data.copy_(bias)
+    return True
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -548,9 +583,19 @@ def convert(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     _check_args(method, budget, rank, tolerance, allocation)
+    for flag, value in (("fold_bn", fold_bn), ("inplace", inplace)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag}: expected a bool, got {value!r}")
+    for pname, p in model.named_parameters():
+        check_finite("model", p, f" of parameter '{pname}'")
     batches = _batches(calibration_data) if calibration_data is not None else None
-    if example_input is not None and not isinstance(example_input, Tensor):
-        raise TypeError(f"example_input: expected a torch.Tensor, got {type(example_input).__name__}")
+    if example_input is not None:
+        if not isinstance(example_input, Tensor):
+            raise TypeError(f"example_input: expected a torch.Tensor, got {type(example_input).__name__}")
+        _check_input("example_input", example_input)
+        _check_runs(model, "example_input", [example_input])
+    if batches is not None:
+        _check_runs(model, "calibration_data", batches)
     probe = example_input if example_input is not None else (batches[0][:1] if batches else None)
 
     if budget is not None and probe is None:
@@ -582,18 +627,23 @@ def convert(
         if not structures:
             report.skipped.append((name, why))
             continue
-        if not bool(torch.isfinite(m.weight).all()) or (m.bias is not None and not bool(torch.isfinite(m.bias).all())):
-            raise ValueError(f"layer '{name}': expected finite weights, got NaN or Inf")
         bn_name = pairs.get(name)
         if bn_name is not None:
             bn = target.get_submodule(bn_name)
             if not all(bool(torch.isfinite(t).all()) for t in (bn.running_mean, bn.running_var)):
                 raise ValueError(f"layer '{bn_name}': expected finite BatchNorm statistics, got NaN or Inf")
             w, b = fold_batchnorm(m, bn)
+            if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(b).all())):
+                raise ValueError(f"layer '{bn_name}': expected a BatchNorm that folds into finite weights "
+                                 f"(running_var + eps > 0), got non-finite folded weights for layer '{name}'")
         else:
             w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
         if name in rows:
             in_shape, dense_macs = rows[name].input_shape, rows[name].macs
+            if len(in_shape) != m.weight.dim():
+                arg = "example_input" if example_input is not None else "calibration_data"
+                raise ValueError(f"{arg}: expected a batched input, got shape {tuple(probe.shape)} (layer '{name}' "
+                                 f"({type(m).__name__}) received an unbatched input of shape {tuple(in_shape)})")
         else:
             in_shape, dense_macs = _nominal_shape(m)
         layers.append(_Layer(name, m, w, b, tuple(in_shape), dense_macs, [], bn_name))
@@ -681,6 +731,7 @@ def convert(
             new_layers[l.name] = new
 
     # data-aware refinement of each converted layer's last factor, layer by layer, in order
+    unrefit: set[str] = set()
     if batches is not None:
         for l in layers:
             new = new_layers[l.name]
@@ -691,7 +742,8 @@ def convert(
             child = target.get_submodule(child_name)
             zs = _capture_inputs(target, [child_name], batches)[child_name]
             with torch.no_grad():
-                _refit_last(child, zs, ys)
+                if not _refit_last(child, zs, ys):
+                    unrefit.add(l.name)
 
     # the report
     for l in layers:
@@ -707,6 +759,8 @@ def convert(
             notes.append("allocated by weight error (input covariance not estimated for 3-D or C*K > 4096)")
         if batches is not None and c.structure != "dense" and l.weight.dim() > 4:
             notes.append("not refit on calibration data (3-D)")
+        if l.name in unrefit:
+            notes.append("not refit on calibration data: the least-squares fit was not finite; kept the SVD factors")
         note = "; ".join(notes)
         report.layers.append(LayerConversion(l.name, c.structure, c.rank, l.dense_macs, c.macs, c.weight_error, out_err, note))
     if probe is not None:

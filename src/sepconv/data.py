@@ -35,6 +35,10 @@ class DigitsDataset(Dataset):
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r} ({type(seed).__name__})")
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+            raise TypeError(f"test_fraction: expected a fraction in (0, 1), got {test_fraction!r} ({type(test_fraction).__name__})")
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction: expected a fraction in (0, 1), got {test_fraction!r}")
         try:

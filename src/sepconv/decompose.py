@@ -7,10 +7,13 @@ structure: the dense kernel whose convolution equals the two-factor convolution.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ._checks import check_finite, check_real
 
 __all__ = [
     "depthwise_separable",
@@ -27,6 +30,16 @@ __all__ = [
 ]
 
 
+def _factor(name: str, weight: object, dims: tuple = (3, 4, 5)) -> Tensor:
+    """Check a factor given to a ``compose_*`` function: a tensor with 1-3 spatial dims, no empty dim."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() not in dims or 0 in weight.shape:
+        raise ValueError(f"{name}: expected a non-empty conv weight with {' or '.join(str(d) for d in dims)} dims, "
+                         f"got shape {tuple(weight.shape)}")
+    return weight
+
+
 def compose_depthwise_separable(depthwise_weight: Tensor, pointwise_weight: Tensor, depth_multiplier: int = 1) -> Tensor:
     """Dense kernel of depthwise ``(C*d, 1, *k)`` then pointwise ``(N, C*d, *1)``.
 
@@ -40,8 +53,16 @@ def compose_depthwise_separable(depthwise_weight: Tensor, pointwise_weight: Tens
         >>> compose_depthwise_separable(torch.randn(6, 1, 3, 3), torch.randn(4, 6, 1, 1), 2).shape
         torch.Size([4, 3, 3, 3])
     """
-    d = depth_multiplier
+    d = _check_rank("depth_multiplier", depth_multiplier)
+    _factor("depthwise_weight", depthwise_weight)
+    _factor("pointwise_weight", pointwise_weight)
     mid, n_out = depthwise_weight.shape[0], pointwise_weight.shape[0]
+    if depthwise_weight.shape[1] != 1 or mid % d:
+        raise ValueError(f"depthwise_weight: expected shape (C*d, 1, *k) with d={d}, got {tuple(depthwise_weight.shape)}")
+    n = depthwise_weight.dim() - 2
+    if pointwise_weight.dim() != n + 2 or tuple(pointwise_weight.shape[1:]) != (mid, *[1] * n):
+        raise ValueError(f"pointwise_weight: expected shape (N, {mid}{', 1' * n}) for depthwise_weight "
+                         f"{tuple(depthwise_weight.shape)}, got {tuple(pointwise_weight.shape)}")
     c = mid // d
     pw = pointwise_weight.reshape(n_out, c, d)
     dw = depthwise_weight.reshape(c, d, -1)
@@ -60,8 +81,14 @@ def compose_blueprint_separable(pointwise_weight: Tensor, depthwise_weight: Tens
         >>> compose_blueprint_separable(torch.randn(8, 3, 1, 1), torch.randn(4, 2, 5, 5)).shape
         torch.Size([4, 3, 5, 5])
     """
+    _factor("pointwise_weight", pointwise_weight)
+    _factor("depthwise_weight", depthwise_weight)
     n_out, r = depthwise_weight.shape[:2]
     c = pointwise_weight.shape[1]
+    n = depthwise_weight.dim() - 2
+    if pointwise_weight.dim() != n + 2 or tuple(pointwise_weight.shape) != (n_out * r, c, *[1] * n):
+        raise ValueError(f"pointwise_weight: expected shape ({n_out * r}, C{', 1' * n}) for depthwise_weight "
+                         f"{tuple(depthwise_weight.shape)}, got {tuple(pointwise_weight.shape)}")
     pw = pointwise_weight.reshape(n_out, r, c)
     dw = depthwise_weight.reshape(n_out, r, -1)
     return torch.einsum("njc,njk->nck", pw, dw).reshape(n_out, c, *depthwise_weight.shape[2:])
@@ -79,9 +106,17 @@ def compose_spatially_separable(vertical_weight: Tensor, horizontal_weight: Tens
         >>> compose_spatially_separable(torch.randn(2, 3, 3, 1), torch.randn(4, 2, 1, 3)).shape
         torch.Size([4, 3, 3, 3])
     """
-    g = groups
+    g = _check_rank("groups", groups)
+    _factor("vertical_weight", vertical_weight, dims=(4,))
+    _factor("horizontal_weight", horizontal_weight, dims=(4,))
     r, cg, kh = vertical_weight.shape[:3]
     n_out, _, _, kw = horizontal_weight.shape
+    if vertical_weight.shape[3] != 1 or r % g:
+        raise ValueError(f"vertical_weight: expected shape (r, C/groups, kh, 1) with r a multiple of groups={g}, "
+                         f"got {tuple(vertical_weight.shape)}")
+    if horizontal_weight.shape[2] != 1 or n_out % g or horizontal_weight.shape[1] != r // g:
+        raise ValueError(f"horizontal_weight: expected shape (N, {r // g}, 1, kw) with N a multiple of groups={g}, "
+                         f"got {tuple(horizontal_weight.shape)}")
     v = vertical_weight.reshape(g, r // g, cg, kh)
     h = horizontal_weight.reshape(g, n_out // g, r // g, kw)
     return torch.einsum("goqx,gqiy->goiyx", h, v).reshape(n_out, cg, kh, kw)
@@ -100,9 +135,18 @@ def _check_weight(weight: Tensor, name: str = "weight", dims: tuple = (3, 4, 5))
         raise ValueError(f"{name}: expected a conv weight with {' or '.join(str(d) for d in dims)} dims (N, C, *k), got shape {tuple(weight.shape)}")
     if not weight.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got {weight.dtype}")
-    if not bool(torch.isfinite(weight).all()):
-        raise ValueError(f"{name}: expected finite values, got NaN or Inf")
-    return weight
+    if 0 in weight.shape:
+        raise ValueError(f"{name}: expected a non-empty conv weight, got shape {tuple(weight.shape)}")
+    return check_finite(name, weight)
+
+
+def _finite_factors(*factors: Tensor) -> tuple:
+    """Refuse factors that are not finite after the cast back to the weight's dtype (overflow)."""
+    for f in factors:
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(f"weight: expected factors representable in {f.dtype}, got non-finite values after "
+                             f"the cast (overflow); pass weight.double() and cast the factors yourself")
+    return factors
 
 
 def _check_rank(name: str, rank: int) -> int:
@@ -214,7 +258,7 @@ def depthwise_separable(weight: Tensor, depth_multiplier: int = 1) -> tuple[Tens
     a, b = _truncate(u, s, vh, d)  # a: (C, N, d), b: (C, d, K)
     dw = b.reshape(c * d, 1, *k)
     pw = a.permute(1, 0, 2).reshape(n, c * d, *[1] * len(k))
-    return dw.to(weight.dtype), pw.to(weight.dtype), _rel_error(s, d)
+    return (*_finite_factors(dw.to(weight.dtype), pw.to(weight.dtype)), _rel_error(s, d))
 
 
 def blueprint_separable(weight: Tensor, rank: int = 1) -> tuple[Tensor, Tensor, float]:
@@ -242,7 +286,7 @@ def blueprint_separable(weight: Tensor, rank: int = 1) -> tuple[Tensor, Tensor, 
     a, b = _truncate(u, s, vh, r)  # a: (N, C, r), b: (N, r, K)
     pw = a.transpose(1, 2).reshape(n * r, c, *[1] * len(k))
     dw = b.reshape(n, r, *k)
-    return pw.to(weight.dtype), dw.to(weight.dtype), _rel_error(s, r)
+    return (*_finite_factors(pw.to(weight.dtype), dw.to(weight.dtype)), _rel_error(s, r))
 
 
 def _spatial_matrix(weight: Tensor, groups: int) -> Tensor:
@@ -280,6 +324,7 @@ def spatially_separable(weight: Tensor, rank: int = 1, groups: int = 1) -> tuple
     """
     weight = _check_weight(weight, dims=(4,))
     r = _check_rank("rank", rank)
+    groups = _check_rank("groups", groups)
     if r % groups:
         raise ValueError(f"rank: expected a multiple of groups={groups}, got {r}")
     n, cg, kh, kw = weight.shape
@@ -288,18 +333,34 @@ def spatially_separable(weight: Tensor, rank: int = 1, groups: int = 1) -> tuple
     a, b = _truncate(u, s, vh, rg)  # a: (g, cg*kh, rg), b: (g, rg, ng*kw)
     v = a.reshape(groups, cg, kh, rg).permute(0, 3, 1, 2).reshape(r, cg, kh, 1)
     h = b.reshape(groups, rg, n // groups, kw).permute(0, 2, 1, 3).reshape(n, rg, 1, kw)
-    return v.to(weight.dtype), h.to(weight.dtype), _rel_error(s, rg)
+    return (*_finite_factors(v.to(weight.dtype), h.to(weight.dtype)), _rel_error(s, rg))
+
+
+def _check_kernel(kernel: object) -> Tensor:
+    """A non-empty, finite 2-D kernel of real numbers."""
+    if not isinstance(kernel, Tensor):
+        raise TypeError(f"kernel: expected a torch.Tensor, got {type(kernel).__name__}")
+    if kernel.dim() != 2:
+        raise ValueError(f"kernel: expected a 2-D tensor (kh, kw), got shape {tuple(kernel.shape)}")
+    if 0 in kernel.shape:
+        raise ValueError(f"kernel: expected a non-empty 2-D tensor (kh, kw), got shape {tuple(kernel.shape)}")
+    if kernel.is_complex() or kernel.dtype == torch.bool:
+        raise TypeError(f"kernel: expected real numbers, got {kernel.dtype}")
+    return check_finite("kernel", kernel)
 
 
 def kernel_rank(kernel: Tensor, rtol: float = 1e-6) -> int:
     """Numerical rank of a 2-D kernel: singular values above ``rtol * largest``.
 
+    Raises:
+        ValueError: for a kernel that is not a non-empty, finite 2-D tensor, or a negative ``rtol``.
+
     Example:
         >>> kernel_rank(torch.tensor([[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]]))
         1
     """
-    if not isinstance(kernel, Tensor) or kernel.dim() != 2:
-        raise ValueError(f"kernel: expected a 2-D tensor (kh, kw), got {getattr(kernel, 'shape', type(kernel).__name__)}")
+    _check_kernel(kernel)
+    rtol = check_real("rtol", rtol)
     s = torch.linalg.svdvals(kernel.double())
     if s.numel() == 0 or float(s[0]) == 0.0:
         return 0
@@ -314,7 +375,12 @@ def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor
     ``[1, 2, 1]`` and ``[-1, 0, 1]`` up to sign conventions).
 
     Returns:
-        ``(column (kh,), row (kw,))`` with ``outer(column, row) == kernel`` to rounding.
+        ``(column (kh,), row (kw,))`` with ``outer(column, row) == kernel`` to rounding, in the
+        kernel's dtype (the default float dtype for an integer kernel, whose factors need not be
+        integers).
+
+    Raises:
+        ValueError: for a kernel that is not a non-empty, finite 2-D tensor, or a negative ``rtol``.
 
     Example:
         >>> col, row = separate_kernel(torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]))
@@ -331,7 +397,8 @@ def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor
     scale = row[nz].abs().min()
     sign = torch.sign(row[nz][-1])  # the last non-zero entry positive: [-1, 0, 1], not [1, 0, -1]
     row, col = row / (scale * sign), col * (scale * sign)
-    return col.to(kernel.dtype), row.to(kernel.dtype)
+    dtype = kernel.dtype if kernel.is_floating_point() else torch.get_default_dtype()
+    return col.to(dtype), row.to(dtype)
 
 
 def best_approximations(weight: Tensor, structure: str, ranks, groups: int = 1) -> dict:
@@ -365,10 +432,17 @@ def best_approximations(weight: Tensor, structure: str, ranks, groups: int = 1) 
         back = lambda a: a.reshape(groups, c, kh, n // groups, kw).permute(0, 3, 1, 2, 4).reshape(weight.shape)  # noqa: E731
     else:
         raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
+    if isinstance(ranks, (str, Tensor)) or not isinstance(ranks, Iterable):
+        raise TypeError(f"ranks: expected an iterable of positive ints, got {ranks!r}")
+    ranks = [_check_rank("rank", r) for r in ranks]
+    per = groups if structure == "spatial" else 1
+    for r in ranks:
+        if r % per:
+            raise ValueError(f"rank: expected a multiple of groups={per}, got {r}")
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     out = {}
     for r in ranks:
-        r_slice = _check_rank("rank", r) // (groups if structure == "spatial" else 1)
+        r_slice = r // per
         q = min(r_slice, s.shape[-1])
         approx = (u[..., :q] * s[..., None, :q]) @ vh[..., :q, :]
         out[r] = (back(approx), _rel_error(s, q))

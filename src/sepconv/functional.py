@@ -20,7 +20,7 @@ op                                 weights
 """
 
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -116,12 +116,63 @@ def input_fpad(x: Tensor, static_fpad: List[int], dynamic: bool, kernel: List[in
 # --------------------------------------------------------------------------------------------
 # Argument preparation for the public functions (plain Python, not scripted).
 # --------------------------------------------------------------------------------------------
+Describe = Union[str, Callable[[], str]]
+
+
+def check_call(x: object, kind: Describe, n: int, channels: int, dtype: torch.dtype) -> Tensor:
+    """Eager checks of an op's or a layer's input: a tensor of the right rank, channels and dtype.
+
+    ``kind`` names the op or layer in messages (a callable is only called to raise). Under
+    autocast the dtype is left to autocast.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+    check_input(x, n, channels)
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"input: expected dtype {dtype} (the weights' dtype of {kind if isinstance(kind, str) else kind()}), "
+                        f"got {x.dtype} (shape {list(x.shape)})")
+    return x
+
+
+def check_fit(x: Tensor, kind: Describe, kernel: List[int], dilation: List[int],
+              fpad: Union[List[int], Callable[[Tensor], List[int]]], padding_mode: str) -> None:
+    """Raise ``ValueError`` unless the (dilated) kernel fits ``x`` padded by ``fpad`` (F.pad order,
+    or a function of ``x`` giving them, for ``'same'`` with a stride), and the pads are ones
+    ``padding_mode`` can make from ``x`` ('reflect' needs pads < size, 'circular' pads <= size)."""
+    n = len(kernel)
+    sizes = list(x.shape[-n:])  # no int(): symbolic sizes stay symbolic under torch.export
+    if callable(fpad):  # input-dependent 'same' pads: any non-empty input fits the kernel
+        fpad = fpad(x) if all(size > 0 for size in sizes) else [0] * (2 * n)
+        kernel = [1] * n if min(sizes) < 1 else kernel
+    need = []
+    for i in range(n):
+        before, after = fpad[2 * (n - 1 - i)], fpad[2 * (n - 1 - i) + 1]
+        m = max(1, (kernel[i] - 1) * dilation[i] + 1 - before - after)
+        if padding_mode == "reflect" and (before or after):
+            m = max(m, before + 1, after + 1)
+        elif padding_mode == "circular":
+            m = max(m, before, after)
+        need.append(m)
+    if any(size < m for size, m in zip(sizes, need)):
+        why = {"reflect": "; 'reflect' pads must be smaller than the input",
+               "circular": "; 'circular' pads must not exceed the input"}.get(padding_mode, "")
+        raise ValueError(f"input: expected a spatial size >= {tuple(need)} for {kind if isinstance(kind, str) else kind()} "
+                         f"(the kernel must fit the padded input{why}), got {tuple(sizes)} (shape {list(x.shape)})")
+
+
 def _check_tensor(name: str, t: object, dim: int) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dim() != dim:
         raise ValueError(f"{name}: expected a {dim}-D tensor, got {t.dim()}-D of shape {tuple(t.shape)}")
+    if 0 in t.shape:
+        raise ValueError(f"{name}: expected a tensor without empty dims, got shape {tuple(t.shape)}")
     return t
+
+
+def _same_dtype(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(f"{b_name}: expected the dtype of {a_name} ({a.dtype}), got {b.dtype}")
 
 
 def _check_bias(bias: Optional[Tensor], channels: int) -> None:
@@ -147,11 +198,12 @@ def _geometry(
     return list(stride_t), fpad, list(dilation_t)
 
 
-def _check_x(x: object, n: int, channels: int) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
-    check_input(x, n, channels)
-    return x
+def _channels(x: object, n: int) -> int:
+    """The channel count of a checked input (-1 if ``x`` is not even a tensor of enough dims)."""
+    c = x.shape[-n - 1] if isinstance(x, Tensor) and x.dim() >= n + 1 else -1
+    if c == 0:
+        raise ValueError(f"input: expected at least 1 channel at dim {-n - 1}, got 0 (shape {list(x.shape)})")
+    return c
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,13 +213,15 @@ def _depthwise(n: int, x, weight, bias, stride, padding, dilation, padding_mode)
     _check_tensor("weight", weight, n + 2)
     if weight.shape[1] != 1:
         raise ValueError(f"weight: expected shape (C*d, 1, *k) for a depthwise conv, got {tuple(weight.shape)}")
-    c = x.shape[-n - 1] if isinstance(x, Tensor) and x.dim() >= n + 1 else -1
-    _check_x(x, n, c)
+    kind = f"depthwise_conv{n}d"
+    c = _channels(x, n)
+    check_call(x, kind, n, c, weight.dtype)
     if weight.shape[0] % c != 0:
         raise ValueError(f"weight: expected a multiple of the {c} input channels in dim 0, got {weight.shape[0]}")
     _check_bias(bias, weight.shape[0])
     kernel = tuple(weight.shape[2:])
     s, fpad, d = _geometry(x, n, kernel, stride, padding, dilation, padding_mode)
+    check_fit(x, kind, list(kernel), d, fpad, padding_mode)
     return conv_nd(x, weight, bias, s, fpad, d, c, padding_mode)
 
 
@@ -228,6 +282,7 @@ def depthwise_conv3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
 def _separable(n: int, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
     _check_tensor("depthwise_weight", depthwise_weight, n + 2)
     _check_tensor("pointwise_weight", pointwise_weight, n + 2)
+    _same_dtype("depthwise_weight", depthwise_weight, "pointwise_weight", pointwise_weight)
     mid = depthwise_weight.shape[0]
     if depthwise_weight.shape[1] != 1:
         raise ValueError(f"depthwise_weight: expected shape (C*d, 1, *k), got {tuple(depthwise_weight.shape)}")
@@ -235,13 +290,15 @@ def _separable(n: int, x, depthwise_weight, pointwise_weight, bias, stride, padd
         raise ValueError(
             f"pointwise_weight: expected shape (N, {mid}{', 1' * n}), got {tuple(pointwise_weight.shape)}"
         )
-    c = x.shape[-n - 1] if isinstance(x, Tensor) and x.dim() >= n + 1 else -1
-    _check_x(x, n, c)
+    kind = f"separable_conv{n}d"
+    c = _channels(x, n)
+    check_call(x, kind, n, c, depthwise_weight.dtype)
     if mid % c != 0:
         raise ValueError(f"depthwise_weight: expected a multiple of the {c} input channels in dim 0, got {mid}")
     _check_bias(bias, pointwise_weight.shape[0])
     kernel = tuple(depthwise_weight.shape[2:])
     s, fpad, d = _geometry(x, n, kernel, stride, padding, dilation, padding_mode)
+    check_fit(x, kind, list(kernel), d, fpad, padding_mode)
     y = conv_nd(x, depthwise_weight, None, s, fpad, d, c, padding_mode)
     ones = [1] * n
     return conv_nd(y, pointwise_weight, bias, ones, [0] * (2 * n), ones, 1, "zeros")
@@ -307,16 +364,19 @@ def separable_conv3d(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tens
 def _blueprint(n: int, x, pointwise_weight, depthwise_weight, bias, stride, padding, dilation, padding_mode) -> Tensor:
     _check_tensor("pointwise_weight", pointwise_weight, n + 2)
     _check_tensor("depthwise_weight", depthwise_weight, n + 2)
+    _same_dtype("pointwise_weight", pointwise_weight, "depthwise_weight", depthwise_weight)
     out, rank = depthwise_weight.shape[0], depthwise_weight.shape[1]
     if pointwise_weight.shape[0] != out * rank or any(k != 1 for k in pointwise_weight.shape[2:]):
         raise ValueError(
             f"pointwise_weight: expected shape ({out * rank}, C{', 1' * n}) for depthwise_weight "
             f"{tuple(depthwise_weight.shape)}, got {tuple(pointwise_weight.shape)}"
         )
-    _check_x(x, n, pointwise_weight.shape[1])
+    kind = f"blueprint_separable_conv{n}d"
+    check_call(x, kind, n, pointwise_weight.shape[1], pointwise_weight.dtype)
     _check_bias(bias, out)
     kernel = tuple(depthwise_weight.shape[2:])
     s, fpad, d = _geometry(x, n, kernel, stride, padding, dilation, padding_mode)
+    check_fit(x, kind, list(kernel), d, fpad, padding_mode)
     ones = [1] * n
     # A 1x1 conv commutes with every padding mode, so padding its (smaller or equal) output is exact.
     y = conv_nd(x, pointwise_weight, None, ones, [0] * (2 * n), ones, 1, "zeros")
@@ -414,6 +474,7 @@ def spatially_separable_conv2d(x: Tensor, vertical_weight: Tensor, horizontal_we
     """
     _check_tensor("vertical_weight", vertical_weight, 4)
     _check_tensor("horizontal_weight", horizontal_weight, 4)
+    _same_dtype("vertical_weight", vertical_weight, "horizontal_weight", horizontal_weight)
     if vertical_weight.shape[3] != 1:
         raise ValueError(f"vertical_weight: expected shape (r, C/groups, kh, 1), got {tuple(vertical_weight.shape)}")
     if horizontal_weight.shape[2] != 1:
@@ -427,10 +488,11 @@ def spatially_separable_conv2d(x: Tensor, vertical_weight: Tensor, horizontal_we
         raise ValueError(
             f"horizontal_weight: expected {rank // groups} channels in dim 1 (rank/groups), got {horizontal_weight.shape[1]}"
         )
-    _check_x(x, 2, vertical_weight.shape[1] * groups)
+    check_call(x, "spatially_separable_conv2d", 2, vertical_weight.shape[1] * groups, vertical_weight.dtype)
     _check_bias(bias, horizontal_weight.shape[0])
     kernel = (vertical_weight.shape[2], horizontal_weight.shape[3])
     s, fpad, d = _geometry(x, 2, kernel, stride, padding, dilation, padding_mode)
+    check_fit(x, "spatially_separable_conv2d", list(kernel), d, fpad, padding_mode)
     vs, vp, vd, hs, hp, hd = spatial_geometry(s, fpad, d)
     y = conv_nd(x, vertical_weight, None, vs, vp, vd, groups, padding_mode)
     return conv_nd(y, horizontal_weight, bias, hs, hp, hd, groups, padding_mode)

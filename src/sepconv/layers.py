@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as SF
-from ._checks import check_divisible, check_padding_mode, check_positive_int, to_tuple
+from ._computed import computed_weight
+from ._checks import call_factory, check_divisible, check_finite, check_padding_mode, check_positive_int, to_tuple
 from .decompose import (
     blueprint_separable,
     compose_blueprint_separable,
@@ -63,6 +64,15 @@ _PAD_MODULES = {
 
 NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
+
+
+def _factory(bias: object, device: object, dtype: object) -> dict:
+    """Check the constructor's ``bias`` flag and ``dtype``; the ``device``/``dtype`` keywords."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias: expected a bool, got {bias!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected None or a floating-point torch.dtype, got {dtype!r}")
+    return dict(device=device, dtype=dtype)
 
 
 def _lecun_uniform_(weight: Tensor) -> None:
@@ -152,6 +162,18 @@ class _Padded(nn.Module):
         self._explicit = self._dynamic or not (padding_mode == "zeros" and is_symmetric(pads))
         self._conv_padding = (0,) * n if self._explicit else tuple(b for b, _ in pads)
 
+    @torch.jit.unused
+    def _check_call(self, x: Tensor, dtype: torch.dtype) -> None:
+        """Eager-only checks naming the layer: input type, rank, channels, dtype and that the kernel
+        fits the padded input (instead of PyTorch's messages from deep inside the factors)."""
+        if torch.compiler.is_compiling():  # torch.compile / torch.export: only the shape check
+            SF.check_input(x, self._n, self.in_channels)
+            return
+        describe = lambda: f"{type(self).__name__}({self.extra_repr()})"  # noqa: E731
+        SF.check_call(x, describe, self._n, self.in_channels, dtype)
+        SF.check_fit(x, describe, self._kernel, self._dilation, self._input_fpad if self._dynamic else self._fpad,
+                     self.padding_mode)
+
     def _input_fpad(self, x: Tensor) -> List[int]:
         return SF.input_fpad(x, self._fpad, self._dynamic, self._kernel, self._stride, self._dilation)
 
@@ -188,7 +210,7 @@ class _DepthwiseConvNd(_Padded):
         self.out_channels = in_channels * depth_multiplier
         self.groups = in_channels
         self._init_geometry(n, kernel_size, stride, padding, dilation, padding_mode)
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         self.weight = nn.Parameter(torch.empty(self.out_channels, 1, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -200,7 +222,10 @@ class _DepthwiseConvNd(_Padded):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        SF.check_input(x, self._n, self.in_channels)
+        if torch.jit.is_scripting():
+            SF.check_input(x, self._n, self.in_channels)
+        else:
+            self._check_call(x, self.weight.dtype)
         return SF.conv_nd(x, self.weight, self.bias, self._stride, self._input_fpad(x), self._dilation,
                           self.groups, self.padding_mode)
 
@@ -220,6 +245,9 @@ class _DepthwiseConvNd(_Padded):
         if isinstance(conv, _CONV[n]) and conv.groups != conv.in_channels:
             raise ValueError(f"conv: expected groups == in_channels ({conv.in_channels}) for a depthwise conv, got groups={conv.groups}")
         opts = _dense_options(conv, n, groups_ok=True)
+        check_finite("conv.weight", conv.weight)
+        if conv.bias is not None:
+            check_finite("conv.bias", conv.bias)
         layer = cls(conv.in_channels, conv.kernel_size, conv.out_channels // conv.in_channels, **opts)
         with torch.no_grad():
             layer.weight.copy_(conv.weight)
@@ -309,17 +337,13 @@ class DepthwiseConv3d(_DepthwiseConvNd):
 # Two-factor layers with an optional norm + activation between the factors
 # --------------------------------------------------------------------------------------------
 def _middle(norm_layer: Optional[NormLayer], act_layer: Optional[ActLayer], channels: int, factory: dict):
-    norm = nn.Identity()
+    norm: nn.Module = nn.Identity()
     if norm_layer is not None:
-        if not callable(norm_layer):
-            raise TypeError(f"norm_layer: expected a callable taking the channel count, got {norm_layer!r}")
-        norm = norm_layer(channels)
+        norm = call_factory("norm_layer", norm_layer, channels, wants="a callable taking the channel count")
         norm.to(**{k: v for k, v in factory.items() if v is not None})
-    act = nn.Identity()
+    act: nn.Module = nn.Identity()
     if act_layer is not None:
-        if not callable(act_layer):
-            raise TypeError(f"act_layer: expected a callable returning a module, got {act_layer!r}")
-        act = act_layer()
+        act = call_factory("act_layer", act_layer, wants="a callable returning a module")
     return norm, act
 
 
@@ -349,6 +373,14 @@ def _affine_of(norm: nn.Module, where: str) -> Optional[Tuple[Tensor, Tensor]]:
     )
 
 
+def _refuse_weight_assignment(layer: nn.Module, factors: Tuple[str, str]) -> None:
+    raise AttributeError(
+        f"weight: expected no assignment ({type(layer).__name__}.weight is computed from "
+        f"{factors[0]}.weight and {factors[1]}.weight), got one; set the factors instead, or build the layer "
+        f"with {type(layer).__name__}.from_dense(conv)"
+    )
+
+
 def _check_no_act(act: nn.Module) -> None:
     if not isinstance(act, nn.Identity):
         raise ValueError(f"to_dense: a nonlinear {type(act).__name__} between the factors has no dense equivalent; expected act_layer=None")
@@ -366,7 +398,7 @@ class _SeparableConvNd(_Padded):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.depth_multiplier = check_positive_int("depth_multiplier", depth_multiplier)
         self._init_geometry(n, kernel_size, stride, padding, dilation, padding_mode)
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         mid = in_channels * depth_multiplier
         conv = _CONV[n]
         self.depthwise = conv(in_channels, mid, self.kernel_size, self.stride, self._conv_padding, self.dilation,
@@ -377,8 +409,18 @@ class _SeparableConvNd(_Padded):
 
     @property
     def weight(self) -> Tensor:
-        """The equivalent dense kernel ``(N, C, *k)`` (computed, not a parameter)."""
-        return compose_depthwise_separable(self.depthwise.weight, self.pointwise.weight, self.depth_multiplier)
+        """The equivalent dense kernel ``(N, C, *k)`` (computed, not a parameter).
+
+        Read-only: a :class:`~sepconv._computed.ComputedWeight` that raises on in-place changes
+        (``nn.init.zeros_(layer.weight)`` would change nothing). Initialize or load the factors
+        instead, e.g. ``nn.init.zeros_(layer.depthwise.weight)``, or use :meth:`from_dense`.
+        """
+        w = compose_depthwise_separable(self.depthwise.weight, self.pointwise.weight, self.depth_multiplier)
+        return computed_weight(w, type(self).__name__, ("depthwise", "pointwise"))
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        _refuse_weight_assignment(self, ("depthwise", "pointwise"))
 
     @property
     def bias(self) -> Optional[Tensor]:
@@ -394,7 +436,10 @@ class _SeparableConvNd(_Padded):
             self.norm.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        SF.check_input(x, self._n, self.in_channels)
+        if torch.jit.is_scripting():
+            SF.check_input(x, self._n, self.in_channels)
+        else:
+            self._check_call(x, self.depthwise.weight.dtype)
         return self.pointwise(self.act(self.norm(self.depthwise(self._pad(x)))))
 
     def to_dense(self, input_size=None) -> nn.Module:
@@ -523,7 +568,7 @@ class _BlueprintSeparableConvNd(_Padded):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.rank = check_positive_int("rank", rank)
         self._init_geometry(n, kernel_size, stride, padding, dilation, padding_mode)
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         mid = out_channels * rank
         conv = _CONV[n]
         self.pointwise = conv(in_channels, mid, 1, bias=False, **factory)
@@ -534,8 +579,18 @@ class _BlueprintSeparableConvNd(_Padded):
 
     @property
     def weight(self) -> Tensor:
-        """The equivalent dense kernel ``(N, C, *k)`` (computed, not a parameter)."""
-        return compose_blueprint_separable(self.pointwise.weight, self.depthwise.weight)
+        """The equivalent dense kernel ``(N, C, *k)`` (computed, not a parameter).
+
+        Read-only: a :class:`~sepconv._computed.ComputedWeight` that raises on in-place changes
+        (``nn.init.zeros_(layer.weight)`` would change nothing). Initialize or load the factors
+        instead, e.g. ``nn.init.zeros_(layer.pointwise.weight)``, or use :meth:`from_dense`.
+        """
+        w = compose_blueprint_separable(self.pointwise.weight, self.depthwise.weight)
+        return computed_weight(w, type(self).__name__, ("pointwise", "depthwise"))
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        _refuse_weight_assignment(self, ("pointwise", "depthwise"))
 
     @property
     def bias(self) -> Optional[Tensor]:
@@ -551,7 +606,10 @@ class _BlueprintSeparableConvNd(_Padded):
             self.norm.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        SF.check_input(x, self._n, self.in_channels)
+        if torch.jit.is_scripting():
+            SF.check_input(x, self._n, self.in_channels)
+        else:
+            self._check_call(x, self.pointwise.weight.dtype)
         # A 1x1 conv commutes with every padding mode: pad the intermediate, not the input.
         y = self.act(self.norm(self.pointwise(x)))
         return self.depthwise(self._pad(y))
@@ -703,15 +761,25 @@ class SpatiallySeparableConv2d(_Padded):
         self._init_geometry(2, kernel_size, stride, padding, dilation, padding_mode)
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         ph, pw = self._conv_padding
-        factory = dict(device=device, dtype=dtype)
+        factory = _factory(bias, device, dtype)
         self.vertical = nn.Conv2d(in_channels, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups, bias=False, **factory)
         self.horizontal = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), groups, bias=bias, **factory)
         self.reset_parameters()
 
     @property
     def weight(self) -> Tensor:
-        """The equivalent dense kernel ``(N, C/g, kh, kw)`` (computed, not a parameter)."""
-        return compose_spatially_separable(self.vertical.weight, self.horizontal.weight, self.groups)
+        """The equivalent dense kernel ``(N, C/g, kh, kw)`` (computed, not a parameter).
+
+        Read-only: a :class:`~sepconv._computed.ComputedWeight` that raises on in-place changes
+        (``nn.init.zeros_(layer.weight)`` would change nothing). Initialize or load the factors
+        instead, e.g. ``nn.init.zeros_(layer.vertical.weight)``, or use :meth:`from_dense`.
+        """
+        w = compose_spatially_separable(self.vertical.weight, self.horizontal.weight, self.groups)
+        return computed_weight(w, type(self).__name__, ("vertical", "horizontal"))
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        _refuse_weight_assignment(self, ("vertical", "horizontal"))
 
     @property
     def bias(self) -> Optional[Tensor]:
@@ -725,7 +793,10 @@ class SpatiallySeparableConv2d(_Padded):
             nn.init.zeros_(self.horizontal.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        SF.check_input(x, 2, self.in_channels)
+        if torch.jit.is_scripting():
+            SF.check_input(x, 2, self.in_channels)
+        else:
+            self._check_call(x, self.vertical.weight.dtype)
         if not self._explicit:
             return self.horizontal(self.vertical(x))
         fpad = self._input_fpad(x)  # [w_before, w_after, h_before, h_after]

@@ -59,7 +59,16 @@ def same_pads(
     Example:
         >>> same_pads([7], [4], [2], [1])   # out = 4, total = 3*2 + 4 - 7 = 3
         [(1, 2)]
+
+    Raises:
+        TypeError, ValueError: unless all four are sequences of the same number of positive ints.
     """
+    if isinstance(kernel_size, (str, bytes)) or not isinstance(kernel_size, Sequence):
+        raise TypeError(f"kernel_size: expected a sequence of positive ints, got {kernel_size!r}")
+    n = len(kernel_size)
+    kernel_size = to_tuple("kernel_size", kernel_size, n)
+    input_size, stride, dilation = (to_tuple(name, v, n) for name, v in
+                                    (("input_size", input_size), ("stride", stride), ("dilation", dilation)))
     pads = []
     for n, k, s, d in zip(input_size, kernel_size, stride, dilation):
         out = -(-n // s)
@@ -117,6 +126,9 @@ def same_fpad(input_size: List[int], kernel_size: List[int], stride: List[int], 
     for i in range(len(input_size) - 1, -1, -1):
         n = input_size[i]
         s = stride[i]
+        if s < 1 or n < 1 or kernel_size[i] < 1 or dilation[i] < 1:
+            raise ValueError("same_fpad: expected positive input_size, kernel_size, stride and dilation, got "
+                             + str(input_size) + ", " + str(kernel_size) + ", " + str(stride) + ", " + str(dilation))
         o = (n + s - 1) // s
         total = max((o - 1) * s + (kernel_size[i] - 1) * dilation[i] + 1 - n, 0)
         out.append(total // 2)

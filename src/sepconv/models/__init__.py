@@ -41,6 +41,8 @@ def build(name: str) -> nn.Module:
         >>> build('mobilenet_v1:0.25').num_features
         256
     """
+    if not isinstance(name, str):
+        raise TypeError(f"model: expected a name such as 'mobilenet_v1:0.5', got {name!r}")
     base, _, arg = name.partition(":")
     if base not in BUILTIN:
         raise ValueError(f"model: expected one of {sorted(BUILTIN)} (optionally ':WIDTH'), got {name!r}")

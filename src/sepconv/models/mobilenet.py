@@ -6,13 +6,14 @@ table says 2, which would make the 7x7 average pool act on a 4x4 map). Padding i
 (``padding=1`` for 3x3), the PyTorch convention; output sizes equal TensorFlow's ``'same'``.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .._checks import check_positive_int
+from .._checks import call_factory, check_positive_int
 from ..layers import SeparableConv2d
 
 __all__ = ["MOBILENET_V1", "MobileNetV1", "mobilenet_v1", "conv_mobilenet_v1"]
@@ -50,8 +51,12 @@ def _validate(table: Sequence[tuple[str, int, int]]) -> None:
             raise ValueError(f"arch[{i}]: expected stride 1 or 2, got {stride!r}")
 
 
+_NORM, _ACT = "a callable taking the channel count", "a callable returning a module"
+
+
 def _conv_bn_act(cin: int, cout: int, stride: int, norm_layer, act_layer) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm_layer(cout), act_layer())
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), call_factory("norm_layer", norm_layer, cout, wants=_NORM),
+                         call_factory("act_layer", act_layer, wants=_ACT))
 
 
 class MobileNetV1(nn.Module):
@@ -80,7 +85,7 @@ class MobileNetV1(nn.Module):
                  act_layer: Optional[Callable[[], nn.Module]] = None, separable: bool = True,
                  in_channels: int = 3, arch: Sequence[tuple[str, int, int]] = MOBILENET_V1) -> None:
         super().__init__()
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
+        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not 0 < width_mult < math.inf:
             raise ValueError(f"width_mult: expected a positive number, got {width_mult!r}")
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
@@ -100,7 +105,7 @@ class MobileNetV1(nn.Module):
             else:
                 layers.append(nn.Sequential(
                     SeparableConv2d(cin, cout, 3, stride, 1, bias=False, norm_layer=norm_layer, act_layer=act_layer),
-                    norm_layer(cout), act_layer()))
+                    call_factory("norm_layer", norm_layer, cout, wants=_NORM), call_factory("act_layer", act_layer, wants=_ACT)))
             cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
