@@ -18,7 +18,7 @@ JARGON = [r"\bseeds\b", r"\bseed says\b", r"\bseed tutorial\b", r"\(seed \d\)", 
           r"shared/", r"\bthis session\b"]
 # paths the docs name that are not files of this repository: outputs of a run, a user's own files
 NOT_REPO_FILES = {".venv/", "sepconv-demo/", "report.md", "digits_cnn.pt", "Python.h", "script.py",
-                  "~/.cache/torch_extensions/py311_cpu/sepconv_kernels/", "$TORCH_EXTENSIONS_DIR/sepconv_kernels/",
+                  "~/.cache/sepconv/kernels/", "$TORCH_EXTENSIONS_DIR",
                   "benchmarks/results/latest/"}
 PATHLIKE = re.compile(r"^[\w.~$/*{},-]*(/|\.(py|md|cpp|h|sh|toml|json|pt))$"
                       r"|^(src|tests|benchmarks|docs|scripts|\.ci|csrc|models)/[\w.*{},/-]+$")

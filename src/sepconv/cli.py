@@ -298,8 +298,22 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import report
+
+    print("\n".join(report(build=not args.no_build)))
+    return 0
+
+
+def _versions() -> str:
+    from .doctor import versions
+
+    return versions()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sepconv", description="Separable convolutions for PyTorch.")
+    parser.add_argument("--version", action="version", version=_versions())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the whole story on real data (digits), in about two minutes")
@@ -356,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("doctor", help="versions, the CPU and its vector ISA, and whether the C++ kernels are active "
+                                      "(builds them first if this environment has no build yet)")
+    p.add_argument("--no-build", action="store_true", help="only report; never compile the kernels")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""What sepconv runs on here: versions, the CPU and its vector instruction set, and whether the C++
+kernels are active (and why not). ``sepconv doctor`` prints it; the set-up scripts run it once so
+that the kernels are built up front instead of inside a user's first call.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+
+from . import _fused
+
+
+def vector_isa(flags: str) -> str:
+    """The widest float vector instruction set named in a CPU's flags (``/proc/cpuinfo``).
+
+    Example:
+        >>> vector_isa("fma avx avx2 avx512f amx_tile")
+        'AVX-512 (+AMX)'
+    """
+    names = set(flags.split())
+    if "avx512f" in names:
+        return "AVX-512" + (" (+AMX)" if "amx_tile" in names else "")
+    if "avx2" in names:
+        return "AVX2" + (" + FMA" if "fma" in names else "")
+    if "avx" in names:
+        return "AVX"
+    if "asimd" in names or "neon" in names:
+        return "NEON"
+    return "SSE" if "sse2" in names else "unknown"
+
+
+def report(build: bool = True) -> list[str]:
+    """Lines describing this installation.
+
+    Args:
+        build: load the kernels, compiling them first if this environment has no build yet (1-5
+            minutes, announced on stderr); if False, only report whether they are loaded.
+
+    Returns:
+        ``["sepconv 0.1.0", "python ...", ...]``, one fact per line.
+    """
+    import torch
+
+    from . import __version__
+
+    signature = _fused.cpu_signature()
+    model, _, flags = signature.partition(" [")
+    lines = [
+        f"sepconv {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
+        f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"cpu: {model}, {os.cpu_count()} logical cores, vector ISA {vector_isa(flags.rstrip(']'))}",
+    ]
+    module = _fused.load() if build else _fused.loaded()
+    if module is not None:
+        lines.append(f"kernels: active (fused depthwise+pointwise, dense/linear GEMM, separable filter; "
+                     f"256-bit vectors; built in {_fused.directory()})")
+    elif _fused.error():
+        lines.append(f"kernels: not available, the PyTorch path is used ({_fused.error().splitlines()[0]})")
+    else:
+        lines.append(f"kernels: not loaded in this process (built on first use in {_fused.build_directory()})")
+    return lines
+
+
+def versions() -> str:
+    """``sepconv X (torch Y, python Z)`` without importing torch (fast enough for ``--version``)."""
+    from . import __version__
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"sepconv {__version__} (torch {torch_version}, python {platform.python_version()}, {sys.platform})"

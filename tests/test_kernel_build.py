@@ -1,0 +1,84 @@
+"""How the C++ kernels are built and found: a folder private to the environment, torch version and
+CPU; the first build announced; a stale lock of a killed build never blocks; ``sepconv doctor``."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sepconv import _fused, cli
+from sepconv.doctor import report, vector_isa
+
+
+def test_build_directory_is_private_to_the_environment(monkeypatch):
+    here = _fused.build_directory()
+    monkeypatch.setattr(sys, "prefix", "/some/other/venv")
+    other = _fused.build_directory()
+    assert os.path.dirname(here) == os.path.dirname(other) and here != other
+    monkeypatch.setattr(_fused, "cpu_signature", lambda: "Another CPU [avx2 fma]")
+    assert _fused.build_directory() not in (here, other)
+
+
+def test_build_directory_honours_torch_extensions_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert os.path.dirname(_fused.build_directory()) == str(tmp_path)
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert os.path.dirname(_fused.build_directory()) == str(tmp_path / "cache" / "sepconv" / "kernels")
+
+
+@pytest.mark.parametrize("flags,isa", [
+    ("sse sse2 avx avx2 fma avx512f avx512bw amx_tile", "AVX-512 (+AMX)"),
+    ("sse sse2 avx avx2 fma avx512f", "AVX-512"),
+    ("sse sse2 avx avx2 fma", "AVX2 + FMA"),
+    ("sse sse2 avx", "AVX"),
+    ("fp asimd evtstrm", "NEON"),
+    ("sse sse2", "SSE"),
+    ("", "unknown"),
+])
+def test_vector_isa(flags, isa):
+    assert vector_isa(flags) == isa
+
+
+def test_a_stale_build_lock_does_not_block_a_new_process():
+    """A build killed mid-way leaves torch's lock file behind; without care every later process
+    waits for it forever (torch takes that lock even to load a finished build)."""
+    assert _fused.load() is not None, _fused.error()
+    lock = os.path.join(_fused.build_directory(), "lock")
+    open(lock, "w").close()
+    code = "from sepconv import _fused; m = _fused.load(); print(m is not None, _fused.error())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[0] == "True", done.stdout + done.stderr
+    assert not os.path.exists(lock)
+
+
+def test_a_finished_build_is_not_announced_again():
+    assert _fused.load() is not None, _fused.error()
+    code = "from sepconv import _fused; _fused.load()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "building" not in done.stderr and done.returncode == 0, done.stderr
+
+
+def test_doctor_names_the_cpu_isa_and_kernels(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sepconv 0.1.0 (")
+    assert out[1].startswith("python ") and ", torch " in out[1]
+    assert out[2].startswith("cpu: ") and ", vector ISA " in out[2]
+    assert out[3] == (f"kernels: active (fused depthwise+pointwise, dense/linear GEMM, separable filter; "
+                      f"256-bit vectors; built in {_fused.build_directory()})")
+
+
+def test_doctor_says_why_without_kernels(monkeypatch):
+    monkeypatch.setattr(_fused, "_state", {"module": None, "error": "CalledProcessError: no compiler\nmore"})
+    assert report()[-1] == "kernels: not available, the PyTorch path is used (CalledProcessError: no compiler)"
+    monkeypatch.setattr(_fused, "_state", {})
+    assert report(build=False)[-1] == f"kernels: not loaded in this process (built on first use in {_fused.build_directory()})"
+
+
+def test_version_needs_no_torch_import():
+    code = "import sys; from sepconv import cli\ntry: cli.main(['--version'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    first, last = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    assert first.startswith("sepconv 0.1.0 (torch ") and last == "False"
