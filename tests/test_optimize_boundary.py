@@ -77,11 +77,11 @@ def test_bad_arguments_name_the_argument(kwargs, kind, message):
 
 @pytest.mark.parametrize("model,message", [
     (lambda: _with(_set, "features.0.weight", (2, 0, 1, 1), math.inf),
-     "model: expected finite parameters, got inf in 'features.0.weight' at index (2, 0, 1, 1)"),
+     "model: expected finite values, got inf at index (2, 0, 1, 1) of parameter 'features.0.weight'"),
     (lambda: _with(_set, "classifier.bias", (3,), math.nan),
-     "model: expected finite parameters, got nan in 'classifier.bias' at index (3,)"),
+     "model: expected finite values, got nan at index (3,) of parameter 'classifier.bias'"),
     (lambda: _with(_set, "features.4.running_var", (5,), math.nan),
-     "model: expected finite normalization statistics, got nan in 'features.4.running_var' at index (5,)"),
+     "model: expected finite values, got nan at index (5,) of normalization statistic 'features.4.running_var'"),
 ])
 @pytest.mark.parametrize("example", [None, X])
 def test_non_finite_weights_are_refused(model, message, example):

@@ -2,25 +2,13 @@
 the comparison of a candidate path's output with the original model's."""
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_finite, check_positive_int
 
 CANDIDATES = ("eager", "fused", "torchscript", "compile")
-
-
-def _first_nonfinite(t: Tensor) -> Optional[tuple]:
-    """(value, index) of the first NaN or infinity in ``t``, or None if every value is finite."""
-    if not (t.is_floating_point() or t.is_complex()):
-        return None
-    bad = ~torch.isfinite(t.detach())
-    if not bool(bad.any()):
-        return None
-    index = tuple(int(i) for i in bad.nonzero()[0])
-    return t.detach()[index].item(), index
 
 
 def check_arguments(model: object, example_input: object, rounds: object, candidates: object) -> None:
@@ -44,21 +32,13 @@ def check_arguments(model: object, example_input: object, rounds: object, candid
         if example_input.dim() == 0 or example_input.numel() == 0:
             raise ValueError(f"example_input: expected a non-empty tensor with at least one dimension, "
                              f"got shape {tuple(example_input.shape)}")
-        found = _first_nonfinite(example_input)
-        if found is not None:
-            raise ValueError(f"example_input: expected finite values, got {found[0]} at index {found[1]}")
+        check_finite("example_input", example_input)
     for name, t in model.named_parameters():
-        found = _first_nonfinite(t)
-        if found is not None:
-            raise ValueError(f"model: expected finite parameters, got {found[0]} in {name!r} at index {found[1]}")
+        check_finite("model", t, f" of parameter {name!r}")
     for prefix, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):  # running statistics are folded into weights
             for name, t in m.named_buffers(recurse=False):
-                found = _first_nonfinite(t)
-                if found is not None:
-                    where = f"{prefix}.{name}" if prefix else name
-                    raise ValueError(f"model: expected finite normalization statistics, got {found[0]} in "
-                                     f"{where!r} at index {found[1]}")
+                check_finite("model", t, f" of normalization statistic {f'{prefix}.{name}' if prefix else name!r}")
 
 
 def relative_error(out: object, ref: Tensor) -> float:
