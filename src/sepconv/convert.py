@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from . import cost as C
 from .decompose import best_approximations
+from .fold import fold_affine
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -191,10 +192,7 @@ def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
 
 def fold_batchnorm(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``bn(conv(x))`` (eval mode) as a single conv. Pure, returns new tensors."""
-    scale, shift = _bn_affine(bn)
-    w = conv.weight.detach() * scale.reshape(-1, *[1] * (conv.weight.dim() - 1))
-    b = shift if conv.bias is None else conv.bias.detach() * scale + shift
-    return w, b
+    return fold_affine(conv.weight, conv.bias, *_bn_affine(bn))
 
 
 # --------------------------------------------------------------------------------------------
