@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from . import cost as C
 from .decompose import best_approximations
 from .fold import fold_affine
+from .graph import fold_conv_bn
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -52,7 +53,6 @@ from .layers import (
     SeparableConv3d,
     SpatiallySeparableConv2d,
     _bn_affine,
-    _foldable_bn,
 )
 
 __all__ = ["convert", "ConversionReport", "LayerConversion", "fold_batchnorm", "METHODS"]
@@ -86,6 +86,7 @@ class ConversionReport:
 
     layers: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (name, reason)
+    batchnorms: dict = field(default_factory=dict)  # name -> "folded into 'conv'" or why it was left alone
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0
@@ -114,9 +115,14 @@ class ConversionReport:
              f"params {self.params_before:,} -> {self.params_after:,}")
         if self.output_error is not None:
             s += f"; model output relative error {self.output_error:.4f}"
+        if self.batchnorms:
+            s += f"; BatchNorms folded {self._folded_count()} of {len(self.batchnorms)}"
         if self.inplace:
             s += "; the input model was modified in place (inplace=True)"
         return s + (f". {self.message}" if self.message else "")
+
+    def _folded_count(self) -> int:
+        return sum(why.startswith("folded into ") for why in self.batchnorms.values())
 
     def to_markdown(self) -> str:
         lines = [self._summary(), "", "| layer | structure | rank | MACs before | MACs after | weight error | output error |",
@@ -127,6 +133,9 @@ class ConversionReport:
                          f"{r.weight_error:.4f} | {out} |")
         if self.skipped:
             lines += ["", "| skipped layer | reason |", "|---|---|"] + [f"| {n} | {why} |" for n, why in self.skipped]
+        if self.batchnorms:
+            lines += ["", "| BatchNorm | folded, or why not |", "|---|---|"]
+            lines += [f"| {n} | {why} |" for n, why in self.batchnorms.items()]
         return "\n".join(lines) + "\n"
 
     def __rich__(self):
@@ -148,6 +157,13 @@ class ConversionReport:
             for n, why in self.skipped:
                 s.add_row(n, why)
             parts.insert(1, s)
+        if self.batchnorms:
+            b = Table(title="BatchNorms")
+            b.add_column("BatchNorm")
+            b.add_column("folded, or why not")
+            for n, why in self.batchnorms.items():
+                b.add_row(n, why)
+            parts.insert(-1, b)
         return Group(*parts)
 
 
@@ -176,20 +192,6 @@ class _Layer:
 # --------------------------------------------------------------------------------------------
 # BatchNorm folding
 # --------------------------------------------------------------------------------------------
-def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
-    """conv name -> name of the BatchNorm that directly follows it in the same nn.Sequential."""
-    pairs = {}
-    for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        children = list(parent.named_children())
-        for (a, ma), (b, mb) in zip(children, children[1:]):
-            if isinstance(ma, _CONVS) and _foldable_bn(mb, ma.out_channels):
-                prefix = f"{parent_name}." if parent_name else ""
-                pairs[prefix + a] = prefix + b
-    return pairs
-
-
 def fold_batchnorm(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``bn(conv(x))`` (eval mode) as a single conv. Pure, returns new tensors."""
     return fold_affine(conv.weight, conv.bias, *_bn_affine(bn))
@@ -529,8 +531,10 @@ def convert(
             the real input distribution: ranks are allocated by output error, and each layer's
             last factor is refit by closed-form least squares to match the original layer's
             outputs given the converted model's own inputs (layer by layer, in order).
-        fold_bn: fold a BatchNorm that directly follows a conv (in an ``nn.Sequential``) into it
-            before factorizing; the BatchNorm becomes ``nn.Identity``.
+        fold_bn: fold each BatchNorm that takes a conv's output into that conv before factorizing,
+            wherever ``forward`` calls them (see :func:`sepconv.graph.fold_conv_bn`); the BatchNorm
+            becomes ``nn.Identity``. The report's ``batchnorms`` says, per BatchNorm, into which
+            conv it was folded or why it was left alone (e.g. training mode).
         inplace: modify and return ``model`` itself.
         allocation: ``'global'`` (default) or ``'uniform'`` (same share per layer) for ``budget``.
 
@@ -567,7 +571,10 @@ def convert(
         rows = {r.name: r for r in prof.layers}
         report.macs_before = prof.macs
 
-    pairs = _conv_bn_pairs(target) if fold_bn else {}
+    # BatchNorms folded into their convs wherever forward calls them (the graph), before factorizing
+    folded = fold_conv_bn(target, inplace=True) if fold_bn else None
+    report.batchnorms = folded.batchnorms if folded else {}
+    bn_of = {c.conv: c.bn for c in folded.chains} if folded else {}
     layers: list[_Layer] = []
     for name, m in target.named_modules():
         reason = _skip_reason(m)
@@ -582,14 +589,8 @@ def convert(
             continue
         if not bool(torch.isfinite(m.weight).all()) or (m.bias is not None and not bool(torch.isfinite(m.bias).all())):
             raise ValueError(f"layer '{name}': expected finite weights, got NaN or Inf")
-        bn_name = pairs.get(name)
-        if bn_name is not None:
-            bn = target.get_submodule(bn_name)
-            if not all(bool(torch.isfinite(t).all()) for t in (bn.running_mean, bn.running_var)):
-                raise ValueError(f"layer '{bn_name}': expected finite BatchNorm statistics, got NaN or Inf")
-            w, b = fold_batchnorm(m, bn)
-        else:
-            w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+        bn_name = bn_of.get(name)  # already folded into m
+        w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
         if name in rows:
             in_shape, dense_macs = rows[name].input_shape, rows[name].macs
         else:
@@ -598,6 +599,8 @@ def convert(
 
     if not layers:
         report.message = "no eligible convolution (groups == 1, kernel > 1) was found; the model is returned unchanged"
+        if folded is not None and folded.chains:
+            report.message += " but for its folded BatchNorms"
         warnings.warn(report.message, stacklevel=2)
         report.macs_after = report.macs_before
         report.params_after = report.params_before
@@ -662,16 +665,7 @@ def convert(
     new_layers = {}
     for l in layers:
         c = choice[l.name]
-        if l.bn_name is not None:
-            _set_module(target, l.bn_name, nn.Identity())
-        if c.structure == "dense":
-            if l.bn_name is not None:  # keep the conv dense, with the BatchNorm folded in
-                with torch.no_grad():
-                    l.conv.weight.copy_(l.weight)
-                    if l.conv.bias is None:
-                        l.conv.bias = nn.Parameter(l.bias.clone())
-                    else:
-                        l.conv.bias.copy_(l.bias)
+        if c.structure == "dense":  # kept as it is (with its BatchNorm folded in)
             new_layers[l.name] = l.conv
         else:
             new = _build(c.structure, l.conv, l.weight, l.bias, c.rank)
