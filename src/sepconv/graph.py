@@ -173,7 +173,7 @@ def _bn_reason(bn: nn.Module) -> str:
     return ""
 
 
-def _pair_reason(conv_name: str, target: Optional[tuple], bn: nn.Module) -> str:
+def _pair_reason(conv_name: str, target: tuple, bn: nn.Module) -> str:
     """Why a BatchNorm after the conv ``conv_name`` cannot be folded into it ('' if it can)."""
     conv = target[1]
     if isinstance(conv.weight, nn.parameter.UninitializedParameter):
@@ -239,10 +239,10 @@ def _graph_chains(graph: fx.Graph, modules: dict) -> tuple[list, dict]:
     chains, left = [], {}
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules[node.target], _BN) and node.target not in left:
-            chain, why = _match(node, modules, calls, read)
-            if chain is not None and all(c.bn != chain.bn for c in chains):
+            chain, why = _match(node, modules, calls, read)  # a BatchNorm called twice is in left
+            if chain is not None:
                 chains.append(chain)
-            elif chain is None:
+            else:
                 left[node.target] = why
     return chains, left
 
@@ -320,16 +320,19 @@ def _check_finite(chains: list, modules: dict) -> None:
             raise ValueError(f"layer '{c.bn}': expected finite BatchNorm statistics, got NaN or Inf")
 
 
-def _fold_chain(model: nn.Module, chain: Chain, bn: nn.Module) -> None:
-    """Fold ``bn`` into the chain's conv and replace it by ``nn.Identity`` wherever it is attached."""
-    conv = model.get_submodule(chain.target)
-    w, b = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    grad = conv.weight.requires_grad
-    conv.weight = nn.Parameter(w, requires_grad=grad)  # new parameters: a weight tied elsewhere stays as it was
-    conv.bias = nn.Parameter(b, requires_grad=grad if conv.bias is None else conv.bias.requires_grad)
-    for parent in model.modules():
+def _fold_chains(model: nn.Module, chains: list, modules: dict) -> None:
+    """Fold each chain's BatchNorm into its conv and replace the BatchNorm by ``nn.Identity``
+    wherever it is attached (under every name it has)."""
+    folded = {id(modules[c.bn]) for c in chains}
+    for chain in chains:
+        bn, conv = modules[chain.bn], modules[chain.target]
+        w, b = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+        grad = conv.weight.requires_grad
+        conv.weight = nn.Parameter(w, requires_grad=grad)  # new parameters: a weight tied elsewhere stays as it was
+        conv.bias = nn.Parameter(b, requires_grad=grad if conv.bias is None else conv.bias.requires_grad)
+    for parent in list(model.modules()):
         for attr, child in list(parent._modules.items()):
-            if child is bn:
+            if id(child) in folded:
                 setattr(parent, attr, nn.Identity())
 
 
@@ -371,8 +374,7 @@ def fold_conv_bn(model: nn.Module, inplace: bool = False, graph_module: bool = F
     chains, left, message, graph = _find(target)
     modules = dict(target.named_modules())
     _check_finite(chains, modules)
-    for chain in chains:
-        _fold_chain(target, chain, modules[chain.bn])
+    _fold_chains(target, chains, modules)
     outcome = {c.bn: f"folded into '{c.target}'" for c in chains}
     outcome.update(left)
     outcome = {name: outcome[name] for name, m in modules.items() if name in outcome}  # model order
