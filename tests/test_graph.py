@@ -278,3 +278,13 @@ def test_convert_leaves_a_training_mode_batchnorm_and_says_why():
     assert "BatchNorms folded 13 of 14" in report.to_markdown()
     _, report = convert(model, example_input=torch.randn(1, 3, 32, 32, dtype=F64), fold_bn=False)
     assert report.batchnorms == {}
+
+
+def test_optimize_reports_the_norm_between_factors_and_the_batchnorm_after_a_layer():
+    model = nn.Sequential(sepconv.SeparableConv2d(3, 6, 3, padding=1, norm_layer=nn.BatchNorm2d), nn.BatchNorm2d(6))
+    model = randomize_batchnorm(model)
+    fast = optimize_for_inference(model)
+    assert fast.batchnorms == {"0.norm": "folded into '0.depthwise'", "1": "folded into '0.pointwise'"}
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
