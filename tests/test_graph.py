@@ -288,3 +288,12 @@ def test_optimize_reports_the_norm_between_factors_and_the_batchnorm_after_a_lay
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_convert_inplace_changes_nothing_when_it_refuses():
+    model = resnet_basic()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^budget: expected at least "):
+        convert(model, budget=0.01, example_input=torch.randn(1, 3, 32, 32), inplace=True)
+    assert _count_bn(model) == BATCHNORMS["resnet_basic"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from . import cost as C
 from .decompose import best_approximations
 from .fold import fold_affine
-from .graph import fold_conv_bn
+from .graph import chain_weights, find_conv_bn, fold_chains
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -571,10 +571,10 @@ def convert(
         rows = {r.name: r for r in prof.layers}
         report.macs_before = prof.macs
 
-    # BatchNorms folded into their convs wherever forward calls them (the graph), before factorizing
-    folded = fold_conv_bn(target, inplace=True) if fold_bn else None
-    report.batchnorms = folded.batchnorms if folded else {}
-    bn_of = {c.conv: c.bn for c in folded.chains} if folded else {}
+    # BatchNorms to fold into their convs wherever forward calls them (the graph); folded at the surgery
+    found = find_conv_bn(target) if fold_bn else None
+    report.batchnorms = found.batchnorms if found else {}
+    chain_of = {c.conv: c for c in found.chains if c.conv == c.target} if found else {}
     layers: list[_Layer] = []
     for name, m in target.named_modules():
         reason = _skip_reason(m)
@@ -589,8 +589,12 @@ def convert(
             continue
         if not bool(torch.isfinite(m.weight).all()) or (m.bias is not None and not bool(torch.isfinite(m.bias).all())):
             raise ValueError(f"layer '{name}': expected finite weights, got NaN or Inf")
-        bn_name = bn_of.get(name)  # already folded into m
-        w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+        chain = chain_of.get(name)
+        bn_name = chain.bn if chain else None
+        if chain is not None:
+            w, b = chain_weights(target, chain)
+        else:
+            w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
         if name in rows:
             in_shape, dense_macs = rows[name].input_shape, rows[name].macs
         else:
@@ -599,11 +603,12 @@ def convert(
 
     if not layers:
         report.message = "no eligible convolution (groups == 1, kernel > 1) was found; the model is returned unchanged"
-        if folded is not None and folded.chains:
+        if found is not None and found.chains:
+            fold_chains(target, found.chains)
             report.message += " but for its folded BatchNorms"
         warnings.warn(report.message, stacklevel=2)
         report.macs_after = report.macs_before
-        report.params_after = report.params_before
+        report.params_after = sum(p.numel() for p in target.parameters())
         return target, report
 
     # input covariances for output-error allocation
@@ -662,6 +667,8 @@ def convert(
         model.train(was)
 
     # surgery
+    if found is not None:
+        fold_chains(target, found.chains)
     new_layers = {}
     for l in layers:
         c = choice[l.name]

@@ -27,7 +27,7 @@ from torch import fx, nn
 from .fold import fold_batchnorm
 from .layers import _DepthwiseConvNd, _Padded
 
-__all__ = ["Chain", "Folded", "fold_conv_bn", "trace"]
+__all__ = ["Chain", "Folded", "chain_weights", "find_conv_bn", "fold_chains", "fold_conv_bn", "trace"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = nn.modules.batchnorm._BatchNorm
@@ -67,12 +67,14 @@ class Folded:
             left alone.
         chains: the folded chains, in graph order.
         message: why the model or part of it could not be traced ('' if it could).
+        graph: the traced ``torch.fx`` graph of the model (None if it could not be traced).
     """
 
     model: nn.Module
     batchnorms: dict = field(default_factory=dict)
     chains: list = field(default_factory=list)
     message: str = ""
+    graph: Optional[fx.Graph] = field(default=None, repr=False)  # the traced graph (None if untraceable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,13 +322,32 @@ def _check_finite(chains: list, modules: dict) -> None:
             raise ValueError(f"layer '{c.bn}': expected finite BatchNorm statistics, got NaN or Inf")
 
 
-def _fold_chains(model: nn.Module, chains: list, modules: dict) -> None:
-    """Fold each chain's BatchNorm into its conv and replace the BatchNorm by ``nn.Identity``
-    wherever it is attached (under every name it has)."""
+def chain_weights(model: nn.Module, chain: Chain) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the chain's conv with its BatchNorm folded in (new tensors; ``model``
+    is not changed).
+
+    Args:
+        model: the model :func:`find_conv_bn` found ``chain`` in.
+        chain: one of its chains.
+    """
+    bn, conv = model.get_submodule(chain.bn), model.get_submodule(chain.target)
+    return fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+
+def fold_chains(model: nn.Module, chains: list) -> None:
+    """Fold each chain's BatchNorm into its conv (new weight and bias parameters) and replace the
+    BatchNorm by ``nn.Identity`` wherever it is attached (under every name it has). Modifies
+    ``model``.
+
+    Args:
+        model: the model :func:`find_conv_bn` found ``chains`` in, unchanged since.
+        chains: its chains (``Folded.chains``).
+    """
+    modules = dict(model.named_modules())
     folded = {id(modules[c.bn]) for c in chains}
     for chain in chains:
-        bn, conv = modules[chain.bn], modules[chain.target]
-        w, b = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+        conv = modules[chain.target]
+        w, b = chain_weights(model, chain)
         grad = conv.weight.requires_grad
         conv.weight = nn.Parameter(w, requires_grad=grad)  # new parameters: a weight tied elsewhere stays as it was
         conv.bias = nn.Parameter(b, requires_grad=grad if conv.bias is None else conv.bias.requires_grad)
@@ -371,16 +392,37 @@ def fold_conv_bn(model: nn.Module, inplace: bool = False, graph_module: bool = F
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     target = model if inplace else copy.deepcopy(model)
-    chains, left, message, graph = _find(target)
-    modules = dict(target.named_modules())
+    found = find_conv_bn(target)
+    fold_chains(target, found.chains)
+    if graph_module and found.graph is not None:
+        target = _to_graph_module(target, found.graph, found.chains)
+    return Folded(target, found.batchnorms, found.chains, found.message, found.graph)
+
+
+def find_conv_bn(model: nn.Module) -> Folded:
+    """What :func:`fold_conv_bn` would fold, without changing ``model``.
+
+    Args:
+        model: any module.
+
+    Returns:
+        :class:`Folded` whose ``model`` is ``model`` itself, unchanged; fold it with
+        :func:`fold_chains` (``chains``), or read one conv's folded weights with
+        :func:`chain_weights`.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: a BatchNorm to fold has non-finite running statistics.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    chains, left, message, graph = _find(model)
+    modules = dict(model.named_modules())
     _check_finite(chains, modules)
-    _fold_chains(target, chains, modules)
     outcome = {c.bn: f"folded into '{c.target}'" for c in chains}
     outcome.update(left)
-    outcome = {name: outcome[name] for name, m in modules.items() if name in outcome}  # model order
-    if graph_module and graph is not None:
-        target = _to_graph_module(target, graph, chains)
-    return Folded(target, outcome, chains, message)
+    outcome = {name: outcome[name] for name in modules if name in outcome}  # in the model's order
+    return Folded(model, outcome, chains, message, graph)
 
 
 def _to_graph_module(model: nn.Module, graph: fx.Graph, chains: list) -> fx.GraphModule:
