@@ -43,6 +43,8 @@ from torch import Tensor, nn
 from . import cost as C
 from ._checks import check_finite
 from .decompose import best_approximations
+from .fold import fold_affine
+from .graph import chain_weights, find_conv_bn, fold_chains
 from .layers import (
     BlueprintSeparableConv1d,
     BlueprintSeparableConv2d,
@@ -52,7 +54,6 @@ from .layers import (
     SeparableConv3d,
     SpatiallySeparableConv2d,
     _bn_affine,
-    _foldable_bn,
 )
 
 __all__ = ["convert", "ConversionReport", "LayerConversion", "fold_batchnorm", "METHODS"]
@@ -86,6 +87,7 @@ class ConversionReport:
 
     layers: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (name, reason)
+    batchnorms: dict = field(default_factory=dict)  # name -> "folded into 'conv'" or why it was left alone
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0
@@ -114,9 +116,14 @@ class ConversionReport:
              f"params {self.params_before:,} -> {self.params_after:,}")
         if self.output_error is not None:
             s += f"; model output relative error {self.output_error:.4f}"
+        if self.batchnorms:
+            s += f"; BatchNorms folded {self._folded_count()} of {len(self.batchnorms)}"
         if self.inplace:
             s += "; the input model was modified in place (inplace=True)"
         return s + (f". {self.message}" if self.message else "")
+
+    def _folded_count(self) -> int:
+        return sum(why.startswith("folded into ") for why in self.batchnorms.values())
 
     def to_markdown(self) -> str:
         lines = [self._summary(), "", "| layer | structure | rank | MACs before | MACs after | weight error | output error |",
@@ -127,6 +134,9 @@ class ConversionReport:
                          f"{r.weight_error:.4f} | {out} |")
         if self.skipped:
             lines += ["", "| skipped layer | reason |", "|---|---|"] + [f"| {n} | {why} |" for n, why in self.skipped]
+        if self.batchnorms:
+            lines += ["", "| BatchNorm | folded, or why not |", "|---|---|"]
+            lines += [f"| {n} | {why} |" for n, why in self.batchnorms.items()]
         return "\n".join(lines) + "\n"
 
     def __rich__(self):
@@ -148,6 +158,13 @@ class ConversionReport:
             for n, why in self.skipped:
                 s.add_row(n, why)
             parts.insert(1, s)
+        if self.batchnorms:
+            b = Table(title="BatchNorms")
+            b.add_column("BatchNorm")
+            b.add_column("folded, or why not")
+            for n, why in self.batchnorms.items():
+                b.add_row(n, why)
+            parts.insert(-1, b)
         return Group(*parts)
 
 
@@ -176,26 +193,9 @@ class _Layer:
 # --------------------------------------------------------------------------------------------
 # BatchNorm folding
 # --------------------------------------------------------------------------------------------
-def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
-    """conv name -> name of the BatchNorm that directly follows it in the same nn.Sequential."""
-    pairs = {}
-    for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        children = list(parent.named_children())
-        for (a, ma), (b, mb) in zip(children, children[1:]):
-            if isinstance(ma, _CONVS) and _foldable_bn(mb, ma.out_channels):
-                prefix = f"{parent_name}." if parent_name else ""
-                pairs[prefix + a] = prefix + b
-    return pairs
-
-
 def fold_batchnorm(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``bn(conv(x))`` (eval mode) as a single conv. Pure, returns new tensors."""
-    scale, shift = _bn_affine(bn)
-    w = conv.weight.detach() * scale.reshape(-1, *[1] * (conv.weight.dim() - 1))
-    b = shift if conv.bias is None else conv.bias.detach() * scale + shift
-    return w, b
+    return fold_affine(conv.weight, conv.bias, *_bn_affine(bn))
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,8 +566,10 @@ def convert(
             the real input distribution: ranks are allocated by output error, and each layer's
             last factor is refit by closed-form least squares to match the original layer's
             outputs given the converted model's own inputs (layer by layer, in order).
-        fold_bn: fold a BatchNorm that directly follows a conv (in an ``nn.Sequential``) into it
-            before factorizing; the BatchNorm becomes ``nn.Identity``.
+        fold_bn: fold each BatchNorm that takes a conv's output into that conv before factorizing,
+            wherever ``forward`` calls them (see :func:`sepconv.graph.fold_conv_bn`); the BatchNorm
+            becomes ``nn.Identity``. The report's ``batchnorms`` says, per BatchNorm, into which
+            conv it was folded or why it was left alone (e.g. training mode).
         inplace: modify and return ``model`` itself.
         allocation: ``'global'`` (default) or ``'uniform'`` (same share per layer) for ``budget``.
 
@@ -614,7 +616,10 @@ def convert(
         rows = {r.name: r for r in prof.layers}
         report.macs_before = prof.macs
 
-    pairs = _conv_bn_pairs(target) if fold_bn else {}
+    # BatchNorms to fold into their convs wherever forward calls them (the graph); folded at the surgery
+    found = find_conv_bn(target) if fold_bn else None
+    report.batchnorms = found.batchnorms if found else {}
+    chain_of = {c.conv: c for c in found.chains if c.conv == c.target} if found else {}
     layers: list[_Layer] = []
     for name, m in target.named_modules():
         reason = _skip_reason(m)
@@ -627,12 +632,13 @@ def convert(
         if not structures:
             report.skipped.append((name, why))
             continue
-        bn_name = pairs.get(name)
-        if bn_name is not None:
+        chain = chain_of.get(name)
+        bn_name = chain.bn if chain else None
+        if chain is not None:
             bn = target.get_submodule(bn_name)
             if not all(bool(torch.isfinite(t).all()) for t in (bn.running_mean, bn.running_var)):
                 raise ValueError(f"layer '{bn_name}': expected finite BatchNorm statistics, got NaN or Inf")
-            w, b = fold_batchnorm(m, bn)
+            w, b = chain_weights(target, chain)
             if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(b).all())):
                 raise ValueError(f"layer '{bn_name}': expected a BatchNorm that folds into finite weights "
                                  f"(running_var + eps > 0), got non-finite folded weights for layer '{name}'")
@@ -650,9 +656,12 @@ def convert(
 
     if not layers:
         report.message = "no eligible convolution (groups == 1, kernel > 1) was found; the model is returned unchanged"
+        if found is not None and found.chains:
+            fold_chains(target, found.chains)
+            report.message += " but for its folded BatchNorms"
         warnings.warn(report.message, stacklevel=2)
         report.macs_after = report.macs_before
-        report.params_after = report.params_before
+        report.params_after = sum(p.numel() for p in target.parameters())
         return target, report
 
     # input covariances for output-error allocation
@@ -711,19 +720,12 @@ def convert(
         model.train(was)
 
     # surgery
+    if found is not None:
+        fold_chains(target, found.chains)
     new_layers = {}
     for l in layers:
         c = choice[l.name]
-        if l.bn_name is not None:
-            _set_module(target, l.bn_name, nn.Identity())
-        if c.structure == "dense":
-            if l.bn_name is not None:  # keep the conv dense, with the BatchNorm folded in
-                with torch.no_grad():
-                    l.conv.weight.copy_(l.weight)
-                    if l.conv.bias is None:
-                        l.conv.bias = nn.Parameter(l.bias.clone())
-                    else:
-                        l.conv.bias.copy_(l.bias)
+        if c.structure == "dense":  # kept as it is (with its BatchNorm folded in)
             new_layers[l.name] = l.conv
         else:
             new = _build(c.structure, l.conv, l.weight, l.bias, c.rank)

@@ -39,6 +39,7 @@ from .decompose import (
     depthwise_separable,
     spatially_separable,
 )
+from .fold import batchnorm_affine, fold_affine, shifted_bias
 from .padding import PaddingArg, is_symmetric, normalize_padding, resolve_pads, static_pads, to_fpad
 
 __all__ = [
@@ -349,11 +350,7 @@ def _middle(norm_layer: Optional[NormLayer], act_layer: Optional[ActLayer], chan
 
 def _bn_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
     """``(scale, shift)`` with ``bn(x) == scale * x + shift`` per channel in eval mode."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-    return scale.detach(), shift.detach()
+    return batchnorm_affine(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 def _foldable_bn(bn: nn.Module, channels: int) -> bool:
@@ -457,8 +454,8 @@ class _SeparableConvNd(_Padded):
         affine = _affine_of(self.norm, "between depthwise and pointwise")
         if affine is not None:
             scale, shift = affine
-            dw = dw * scale.reshape(-1, *[1] * (dw.dim() - 1))
-            shifted = pw.reshape(pw.shape[0], -1) @ shift
+            dw = fold_affine(dw, None, scale, shift)[0]
+            shifted = shifted_bias(pw, shift)
             bias = shifted if bias is None else bias + shifted
         weight = compose_depthwise_separable(dw, pw, self.depth_multiplier)
         return _dense_module(self._n, weight, bias, self.stride, self.dilation, 1, self._dense_pads(input_size),
@@ -630,9 +627,8 @@ class _BlueprintSeparableConvNd(_Padded):
             scale, shift = affine
             if self.padding_mode == "zeros" and any(p for pair in pads for p in pair):
                 raise ValueError("to_dense: a BatchNorm before zero padding has no exact dense equivalent; expected no padding or norm_layer=None")
-            pw = pw * scale.reshape(-1, *[1] * (pw.dim() - 1))
-            k = self.depthwise.weight.shape
-            shifted = (dw.reshape(k[0], k[1], -1).sum(-1) * shift.reshape(k[0], k[1])).sum(1)
+            pw = fold_affine(pw, None, scale, shift)[0]
+            shifted = shifted_bias(dw, shift, groups=dw.shape[0])
             bias = shifted if bias is None else bias + shifted
         weight = compose_blueprint_separable(pw, dw)
         return _dense_module(self._n, weight, bias, self.stride, self.dilation, 1, pads, self.padding_mode)

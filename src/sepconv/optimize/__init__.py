@@ -2,9 +2,11 @@
 
 ``optimize_for_inference(model, example_input)`` returns a new, inference-only module:
 
-1. **BatchNorm folding** — a BatchNorm directly after a conv (in an ``nn.Sequential``) and the
-   norm between the factors of a sepconv layer are folded into the preceding conv's weight and
-   bias (exact in eval mode), removing a full pass over the activations each.
+1. **BatchNorm folding** — a BatchNorm that takes a conv's output, wherever ``forward`` calls it
+   (found on the ``torch.fx`` graph, see :mod:`sepconv.graph`), and the norm between the factors
+   of a sepconv layer are folded into the preceding conv's weight and bias (exact in eval mode),
+   removing a full pass over the activations each. The result's ``batchnorms`` says, per
+   BatchNorm, into which conv it was folded or why it was left alone.
 2. **Lowering** — a sepconv layer whose child convs do their own padding becomes a plain
    ``nn.Sequential`` of them (no per-call input checks or identity modules).
 3. **Memory format** — ``channels_last`` (NHWC): oneDNN's depthwise and 1x1 kernels are several

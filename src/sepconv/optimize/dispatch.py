@@ -13,7 +13,7 @@ from .._timing import interleaved
 from .checks import CANDIDATES, check_arguments, reason, relative_error
 from .fused import _ACTS, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .module import InferenceModule
-from .rewrite import _lower, fold_batchnorms
+from .rewrite import _fold, _lower
 
 BACKENDS = ("eager", "fused", "torchscript", "fused+torchscript", "compile")  # what InferenceModule.backend can be
 # Paths within 10% of the fastest count as tied, and a tie goes to a path with fused layers. The
@@ -262,12 +262,12 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         True
     """
     check_arguments(model, example_input, rounds, candidates)
-    folded = fold_batchnorms(model)
+    folded, batchnorms = _fold(model)
     four_d = example_input is None or example_input.dim() == 4
     if four_d:
         folded = folded.to(memory_format=torch.channels_last)
     if example_input is None:
-        return InferenceModule(_lower(folded), "eager", four_d, {})
+        return InferenceModule(_lower(folded), "eager", four_d, {}, batchnorms=batchnorms)
 
     x = example_input.contiguous(memory_format=torch.channels_last) if four_d else example_input
     reference_model = copy.deepcopy(model).eval()
@@ -285,7 +285,8 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     if not correct:  # the original model itself, unchanged: it is the reference
         warnings.warn("optimize_for_inference: no candidate path reproduced the model's output; the returned "
                       f"module runs the original model (why, per path: {rejected})", RuntimeWarning, stacklevel=2)
-        return InferenceModule(reference_model, "eager", False, {}, rejected=rejected)
+        return InferenceModule(reference_model, "eager", False, {}, rejected=rejected,
+                               batchnorms={name: "not folded: the original model runs" for name in batchnorms})
     best = min(correct, key=lambda k: timings.get(k, 0.0))
     # near-ties (see TIE) go to a path with fused layers: its pooled outputs keep its speed when
     # the process's allocator state changes
@@ -293,6 +294,6 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     if tied:
         best = min(tied, key=lambda k: timings[k])
     if best in ("eager", "fused"):  # no baked-in sizes: any input size runs this path
-        return InferenceModule(correct[best], best, four_d, timings, rejected=rejected)
+        return InferenceModule(correct[best], best, four_d, timings, rejected=rejected, batchnorms=batchnorms)
     return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]),
-                           rejected=rejected, archive=archives.get(best))
+                           rejected=rejected, archive=archives.get(best), batchnorms=batchnorms)

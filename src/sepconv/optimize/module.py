@@ -27,17 +27,21 @@ class InferenceModule(nn.Module):
         rejected: why each candidate path that is not in ``timings`` was dropped (it could not
             be built, failed on the example input, or its output differed from the original
             model's), e.g. ``{'torchscript': 'failed on the example input: RuntimeError: ...'}``.
+        batchnorms: each BatchNorm of the model (by qualified name) -> ``"folded into 'conv'"``
+            or why it was left alone, e.g. ``{'layer1.0.bn1': "folded into 'layer1.0.conv1'"}``.
     """
 
     def __init__(self, module: nn.Module, backend: str, channels_last: bool, timings: dict,
                  eager: Optional[nn.Module] = None, shape: Optional[tuple] = None,
-                 rejected: Optional[dict] = None, archive: Optional[bytes] = None) -> None:
+                 rejected: Optional[dict] = None, archive: Optional[bytes] = None,
+                 batchnorms: Optional[dict] = None) -> None:
         super().__init__()
         self.module = module
         self.backend = backend
         self.channels_last = channels_last
         self.timings = timings
         self.rejected = dict(rejected or {})
+        self.batchnorms = dict(batchnorms or {})
         self._archive = archive  # the frozen TorchScript graph, saved by torch.jit (see __getstate__)
         # a traced graph has the example's sizes baked in (e.g. TF 'same' pads): other sizes run eager
         self.eager = eager
@@ -82,6 +86,7 @@ class InferenceModule(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("batchnorms", {})  # saved before BatchNorm outcomes were recorded
         if self._archive is None:
             return
         if "fused" in self.backend and _fused.load() is None:  # the graph calls the kernels' ops

@@ -6,7 +6,8 @@ from typing import Optional
 
 from torch import nn
 
-from ..convert import fold_batchnorm
+from ..fold import fold_batchnorm
+from ..graph import fold_conv_bn
 from ..layers import _foldable_bn as _foldable
 from ..layers import _SeparableConvNd
 from .fused import FusedConv2d, FusedLinear, FusedSeparableConv2d
@@ -16,45 +17,44 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def _fold_into(conv: nn.Module, bn: nn.Module) -> nn.Module:
     """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode."""
-    weight, bias = fold_batchnorm(conv, bn)
+    weight, bias = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
     new = copy.deepcopy(conv)
-    new.weight = nn.Parameter(weight.clone())
-    new.bias = nn.Parameter(bias.clone())
+    new.weight = nn.Parameter(weight)
+    new.bias = nn.Parameter(bias)
     return new
 
 
 def fold_batchnorms(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every foldable BatchNorm folded into its conv.
 
-    Folds a BatchNorm that directly follows a conv or a sepconv layer in an ``nn.Sequential``
-    (into the conv, or the layer's output factor), and the ``norm`` between the depthwise and
-    pointwise factors of :class:`~sepconv.SeparableConv2d` (into the depthwise conv). Outputs are
-    unchanged in eval mode.
+    Folds the ``norm`` between the depthwise and pointwise factors of
+    :class:`~sepconv.SeparableConv2d` (into the depthwise conv), then every BatchNorm that takes a
+    conv's output, wherever it is called in ``forward`` (into the conv, or a sepconv layer's output
+    factor; see :func:`sepconv.graph.fold_conv_bn`, which also says which BatchNorms are left
+    alone and why). The model keeps its class and module names; outputs are unchanged in eval mode.
 
     Example:
         >>> m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
         >>> type(fold_batchnorms(m)[1]).__name__
         'Identity'
     """
+    return _fold(model)[0]
+
+
+def _fold(model: nn.Module) -> tuple[nn.Module, dict]:
+    """:func:`fold_batchnorms` and each BatchNorm's outcome: ``"folded into 'conv'"`` or why not."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
+    inside = {}
+    for name, module in list(model.named_modules()):
         if isinstance(module, _SeparableConvNd) and _foldable(module.norm, module.depthwise.out_channels):
+            prefix = f"{name}." if name else ""
             module.depthwise = _fold_into(module.depthwise, module.norm)
             module.norm = nn.Identity()
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in zip(names, names[1:]):
-                conv, bn = module._modules[a], module._modules[b]
-                if isinstance(conv, _CONVS) and _foldable(bn, conv.out_channels):
-                    module._modules[a] = _fold_into(conv, bn)
-                    module._modules[b] = nn.Identity()
-                elif hasattr(conv, "_output_factor") and _foldable(bn, conv.out_channels):
-                    attr = conv._output_factor
-                    setattr(conv, attr, _fold_into(getattr(conv, attr), bn))
-                    module._modules[b] = nn.Identity()
-    return model
+            inside[f"{prefix}norm"] = f"folded into '{prefix}depthwise'"
+    folded = fold_conv_bn(model, inplace=True)
+    return folded.model, {**inside, **folded.batchnorms}
 
 
 def _lower(model: nn.Module) -> nn.Module:
