@@ -4,11 +4,12 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import sys
 
 import pytest
 
-from sepconv._io import remove_stale_temps, temp_prefix, write_atomic
+from sepconv._io import check_output_file, remove_stale_temps, temp_prefix, write_atomic
 
 
 def _mode(path) -> int:
@@ -127,3 +128,38 @@ def test_a_directory_as_target_is_named_in_the_error(tmp_path):
         write_atomic(tmp_path / "d", lambda f: f.write(b"x"))
     assert str(info.value) == f"[Errno 21] Is a directory: '{tmp_path / 'd'}'"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_devices_and_fifos_are_written_through_not_replaced(tmp_path):
+    """Renaming over /dev/null would replace the device by a regular file (as root it can)."""
+    write_atomic(os.devnull, lambda f: f.write(b"model"))
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    write_atomic(fifo, lambda f: f.write(b"through the pipe"))
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    check_output_file(fifo, "--output")  # accepted, without opening it (that would wait for a reader)
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    target = tmp_path / "target.pt"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.pt"
+    link.symlink_to(target)
+    write_atomic(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and target.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("name,message", [
+    ("", "--output: expected a file name, got ''"),
+    ("x" * 300 + ".pt", "--output: file name too long for its folder (303 bytes, at most 255): "),
+])
+def test_output_names_that_cannot_be_written_are_found_first(tmp_path, name, message):
+    path = str(tmp_path / name) if name else ""
+    with pytest.raises(ValueError) as info:
+        check_output_file(path, "--output")
+    assert str(info.value).startswith(message)

@@ -7,7 +7,8 @@ so a write killed outright (``kill -9``, power loss) leaves a file that is easy 
 write to the same target removes such leftovers whose process is no longer running.
 
 A new file gets the mode a plain ``open()`` would give (``0o666`` minus the umask); replacing a
-file keeps its mode.
+file keeps its mode. A symbolic link is written through (its target is replaced, the link stays),
+and a device or FIFO (``/dev/null``) is written to directly: renaming over it would replace it.
 """
 
 import errno
@@ -67,6 +68,21 @@ def _named(exc: OSError, path: str, own: tuple) -> OSError:
     return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), path)
 
 
+def _resolved(path: Union[str, os.PathLike]) -> str:
+    """``path``, or what it links to: a symbolic link is written through (the link stays a link)."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def _special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a device, a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_atomic(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to ``path``.
 
@@ -77,7 +93,11 @@ def write_atomic(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
     Raises:
         OSError: the file cannot be written; the message names ``path`` (not the temporary file).
     """
-    path = os.fspath(path)
+    path = _resolved(path)
+    if _special(path):  # /dev/null, a FIFO...: renaming over it would replace the device itself
+        with open(path, "wb") as f:
+            write(f)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f"{temp_prefix(path)}{os.getpid()}-{os.urandom(4).hex()}")
     try:
@@ -152,12 +172,20 @@ def check_output_file(path: Union[str, os.PathLike], what: str) -> None:
         ValueError: naming ``what`` (e.g. ``'--output'``) and ``path``: it is a directory, its folder
             does not exist, or the folder cannot be written.
     """
-    path = os.fspath(path)
+    if not os.fspath(path):
+        raise ValueError(f"{what}: expected a file name, got ''")
+    path = _resolved(path)
     if os.path.isdir(path):
         raise ValueError(f"{what}: expected a file name, got the directory {path!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{what}: directory of {path!r} does not exist")
+    if _special(path):
+        return  # written through, as it is (opening a FIFO to check it would wait for a reader)
+    longest = os.pathconf(directory, "PC_NAME_MAX")
+    if len(os.fsencode(os.path.basename(path))) > longest:
+        raise ValueError(f"{what}: file name too long for its folder ({len(os.fsencode(os.path.basename(path)))} bytes, "
+                         f"at most {longest}): {path!r}")
     probe_writable(directory, path, what)
 
 
