@@ -26,6 +26,7 @@ USER_FILES = {
         "def leave():\n    import sys\n    sys.exit(3)\n"
         "def number():\n    return 5\n"
         "def needs_args(width):\n    return nn.Conv2d(3, width, 3)\n"
+        "def chatty():\n    print('hello from the factory')\n    return nn.Sequential(nn.Conv2d(3, 4, 3))\n"
     ),
     "exits_on_import.py": "import sys\nsys.exit(4)\n",
     "bad_import.py": "import not_a_module_sepconv_xyz\n",
@@ -68,6 +69,7 @@ CASES = [
      "model: 'sd.pt' holds a OrderedDict, expected a whole nn.Module saved with torch.save(model, path)"),
     (["profile", "empty.pt"], "model: could not read 'empty.pt' with torch.load: EOFError: Ran out of input"),
     (["profile", "mobilenet_v1:inf"], "model: expected a positive number up to 8 after ':' in 'mobilenet_v1:inf', got 'inf'"),
+    (["profile", "mobilenet_v1:"], "model: expected a number after ':' in 'mobilenet_v1:', got ''"),
     (["profile", "mobilenet_v1:nan"], "model: expected a positive number up to 8 after ':' in 'mobilenet_v1:nan', got 'nan'"),
     (["profile", "mobilenet_v1:-1"], "model: expected a positive number up to 8 after ':' in 'mobilenet_v1:-1', got '-1'"),
     (["profile", "mobilenet_v1:0"], "model: expected a positive number up to 8 after ':' in 'mobilenet_v1:0', got '0'"),
@@ -99,7 +101,14 @@ CASES = [
     (["convert", "digits_cnn", "--budget", "0.5", "--input", "1x1x16", *OUT],
      "--input: calibration/distillation data are 2-D images; expected BxCxHxW, got (1, 1, 16)"),
     # bench
-    (["bench", "--input", "1x8x16x16", "--filters", "16", "--threads", "0"], "--threads: expected a positive int, got 0"),
+    (["bench", "--input", "1x8x16x16", "--filters", "16", "--threads", "0"], "--threads: expected an int from 1 to 4096, got 0"),
+    (["bench", "--input", "1x8x16x16", "--filters", "16", "--threads", "99999999999"],
+     "--threads: expected an int from 1 to 4096, got 99999999999"),
+    (["profile", "mobilenet_v1", "--input", "1x3x99999999999x99999999999"],
+     "--input: expected sizes up to 2,147,483,647 and at most 1,099,511,627,776 values in all, got '1x3x99999999999x99999999999'"),
+    (["profile", "mobilenet_v1", "--input", ""], "--input: expected sizes separated by 'x' like 15x15x3, got ''"),
+    (["profile", "nope"], "model: expected a built-in name (conv_mobilenet_v1, digits_cnn, digits_separable_cnn, mobilenet_v1; "
+                          "each takes an optional :WIDTH), FILE.py:FACTORY or a torch.save file, got 'nope'"),
     (["bench", "--input", "1x8x16x16", "--filters", "0"], "--filters: expected a positive int, got 0"),
     (["bench", "--input", "1x8x16x16", "--filters", "16", "--rounds", "0"], "--rounds: expected a positive int, got 0"),
     (["bench", "--input", "1x8x16x12", "--filters", "16"], "--input: expected a square input (H == W), got 16x12"),
@@ -127,18 +136,19 @@ def test_the_table_is_large_enough():
 
 @pytest.mark.parametrize("argv,last_line", [
     (["convert", "digits_cnn", "--method", "foo"],
-     "sepconv convert: error: argument --method: invalid choice: 'foo' (choose from auto, depthwise, blueprint, spatial)"),
+     "sepconv: error: argument --method: invalid choice: 'foo' (choose from auto, depthwise, blueprint, spatial) (see 'sepconv convert --help')"),
     (["bench", "--input", "1x8x16x16", "--filters", "16", "--threads", "two"],
-     "sepconv bench: error: argument --threads: invalid int value: 'two'"),
-    (["profile"], "sepconv profile: error: the following arguments are required: model"),
-    (["explain", "--filters", "3"], "sepconv explain: error: the following arguments are required: --input"),
-    (["convert", "digits_cnn", "--budget", "0.5", "--rank", "2"], "sepconv convert: error: argument --rank: not allowed with argument --budget"),
+     "sepconv: error: argument --threads: invalid int value: 'two' (see 'sepconv bench --help')"),
+    (["profile"], "sepconv: error: the following arguments are required: model (see 'sepconv profile --help')"),
+    (["explain", "--filters", "3"], "sepconv: error: the following arguments are required: --input (see 'sepconv explain --help')"),
+    (["convert", "digits_cnn", "--budget", "0.5", "--rank", "2"], "sepconv: error: argument --rank: not allowed with argument --budget (see 'sepconv convert --help')"),
+    (["--nope"], "sepconv: error: the following arguments are required: command (see 'sepconv --help')"),
 ])
-def test_usage_errors_from_argparse_exit_2_without_traceback(capsys, argv, last_line):
+def test_usage_errors_from_argparse_are_one_line_exit_2(capsys, argv, last_line):
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err
-    assert info.value.code == 2 and err.startswith("usage: sepconv")
+    assert info.value.code == 2 and len(err.splitlines()) == 1
     assert err.splitlines()[-1].replace("'auto', 'depthwise', 'blueprint', 'spatial'", "auto, depthwise, blueprint, spatial") \
         == last_line
 
@@ -163,6 +173,15 @@ def test_demo_output_is_checked_before_the_demo_starts(workdir, capsys, monkeypa
 def test_a_good_factory_still_works(workdir, capsys):
     assert main(["profile", "net.py:good", "--input", "1x3x10x10", "--json"]) == 0
     assert '"macs": 6912' in capsys.readouterr().out
+
+
+def test_a_factory_that_prints_does_not_corrupt_json(workdir, capsys):
+    """The user's own prints go to stderr: stdout stays the JSON document asked for."""
+    import json
+
+    assert main(["profile", "net.py:chatty", "--input", "1x3x10x10", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["macs"] == 6912 and err == "hello from the factory\n"
 
 
 def test_ctrl_c_during_a_command_is_one_line_and_130(capsys, monkeypatch):

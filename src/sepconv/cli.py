@@ -9,6 +9,7 @@ Unix tool killed by SIGPIPE would.
 """
 
 import argparse
+import contextlib
 import errno
 import math
 import os
@@ -26,8 +27,19 @@ if TYPE_CHECKING:
 DEMO_FILES = ("report.md", "digits_cnn.pt", "accuracy_vs_macs.png", "spectra.png", "layer_error.png", "latency.png")
 
 
+# the largest --input the commands take: sizes torch can index, and a tensor torch can allocate
+MAX_SIZE, MAX_ELEMENTS = 2**31 - 1, 2**40
+
+
 class UsageError(Exception):
     """A user mistake: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own mistakes (unknown option, missing argument) as one ``sepconv: error:`` line too."""
+
+    def error(self, message: str):
+        self.exit(2, f"sepconv: error: {message} (see '{self.prog} --help')\n")
 
 
 def parse_shape(text: str, what: str, dims: Optional[Sequence[int]] = None) -> tuple[int, ...]:
@@ -39,6 +51,9 @@ def parse_shape(text: str, what: str, dims: Optional[Sequence[int]] = None) -> t
         raise UsageError(f"{what}: expected sizes separated by 'x' like {'x'.join(['15'] * 2 + ['3'])}, got {text!r}") from None
     if any(s < 1 for s in shape):
         raise UsageError(f"{what}: expected positive sizes, got {text!r}")
+    if any(s > MAX_SIZE for s in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise UsageError(f"{what}: expected sizes up to {MAX_SIZE:,} and at most {MAX_ELEMENTS:,} values in all, "
+                         f"got {text!r}")
     if dims is not None and len(shape) not in dims:
         raise UsageError(f"{what}: expected {' or '.join(str(d) for d in dims)} sizes, got {len(shape)} in {text!r}")
     return shape
@@ -62,7 +77,8 @@ def _guarded(fn, what: str):
     see, on one line.
     """
     try:
-        return fn()
+        with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not mix into --json / --markdown
+            return fn()
     except SystemExit as exc:
         raise UsageError(f"{what}: it called sys.exit({exc.code!r})") from None
     except Exception as exc:  # noqa: BLE001 - see the docstring
@@ -93,7 +109,7 @@ def load_model(spec: str) -> tuple["nn.Module", Optional[tuple[int, ...]], str]:
     if os.path.exists(spec):
         return _from_saved(spec), None, os.path.basename(spec)
     raise UsageError(
-        f"model: expected a built-in name ({', '.join(sorted(BUILTIN))}[:WIDTH]), FILE.py:FACTORY or a torch.save file, got {spec!r}"
+        f"model: expected a built-in name ({', '.join(sorted(BUILTIN))}; each takes an optional :WIDTH), FILE.py:FACTORY or a torch.save file, got {spec!r}"
     )
 
 
@@ -187,7 +203,7 @@ def cmd_profile(args) -> int:
     from .cost import profile
 
     model, default_input, label = load_model(args.model)
-    if args.input:
+    if args.input is not None:
         shape = parse_shape(args.input, "--input")
     elif default_input is not None:
         shape = default_input
@@ -228,7 +244,7 @@ def cmd_convert(args) -> int:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr: expected a positive number, got {args.lr}")
     model, default_input, label = load_model(args.model)
-    shape = parse_shape(args.input, "--input") if args.input else default_input
+    shape = parse_shape(args.input, "--input") if args.input is not None else default_input
     if shape is None:
         raise UsageError("--input: expected an input size like 1x3x32x32 for this model, got none")
     model.eval()
@@ -259,8 +275,8 @@ def cmd_bench(args) -> int:
     if h != w:
         raise UsageError(f"--input: expected a square input (H == W), got {h}x{w}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads: expected a positive int, got {args.threads}")
+        if not 1 <= args.threads <= 4096:
+            raise UsageError(f"--threads: expected an int from 1 to 4096, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -312,7 +328,7 @@ def _versions() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sepconv", description="Separable convolutions for PyTorch.")
+    parser = _Parser(prog="sepconv", description="Separable convolutions for PyTorch.")
     parser.add_argument("--version", action="version", version=_versions())
     sub = parser.add_subparsers(dest="command", required=True)
 

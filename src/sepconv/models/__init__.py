@@ -43,11 +43,11 @@ def build(name: str) -> nn.Module:
     """
     if not isinstance(name, str):
         raise TypeError(f"model: expected a name such as 'mobilenet_v1:0.5', got {name!r}")
-    base, _, arg = name.partition(":")
+    base, colon, arg = name.partition(":")
     if base not in BUILTIN:
         raise ValueError(f"model: expected one of {sorted(BUILTIN)} (optionally ':WIDTH'), got {name!r}")
     factory = BUILTIN[base][0]
-    if not arg:
+    if not colon:
         return factory()
     try:
         value = float(arg)
