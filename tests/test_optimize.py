@@ -1,6 +1,8 @@
 """optimize_for_inference: equal outputs, inference-only, and the fallback path."""
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,17 +15,8 @@ from sepconv.convert import convert
 from sepconv.models import digits_cnn, mobilenet_v1
 from sepconv.optimize import BACKENDS, fold_batchnorms, optimize_for_inference, release_buffers
 
-
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.2, generator=g)
-    return model.eval()
+sys.path.insert(0, str(Path(__file__).parent))
+from architectures import randomize_batchnorm  # noqa: E402
 
 
 @pytest.mark.parametrize("make,shape", [
@@ -38,7 +31,7 @@ def _randomize_bn(model):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_optimized_equals_reference(make, shape, dtype):
     torch.manual_seed(0)
-    model = _randomize_bn(make()).to(dtype)
+    model = randomize_batchnorm(make()).to(dtype)
     x = torch.randn(shape, dtype=dtype)
     with torch.no_grad():
         ref = model(x)
@@ -54,7 +47,7 @@ def test_optimized_equals_reference(make, shape, dtype):
 
 
 def test_fold_batchnorms_is_exact_and_leaves_original():
-    model = _randomize_bn(mobilenet_v1(0.25, num_classes=5))
+    model = randomize_batchnorm(mobilenet_v1(0.25, num_classes=5))
     x = torch.randn(2, 3, 32, 32)
     folded = fold_batchnorms(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
@@ -370,7 +363,7 @@ def test_optimized_mobilenet_uses_fused_stem_and_classifier(fused_ext, monkeypat
     from sepconv.optimize import FusedConv2d, FusedLinear, FusedSeparableConv2d
 
     monkeypatch.setattr(O, "interleaved", lambda fns, rounds, warmup=1: {k: (1.0 if k == "fused" else 2.0) for k in fns})
-    model = _randomize_bn(mobilenet_v1(0.25, num_classes=10))
+    model = randomize_batchnorm(mobilenet_v1(0.25, num_classes=10))
     x = torch.randn(2, 3, 64, 64)
     fast = optimize_for_inference(model, x, rounds=1, candidates=("fused",))
     kinds = [type(m) for m in fast.module.modules()]

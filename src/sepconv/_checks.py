@@ -76,6 +76,15 @@ def check_tensor(name: str, value: object) -> "torch.Tensor":
     return value
 
 
+def check_module(name: str, value: object) -> "nn.Module":
+    """Return ``value`` if it is an ``nn.Module``, else raise ``TypeError`` naming ``name``."""
+    from torch import nn
+
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name}: expected an nn.Module, got {type(value).__name__}")
+    return value
+
+
 def check_finite(name: str, tensor: "torch.Tensor", where: str = "") -> "torch.Tensor":
     """Raise ``ValueError`` naming the first non-finite entry of a floating tensor and its index.
 

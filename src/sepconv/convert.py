@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cost as C
-from ._checks import check_finite
+from ._checks import check_finite, check_module
 from .decompose import best_approximations
 from .fold import fold_affine
 from .graph import chain_weights, find_conv_bn, fold_chains
@@ -582,8 +582,7 @@ def convert(
         >>> report.macs_after <= 0.5 * report.macs_before
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     _check_args(method, budget, rank, tolerance, allocation)
     for flag, value in (("fold_bn", fold_bn), ("inplace", inplace)):
         if not isinstance(value, bool):

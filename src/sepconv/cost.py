@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._checks import check_positive_int, to_tuple
+from ._checks import check_module, check_positive_int, to_tuple
 from .padding import PaddingArg, normalize_padding, resolve_pads
 
 __all__ = [
@@ -489,8 +489,7 @@ def profile(model: nn.Module, input_size, dtype: torch.dtype = torch.float32, na
         >>> profile(mobilenet_v1(), (1, 3, 224, 224)).macs
         568740352
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     shapes = _parse_input_size(input_size)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")

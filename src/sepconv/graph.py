@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from .fold import fold_batchnorm
 from .layers import _DepthwiseConvNd, _Padded
+from ._checks import check_module
 
 __all__ = ["Chain", "Folded", "chain_weights", "find_conv_bn", "fold_chains", "fold_conv_bn", "trace"]
 
@@ -389,8 +390,7 @@ def fold_conv_bn(model: nn.Module, inplace: bool = False, graph_module: bool = F
         >>> fold_conv_bn(Block().eval()).batchnorms
         {'bn': "folded into 'conv'"}
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     target = model if inplace else copy.deepcopy(model)
     found = find_conv_bn(target)
     fold_chains(target, found.chains)
@@ -414,8 +414,7 @@ def find_conv_bn(model: nn.Module) -> Folded:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: a BatchNorm to fold has non-finite running statistics.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     chains, left, message, graph = _find(model)
     modules = dict(model.named_modules())
     _check_finite(chains, modules)

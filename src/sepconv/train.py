@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
 from ._checkpoint import check_checkpoint, load_checkpoint
-from ._checks import check_positive_int
+from ._checks import check_module, check_positive_int
 from ._distributed import epoch_batches, synced_batchnorm
 from ._io import write_atomic
 
@@ -86,11 +86,6 @@ def _split(batch):
     if isinstance(batch, (list, tuple)):
         return batch[0], (batch[1] if len(batch) > 1 else None)
     return batch, None
-
-
-def _check_module(name: str, value: object) -> None:
-    if not isinstance(value, nn.Module):
-        raise TypeError(f"{name}: expected an nn.Module, got {type(value).__name__}")
 
 
 def _check_dataset(name: str, value: object) -> None:
@@ -163,7 +158,7 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
         >>> 0.0 <= acc <= 1.0
         True
     """
-    _check_module("model", model)
+    check_module("model", model)
     _check_dataset("data", data)
     check_positive_int("batch_size", batch_size)
     was = model.training
@@ -357,7 +352,7 @@ def train(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 3e-3, b
         >>> len(h.train_loss)
         1
     """
-    _check_module("model", model)
+    check_module("model", model)
     checkpoint = _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress,
                                weight_decay, sync_batchnorm)
     _check_pairs("data", data, " for train()")
@@ -399,8 +394,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int =
         TypeError, ValueError: as :func:`train`, and when the student's and the teacher's outputs
             differ in shape.
     """
-    _check_module("student", student)
-    _check_module("teacher", teacher)
+    check_module("student", student)
+    check_module("teacher", teacher)
     checkpoint = _check_common(data, epochs, lr, batch_size, eval_data, checkpoint, resume, seed, progress,
                                weight_decay, sync_batchnorm)
     temperature = _check_number("temperature", temperature, "a finite number > 0", lambda v: v > 0)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_finite, check_positive_int
+from .._checks import check_finite, check_module, check_positive_int
 
 CANDIDATES = ("eager", "fused", "torchscript", "compile")
 
@@ -18,8 +18,7 @@ def check_arguments(model: object, example_input: object, rounds: object, candid
     input: either would make every candidate's output differ from the original's (NaN != NaN) and
     leave the model unoptimized without saying why, or fold NaN into every weight.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     if isinstance(candidates, str) or not isinstance(candidates, Sequence):
         raise TypeError(f"candidates: expected a tuple of names from {CANDIDATES}, got {candidates!r}")
     bad = [c for c in candidates if not isinstance(c, str) or c not in CANDIDATES]

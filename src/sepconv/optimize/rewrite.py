@@ -11,6 +11,7 @@ from ..graph import fold_conv_bn
 from ..layers import _foldable_bn as _foldable
 from ..layers import _SeparableConvNd
 from .fused import FusedConv2d, FusedLinear, FusedSeparableConv2d
+from .._checks import check_module
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -43,8 +44,7 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
 
 def _fold(model: nn.Module) -> tuple[nn.Module, dict]:
     """:func:`fold_batchnorms` and each BatchNorm's outcome: ``"folded into 'conv'"`` or why not."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     model = copy.deepcopy(model).eval()
     inside = {}
     for name, module in list(model.named_modules()):
