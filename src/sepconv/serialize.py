@@ -29,9 +29,11 @@ Two files, two uses:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import re
 import warnings
@@ -84,10 +86,11 @@ def export_program(model: nn.Module, example_input: Tensor) -> "torch.export.Exp
                          f"{getattr(example_input, 'shape', type(example_input).__name__)}")
     # torch.export treats a size of 1 as a constant: export on two samples
     x = example_input if example_input.shape[0] > 1 else torch.cat([example_input, example_input])
-    was = model.training
+    was, quiet = model.training, logging.root.manager.disable
     model.eval()
+    logging.disable(logging.CRITICAL)  # torch logs (and prints) the partial graph of a failed export
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             return export(model, (x,), dynamic_shapes=({0: Dim("batch")},))
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the reason is the first line
@@ -95,6 +98,7 @@ def export_program(model: nn.Module, example_input: Tensor) -> "torch.export.Exp
         raise ValueError(f"model: cannot be saved as a self-contained program: torch.export failed "
                          f"({type(exc).__name__}: {line[:300]})") from exc
     finally:
+        logging.disable(quiet)
         model.train(was)
 
 

@@ -174,13 +174,13 @@ def cmd_convert(args) -> int:
         new.eval()
         _refresh_layers(report, model, new, example)
         report.output_error = _rel(_outputs(new, example), _outputs(model, example))
-        notes.append(f"errors after distillation ({args.distill_epochs} epoch(s) on "
+        notes.append(f"Errors after distillation ({args.distill_epochs} epoch(s) on "
                      f"{where or 'the bundled digits'})")
     if where is not None:
         data = calibration if calibration is not None else example
         report.output_error = _rel(_outputs(new, data), _outputs(model, data))
-        notes.append(f"model output error on {where}")
-    report.message = "; ".join(filter(None, [report.message, *notes]))
+        notes.append(f"Model output error on {where}")
+    report.message = ". ".join(filter(None, [report.message.rstrip("."), *notes]))
     _emit(report, args)
     save(new, args.output, example)
     save_recipe(make_recipe(model, new, report.batchnorms), args.recipe)
