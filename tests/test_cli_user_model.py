@@ -318,6 +318,7 @@ CONVERT = ["convert", "usernet.py:make", "--input", "2x3x10x10", "--budget", "0.
     ([*CONVERT, "--output", "o.pt2", "--recipe", "o.pt2"], "--recipe: expected a file other than --output, got 'o.pt2'"),
     ([*CONVERT, "--output", "o.pt2", "--recipe", "adir"], "--recipe: expected a file name, got the directory 'adir'"),
     ([*CONVERT, "--output", "nowhere/o.pt2"], "--output: directory of 'nowhere/o.pt2' does not exist"),
+    ([*CONVERT, "--output", "o.pt2", "--recipe", "/proc/r.pt"], "--recipe: cannot write '/proc/r.pt': No such file or directory"),
     (["optimize", "usernet.py:make", "--input", "1x3x10x10"], "--output: expected a path for the optimized model, got none"),
     (["optimize", "usernet.py:make", "--input", "1x3x10x10", "--output", "adir"],
      "--output: expected a file name, got the directory 'adir'"),

@@ -245,7 +245,8 @@ def add_convert_parser(sub) -> None:
 
 def add_optimize_parser(sub) -> None:
     """The ``optimize`` command's arguments."""
-    p = sub.add_parser("optimize", help="fold BatchNorms and pick the fastest CPU path; save it self-contained")
+    p = sub.add_parser("optimize", help="fold BatchNorms and pick the fastest CPU path (eager or fused kernels); "
+                                        "save it self-contained")
     p.add_argument("model", help="a built-in name, FILE.py:FACTORY, or a torch.save'd model file")
     p.add_argument("--input", help="BxCxHxW input size the paths are timed on, e.g. 1x3x224x224")
     p.add_argument("--rounds", type=int, default=10, help="timing rounds per candidate path")
