@@ -145,7 +145,7 @@ def explain(row: dict, original: dict, batch: int) -> str:
         slow = row.get("slowest")
         if slow:
             rank = "" if slow["rank"] is None else f"@{slow['rank']}"
-            text += (f": {slow['name']} ({slow['structure']}{rank}) alone takes {slow['new_ms']:.2f} ms against "
+            text += (f": {slow['name']} ({slow['structure']}{rank}) alone takes {slow['new_ms']:.2f} ms (eager) against "
                      f"{slow['dense_ms']:.2f} ms for the dense convolution it replaced")
             text += f", because {slow['why']}" if slow["why"] else ""
         else:

@@ -9,6 +9,7 @@ in the model's order.
 """
 
 import os
+from typing import Optional
 
 from ._io import write_atomic
 
@@ -70,11 +71,15 @@ def _references(ax, ys: list, base: tuple, twin: tuple, twin_label: str) -> None
     _label(ax, twin[0], edge, f"{twin_label}: {y:.1f}% ({where} the axis)")
 
 
-def accuracy_figure(results: list, base: dict, twin: dict):
+def accuracy_figure(results: list, base: dict, twin: dict, n_test: Optional[int] = None):
     """Test accuracy vs MACs, one panel per stage, each with its own accuracy axis (the calibrated
-    and distilled accuracies differ by tenths of a percent, invisible on the data-free panel's scale)."""
+    and distilled accuracies differ by tenths of a percent, invisible on the data-free panel's scale).
+    With ``n_test`` (test images), the title says that equal accuracies overlap."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    if n_test:
+        fig.suptitle(f"test accuracy on {n_test} images moves in steps of {100 / n_test:.2f}%: equal accuracies "
+                     "overlap (the report breaks ties by output error)", fontsize=10)
     share = twin["macs"] / base["macs"]
     for ax, (stage, title) in zip(axes, STAGES):
         ys = _curves(ax, results, "macs", stage, 1e6)
@@ -173,11 +178,11 @@ def latency_figure(rows: list, results: list, base: dict, twin: dict, batch: int
 
 
 def save_plots(out_dir: str, results: list, base: dict, twin: dict, spectra: dict, layer_errors: dict,
-               latency_rows: list, batch: int) -> list:
+               latency_rows: list, batch: int, n_test: Optional[int] = None) -> list:
     """Write the demo's PNGs into ``out_dir`` (atomically); returns their names."""
     plt = _pyplot()
     files = []
-    figures = (("accuracy_vs_macs.png", lambda: accuracy_figure(results, base, twin)),
+    figures = (("accuracy_vs_macs.png", lambda: accuracy_figure(results, base, twin, n_test)),
                ("spectra.png", lambda: spectra_figure(spectra)),
                ("layer_error.png", lambda: layer_error_figure(layer_errors)),
                ("latency.png", lambda: latency_figure(latency_rows, results, base, twin, batch)))

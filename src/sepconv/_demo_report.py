@@ -106,6 +106,7 @@ def latency_lines(lat: dict) -> list:
         f"{5 * lat['rounds']}), on **one thread** (the rest of the demo used {lat['demo_threads']}): this model is so "
         "small that with several threads each layer is a tiny parallel region, and on a machine shared with other "
         "work every region waits for a descheduled thread, which measures the load, not the model." + busy,
+        "",
         f"The main columns use a **batch of {b} test images**, where the MACs matter; at batch 1 a 16x16 image is "
         "microseconds of arithmetic and the time is mostly per-call overhead (shown for comparison). *optimized* = "
         "after `sepconv.optimize_for_inference(model, batch)` with its default candidates (BatchNorm folded, "

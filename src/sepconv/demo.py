@@ -266,7 +266,8 @@ def run_demo(args) -> int:
     for note in notes:
         console.print(f"Calibration: {note}")
 
-    plots = save_plots(out_dir, results, base, twin, spectra, _layer_errors(results), latency["rows"], cfg.latency_batch)
+    plots = save_plots(out_dir, results, base, twin, spectra, _layer_errors(results), latency["rows"], cfg.latency_batch,
+                       len(test_set))
     elapsed = time.perf_counter() - started
     report = report_md(dict(
         cfg=cfg, base=base, twin=twin, results=results, examples=examples, spectra=spectra, table_lines=lines,
