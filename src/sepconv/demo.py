@@ -179,13 +179,55 @@ def _latency(console, cfg, model, kept, twin_model, results, base, twin, x) -> d
                 rounds=cfg.latency_rounds, demo_threads=demo_threads, load=load, cores=os.cpu_count(), results=results)
 
 
+def _summary(console, base: dict, twin: dict, results: list) -> list:
+    """Section 7: the summary table (printed; returned as markdown lines) and the best conversion."""
+    from rich.table import Table
+
+    from ._demo_report import TIE_BREAK, best_conversion, best_sentence
+
+    summary = Table(title="Summary: digits test accuracy vs cost (MACs per 16x16 image)")
+    cols = ("model", "budget", "MACs", "params", "data-free", "calibrated", "distilled")
+    for col in cols:
+        summary.add_column(col, justify="left" if col == "model" else "right")
+    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+
+    def add(cells):
+        summary.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+
+    add(["original (dense)", "100%", f"{base['macs']:,}", f"{base['params']:,}", f"{base['acc']:.2%}", "", ""])
+    for r in results:
+        add([f"converted: {r['method']}", f"{r['budget']:.0%}", f"{r['macs']:,}", f"{r['params']:,}",
+             f"{r['free']:.2%}", f"{r['calibrated']:.2%}", f"{r['distilled']:.2%}"])
+    add(["separable twin (scratch)", f"{twin['macs'] / base['macs']:.0%}", f"{twin['macs']:,}", f"{twin['params']:,}",
+         f"{twin['acc']:.2%}", "", ""])
+    console.print()
+    console.print(summary)
+    best, tied = best_conversion(results, min(BUDGETS))
+    console.print(f"At {min(BUDGETS):.0%} of the MACs {best_sentence(best, tied)}. (Best: {TIE_BREAK}.)")
+    return lines
+
+
+def _print_examples(console) -> list:
+    """Section 1: the tutorials' worked examples, printed; returns their rows."""
+    from rich.table import Table
+
+    examples = tutorial_examples()
+    t = Table(title="1. The tutorials' worked examples, counted by running sepconv's layers (MACs = multiplications)")
+    for col in ("example", "separable kind", "standard", "separable", "ratio", "the tutorial says"):
+        t.add_column(col, justify="right" if col in ("standard", "separable", "ratio") else "left")
+    for r in examples:
+        t.add_row(r["example"], r["kind"], f"{r['standard']:,}", f"{r['separable']:,}", f"{r['ratio']:.2%}", r["tutorial"])
+    console.print(t)
+    return examples
+
+
 def run_demo(args) -> int:
     """Run the demo; returns the exit status."""
     from rich.console import Console
-    from rich.table import Table
 
     from ._demo_plots import save_plots
-    from ._demo_report import TIE_BREAK, best_conversion, best_sentence, calibration_notes, report_md
+    from ._demo_report import calibration_notes, report_md
     from .data import DigitsDataset
     from .models import digits_cnn, digits_separable_cnn
     from .train import evaluate, save_atomic, train
@@ -198,13 +240,7 @@ def run_demo(args) -> int:
     started = time.perf_counter()
 
     # 1. the tutorials' worked examples
-    examples = tutorial_examples()
-    t = Table(title="1. The tutorials' worked examples, counted by running sepconv's layers (MACs = multiplications)")
-    for col in ("example", "separable kind", "standard", "separable", "ratio", "the tutorial says"):
-        t.add_column(col, justify="right" if col in ("standard", "separable", "ratio") else "left")
-    for r in examples:
-        t.add_row(r["example"], r["kind"], f"{r['standard']:,}", f"{r['separable']:,}", f"{r['ratio']:.2%}", r["tutorial"])
-    console.print(t)
+    examples = _print_examples(console)
 
     # 2. a standard CNN on real digits
     train_set, test_set = DigitsDataset("train", 16, seed=args.seed), DigitsDataset("test", 16, seed=args.seed)
@@ -242,26 +278,7 @@ def run_demo(args) -> int:
     latency = _latency(console, cfg, model, kept, twin_model, results, base, twin, x_test)
 
     # 7. summary
-    summary = Table(title="Summary: digits test accuracy vs cost (MACs per 16x16 image)")
-    cols = ("model", "budget", "MACs", "params", "data-free", "calibrated", "distilled")
-    for col in cols:
-        summary.add_column(col, justify="left" if col == "model" else "right")
-    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
-
-    def add(cells):
-        summary.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-
-    add(["original (dense)", "100%", f"{base['macs']:,}", f"{base['params']:,}", f"{base['acc']:.2%}", "", ""])
-    for r in results:
-        add([f"converted: {r['method']}", f"{r['budget']:.0%}", f"{r['macs']:,}", f"{r['params']:,}",
-             f"{r['free']:.2%}", f"{r['calibrated']:.2%}", f"{r['distilled']:.2%}"])
-    add(["separable twin (scratch)", f"{twin['macs'] / base['macs']:.0%}", f"{twin['macs']:,}", f"{twin['params']:,}",
-         f"{twin['acc']:.2%}", "", ""])
-    console.print()
-    console.print(summary)
-    best, tied = best_conversion(results, min(BUDGETS))
-    console.print(f"At {min(BUDGETS):.0%} of the MACs {best_sentence(best, tied)}. (Best: {TIE_BREAK}.)")
+    lines = _summary(console, base, twin, results)
     notes = calibration_notes(results, cfg.calibrate)
     for note in notes:
         console.print(f"Calibration: {note}")
