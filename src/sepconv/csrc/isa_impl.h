@@ -33,7 +33,11 @@ static inline i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 static inline i64 imax(i64 a, i64 b) { return a > b ? a : b; }
 template <class V> static inline V load(const float* p) { V v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
 template <class V> static inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof(v)); }
-template <class V> static inline V splat(float x) { return V{} + x; }
+// x in every lane (not V{} + x: GCC keeps that addition of +0, an extra uop per broadcast)
+template <class V> static inline V splat(float x) {
+  if constexpr (sizeof(V) == 64) return V{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+  else return V{x, x, x, x, x, x, x, x};
+}
 // a store that bypasses the cache (p aligned to the vector's size), where the ISA has one
 template <class V> static inline void stream_store(float* p, V v) {
 #if SEPCONV_STREAM
