@@ -226,12 +226,13 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, isa, cin, cout, k, strid
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112)])
+@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112), (768, 784, 5)])
 def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size):
     """Deep inputs (the GEMM sums over blocks of channels sized from the L1 cache: 192 for AVX-512
     and 384 for AVX2 with a 48 KiB L1, so 520 splits on the first, 777 on both; 777 in two tiles;
     plain stores), an output of 3.2 MB (plain stores) and one of 4.8 MB with C <= 384 (over 4 MB:
-    streaming stores)."""
+    streaming stores); weights over half of L2 (2.4 MB) in one tile: the threads split the weight
+    panels (in whole register blocks: 49 panels) instead of the pixels."""
     from sepconv.optimize import FusedSeparableConv2d
 
     torch.manual_seed(0)

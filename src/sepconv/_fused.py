@@ -176,6 +176,13 @@ def _select(module, name: str, what: str) -> str:
     return module.set_isa(name)
 
 
+def l2_bytes() -> int:
+    """The L2 cache size per core as the loaded kernels read it from the OS (512 KiB if they are not
+    loaded)."""
+    module = _state.get("module")
+    return int(module.cache_sizes()[1]) if module is not None else 512 * 1024
+
+
 def isa() -> Optional[tuple]:
     """``(name, reason)`` of the active kernels' instruction set (``'avx512'``, ``'avx2'`` or
     ``'generic'``), or ``None`` if the kernels are not loaded."""

@@ -106,7 +106,7 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
             }
           }
         }
-        isa.gemm(col.data(), e[1] - e[0], K, wp, N, 0, blocks, bp, act, stream, orow + e[0] * N, nullptr, nullptr, part.data(), kc);
+        isa.gemm(col.data(), K, e[1] - e[0], K, wp, N, 0, blocks, bp, act, stream, orow + e[0] * N, nullptr, nullptr, part.data(), kc);
       }
       // columns [lo, hi): the GEMM reads the patches in place, one tap row (kw x C floats) at a time,
       // pixels at stride sw x C
@@ -150,7 +150,7 @@ torch::Tensor linear_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
     for (int64_t job = claim(); job < tiles * groups; job = claim()) {
       const int64_t t = job / groups, g = job % groups, m0 = t * rows, m1 = std::min(M, m0 + rows);
       if (panel(g) < panel(g + 1))
-        isa.gemm(xp + m0 * K, m1 - m0, K, wp, N, panel(g), panel(g + 1), bp, act, false, op + m0 * N, nullptr, nullptr,
+        isa.gemm(xp + m0 * K, K, m1 - m0, K, wp, N, panel(g), panel(g + 1), bp, act, false, op + m0 * N, nullptr, nullptr,
                  part.data(), kc);
     }
   });

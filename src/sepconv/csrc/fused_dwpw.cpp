@@ -79,8 +79,13 @@ static Geometry checked_geometry(const torch::Tensor& x, const torch::Tensor& dw
 torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bias, int64_t act_mid, torch::Tensor pw,
                          torch::Tensor pw_bias, int64_t n_out, int64_t act_out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                          int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t tile_bytes) {
-  const Geometry g = checked_geometry(x, dw, dw_bias, act_mid, pw, pw_bias, n_out, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes);
+  Geometry g = checked_geometry(x, dw, dw_bias, act_mid, pw, pw_bias, n_out, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes);
   const int64_t B = x.size(0), C = g.C, H = g.H, W = g.W, N = n_out, M = dw.size(0), K = g.tC, Ho = g.Ho, Wo = g.Wo;
+  // the tile's rows at a stride of K rounded up to 16 floats, plus 16: rows 64 bytes apart modulo
+  // 4 KiB, so that the GEMM's MR rows fall in MR different L1 sets (at K = 1024 they all fell in
+  // one: 14 rows in a 12-way set)
+  g.tC = (K + NB - 1) / NB * NB + NB;
+  const int64_t ldt = g.tC;
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   // contiguous copies held for the whole call (a pointer into a temporary copy would dangle)
   dw = dw.contiguous();
@@ -95,40 +100,52 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   const float* pbp = pw_bias.numel() ? pw_bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const Kernels& isa = kernels();
-  const int64_t MR = isa.mr, kc = split_kc(isa, K);
+  const int64_t MR = isa.mr, kc = split_kc(isa, K), blocks = (N + NB - 1) / NB, step = isa.cols / NB;
   // tiles: ranges of output pixels of one image whose depthwise result (px x K floats) fits
   // tile_bytes, with a total (B x tiles) that spreads evenly over the threads
   const int64_t P = Ho * Wo, threads = std::max(1, at::get_num_threads());
-  const int64_t cap = std::max<int64_t>(MR, tile_bytes / (K * 4) / MR * MR);
+  const int64_t cap = std::max<int64_t>(MR, tile_bytes / (ldt * 4) / MR * MR);
   int64_t tiles = (P + cap - 1) / cap;
-  if ((B * tiles) % threads != 0) tiles = ((B * tiles + threads - 1) / threads * threads + B - 1) / B;
+  // groups of the pointwise weights' panels, each its own job: when the weights outgrow half of L2
+  // and there are too few tiles for the threads (a deep layer at batch 1), each thread computes
+  // the tile's (cheap) depthwise part itself and streams only its share of the weights, instead of
+  // every thread streaming all of them for a sliver of the pixels
+  int64_t groups = 1;
+  if (threads > 1 && K * N * 4 > l2_bytes() / 2 && B * tiles < 2 * threads)
+    groups = std::min(threads, (blocks + step - 1) / step);
+  else if ((B * tiles) % threads != 0)
+    tiles = ((B * tiles + threads - 1) / threads * threads + B - 1) / B;
   tiles = std::min(tiles, (P + MR - 1) / MR);
   const int64_t px = ((P + tiles - 1) / tiles + MR - 1) / MR * MR;
   tiles = (P + px - 1) / px;
+  // group q: the panels [panel(q), panel(q + 1)), in whole register blocks
+  const auto panel = [&](int64_t q) { return std::min(blocks, (q * blocks / groups + step - 1) / step * step); };
   // a large output of a shallow GEMM (where writing it is a large part of the time) goes around
   // the cache; for deep ones (K > 384) streaming stores measured no faster
   const bool stream = streams(K, B * P * N * 4);
-  const int64_t jobs = B * tiles;
+  const int64_t jobs = B * tiles * groups;
   parallel_claim(jobs, [&](const auto& claim) {
     // part: the GEMM's partial sums when it splits the channel sum. Uninitialized (every element
     // is written before it is read): zero-filling them cost ~10% of a small layer's depthwise time
-    std::unique_ptr<float[]> buf(new float[px * K]), part(new float[kc < K ? px * isa.cols : 0]);
+    std::unique_ptr<float[]> buf(new float[px * ldt]), part(new float[kc < K ? px * isa.cols : 0]);
     for (int64_t job = claim(), next; job < jobs; job = next) {
-      const int64_t b = job / tiles, p0 = (job % tiles) * px, p1 = std::min(P, p0 + px);
+      const int64_t q = job % groups, tile = job / groups, b = tile / tiles, p0 = (tile % tiles) * px, p1 = std::min(P, p0 + px);
       for (int64_t m = 0; m < M; ++m)  // each multiplier's filters over the same input rows
         isa.depthwise(xp + b * H * W * C, dwp + m * kh * kw * C, dbp ? dbp + m * C : nullptr, act_mid, g, p0, p1,
                       buf.get() + m * C);
       next = claim();  // claimed now, so that its input rows can be fetched during this GEMM
       const char *pf = nullptr, *pf_end = nullptr;
       if (next < jobs) {
-        const int64_t next_b = next / tiles, q0 = (next % tiles) * px, q1 = std::min(P, q0 + px);
+        const int64_t next_tile = next / groups, next_b = next_tile / tiles, q0 = (next_tile % tiles) * px;
+        const int64_t q1 = std::min(P, q0 + px);
         const int64_t r0 = std::max<int64_t>(0, (q0 / Wo) * sh - pt);
         const int64_t r1 = std::min<int64_t>(H, ((q1 - 1) / Wo) * sh - pt + kh);
         pf = reinterpret_cast<const char*>(xp + (next_b * H + r0) * W * C);
         pf_end = reinterpret_cast<const char*>(xp + (next_b * H + r1) * W * C);
       }
-      isa.gemm(buf.get(), p1 - p0, K, pwp, N, 0, (N + NB - 1) / NB, pbp, act_out, stream, op + (b * P + p0) * N, pf, pf_end,
-               part.get(), kc);
+      if (panel(q) < panel(q + 1))
+        isa.gemm(buf.get(), ldt, p1 - p0, K, pwp, N, panel(q), panel(q + 1), pbp, act_out, stream, op + (b * P + p0) * N, pf,
+                 pf_end, part.get(), kc);
     }
     if (stream) isa.fence();  // streaming stores are weakly ordered: publish them before returning
   });

@@ -138,7 +138,7 @@ __attribute__((always_inline)) static inline void load_bias(const float* bias, i
 
 // One block of NPB panels from nb of the GEMM (see Kernels::gemm), prefetching from *pf
 template <int NPB>
-static void gemm_block(const float* t, i64 P, i64 C, const float* wpack, i64 N, i64 nb, const float* bias, i64 act, bool stream,
+static void gemm_block(const float* t, i64 lda, i64 P, i64 C, const float* wpack, i64 N, i64 nb, const float* bias, i64 act, bool stream,
                        float* out, const char*& pf, const char* pf_end, i64 per_step, float* part, i64 KC) {
   constexpr int J = NPB * NB / VL;
   const i64 n0 = nb * NB, width = imin(NPB * NB, N - n0);
@@ -156,7 +156,7 @@ static void gemm_block(const float* t, i64 P, i64 C, const float* wpack, i64 N, 
       else
         for (int m = 0; m < mr; ++m)
           for (int j = 0; j < J; ++j) acc[m][j] = load<vec>(pp + m * COLS + j * VL);
-      rows_x_panels_n<NPB, MR>(mr, t + pm * C + k0, C, kc, wpb + k0 * NB, C * NB, acc);
+      rows_x_panels_n<NPB, MR>(mr, t + pm * lda + k0, lda, kc, wpb + k0 * NB, C * NB, acc);
       if (!last) {
         for (int m = 0; m < mr; ++m)
           for (int j = 0; j < J; ++j) store(pp + m * COLS + j * VL, acc[m][j]);
@@ -168,7 +168,7 @@ static void gemm_block(const float* t, i64 P, i64 C, const float* wpack, i64 N, 
 }
 
 // noinline: a variant of the caller that GCC inlined this into ran 1.6x slower (accumulators spilled)
-__attribute__((noinline)) static void gemm(const float* t, i64 P, i64 C, const float* wpack, i64 N, i64 nb_begin, i64 nb_end,
+__attribute__((noinline)) static void gemm(const float* t, i64 lda, i64 P, i64 C, const float* wpack, i64 N, i64 nb_begin, i64 nb_end,
                                            const float* bias, i64 act, bool stream, float* out, const char* pf,
                                            const char* pf_end, float* part, i64 kc) {
   const i64 KC = kc < C ? kc : C;
@@ -177,9 +177,9 @@ __attribute__((noinline)) static void gemm(const float* t, i64 P, i64 C, const f
   const i64 per_step = pf_end > pf ? ((pf_end - pf) / 64 + steps - 1) / steps : 0;
   for (i64 nb = nb_begin; nb < nb_end; nb += NP) {
     if (NP == 2 && nb + 1 < nb_end)
-      gemm_block<NP>(t, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+      gemm_block<NP>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
     else
-      gemm_block<1>(t, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+      gemm_block<1>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
   }
 }
 

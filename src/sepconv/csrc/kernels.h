@@ -27,9 +27,10 @@ struct Kernels {
   // the depthwise conv of output pixels [p0, p1) of one image into t (rows at stride g.tC)
   void (*depthwise)(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g, int64_t p0,
                     int64_t p1, float* t);
-  // out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]), p < P, n in the panels [nb_begin, nb_end);
-  // channel sums in blocks of kc channels (partial sums in part: P x cols floats) when C > kc
-  void (*gemm)(const float* t, int64_t P, int64_t C, const float* wpack, int64_t N, int64_t nb_begin, int64_t nb_end,
+  // out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]), p < P (rows of t at stride lda), n in the
+  // panels [nb_begin, nb_end); channel sums in blocks of kc channels (partial sums in part: P x
+  // cols floats) when C > kc
+  void (*gemm)(const float* t, int64_t lda, int64_t P, int64_t C, const float* wpack, int64_t N, int64_t nb_begin, int64_t nb_end,
                const float* bias, int64_t act, bool stream, float* out, const char* pf, const char* pf_end, float* part,
                int64_t kc);
   // the interior run of one output row of an implicit-GEMM convolution: `count` pixels whose
