@@ -15,6 +15,7 @@ from ..graph import find_conv_bn, fold_chains
 from .allocate import _choose
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
+from .parallel import map_layers
 from .report import ConversionReport, LayerConversion
 from .surgery import _find_layers, _operate
 
@@ -85,8 +86,7 @@ def convert(
     if batches is not None:  # output-error allocation: each layer's input covariance
         inputs = _capture_inputs(model, [l.name for l in layers], batches)
         _covariances(layers, inputs)
-    for l in layers:
-        l.candidates = _with_dense(l, _candidates(l, _structures(l.conv, method)[0], rank))
+    _rank_candidates(layers, method, rank)
     choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before)
     probe_inputs, reference = _reference(model, layers, probe)  # taken before any surgery: model may be target
     new_layers = _operate(target, layers, choice, found)
@@ -94,6 +94,14 @@ def convert(
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()
     _fill_report(report, target, layers, choice, new_layers, probe, probe_inputs, reference, batches, unrefit)
     return target, report
+
+
+def _rank_candidates(layers: list[_Layer], method: str, rank: Optional[int]) -> None:
+    """Set each layer's candidates (and the dense conv), the layers spread over the cores."""
+    found = map_layers(lambda l: _with_dense(l, _candidates(l, _structures(l.conv, method)[0], rank)), layers,
+                       cost=lambda l: l.weight.numel() * l.weight.shape[1])
+    for l, candidates in zip(layers, found):
+        l.candidates = candidates
 
 
 def _checked_inputs(model, method, budget, rank, tolerance, allocation, example_input, calibration_data, fold_bn,

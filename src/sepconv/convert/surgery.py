@@ -21,6 +21,7 @@ from ..layers import (
     _load_factors,
 )
 from .candidates import _Candidate, _Layer, _nominal_shape, _skip_reason, _structures
+from .parallel import map_layers
 from .spectra import Spectrum
 
 _SEPARABLE = {1: SeparableConv1d, 2: SeparableConv2d, 3: SeparableConv3d}
@@ -122,14 +123,14 @@ def _operate(target: nn.Module, layers: list[_Layer], choice: dict[str, _Candida
     """
     if found is not None:
         fold_chains(target, found.chains)
-    new_layers = {}
+    todo = [l for l in layers if choice[l.name].structure != "dense"]
+    built = map_layers(lambda l: _build(choice[l.name].structure, l.conv, l.weight, l.bias, choice[l.name].rank,
+                                        l.spectra.get(choice[l.name].structure)), todo,
+                       cost=lambda l: l.weight.numel() * l.weight.shape[1])
+    new_layers = {l.name: l.conv for l in layers}  # a dense choice stays as it is (with its BatchNorm folded in)
+    for l, new in zip(todo, built):
+        _set_module(target, l.name, new)
+        new_layers[l.name] = new
     for l in layers:
-        c = choice[l.name]
-        if c.structure == "dense":  # kept as it is (with its BatchNorm folded in)
-            new_layers[l.name] = l.conv
-        else:
-            new = _build(c.structure, l.conv, l.weight, l.bias, c.rank, l.spectra.get(c.structure))
-            _set_module(target, l.name, new)
-            new_layers[l.name] = new
         l.spectra = {}  # the eigenvectors are not needed any more
     return new_layers
