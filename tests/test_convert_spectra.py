@@ -64,7 +64,7 @@ def test_data_free_candidates_build_no_kernel_per_rank(monkeypatch):
         raise AssertionError("a candidate kernel was materialized")
 
     monkeypatch.setattr(D, "best_approximations", refuse)
-    monkeypatch.setattr(S.Spectrum, "approximations", refuse)
+    monkeypatch.setattr(S.Spectrum, "output_errors", refuse)
     package = sys.modules["sepconv.convert"]
     if hasattr(package, "best_approximations"):  # where the materializing version took it from
         monkeypatch.setattr(package, "best_approximations", refuse)
@@ -86,3 +86,19 @@ def test_numerically_low_rank_spatial_layer_is_found_exactly():
     assert [(r.structure, r.rank) for r in report.layers] == [("spatial", 16)]
     assert report.layers[0].weight_error < 1e-13 and report.output_error < 1e-10
     torch.testing.assert_close(new(x), net(x))
+
+
+@pytest.mark.parametrize("cin,cout,k", [(12, 20, 3), (20, 6, 3), (5, 7, 5)])
+def test_output_errors_equal_the_materialized_ones(cin, cout, k):
+    from sepconv.convert import _output_error
+
+    layer = _conv_layer(cin, cout, k, seed=cin + cout)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4 * cin * k * k, cin * k * k, generator=g, dtype=F64) * torch.rand(cin * k * k, generator=g, dtype=F64)
+    cov = x.T @ x  # correlated, badly scaled patches
+    for structure in ("depthwise", "blueprint", "spatial"):
+        spectrum = S.Spectrum(layer.weight, structure, [])
+        ranks = _rank_grid(spectrum.max_rank)
+        got = spectrum.output_errors(layer.weight, ranks, cov)
+        for r, approx in D.best_approximations(layer.weight, structure, ranks).items():
+            assert abs(got[r] - _output_error(layer.weight, approx[0], cov)) < 1e-12, (structure, r)

@@ -61,13 +61,23 @@ def _check_runs(model: nn.Module, name: str, inputs: list[Tensor]) -> dict[tuple
     return profiles
 
 
+class _Reached(BaseException):
+    """Raised by a capture hook to end a forward pass whose remaining layers are not needed."""
+
+
 def _capture_inputs(model: nn.Module, names: list[str], batches: list[Tensor],
-                    outputs: Optional[list] = None) -> dict[str, list[Tensor]]:
+                    outputs: Optional[list] = None, stop: bool = False) -> dict[str, list[Tensor]]:
     """Inputs of the named modules over all batches (model in eval mode, no grad); the model's
-    outputs are appended to ``outputs`` if given."""
+    outputs are appended to ``outputs`` if given. With ``stop`` (one name, a module called once
+    per forward), each forward pass ends as soon as that module's input is captured."""
     got: dict[str, list[Tensor]] = {n: [] for n in names}
-    handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, n=n: got[n].append(a[0].detach())) for n in names]
+
+    def hook(n: str, a: tuple) -> None:
+        got[n].append(a[0].detach())
+        if stop:
+            raise _Reached
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(n, a)) for n in names]
     was = model.training
     model.eval()
     try:
@@ -75,6 +85,8 @@ def _capture_inputs(model: nn.Module, names: list[str], batches: list[Tensor],
             for i, x in enumerate(batches):
                 try:
                     y = model(x)
+                except _Reached:
+                    continue
                 except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                     raise ValueError(f"calibration_data: the model failed on batch {i} of shape {tuple(x.shape)}: "
                                      f"{type(exc).__name__}: {exc}") from exc
@@ -194,7 +206,8 @@ def _refine(target: nn.Module, layers: list[_Layer], converted: dict[str, nn.Mod
         ys = [_dense_apply(l.conv, l.weight, l.bias, x) for x in inputs[l.name]]
         child_name = f"{l.name}.{new._output_factor}"
         child = target.get_submodule(child_name)
-        zs = _capture_inputs(target, [child_name], batches)[child_name]
+        once = len(inputs[l.name]) == len(batches)  # called once per forward: the rest of the model is not needed
+        zs = _capture_inputs(target, [child_name], batches, stop=once)[child_name]
         with torch.no_grad():
             if not _refit_last(child, zs, ys):
                 unrefit.add(l.name)

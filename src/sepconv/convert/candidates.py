@@ -115,8 +115,7 @@ def _candidates(layer: _Layer, structures: list[str], fixed_rank: Optional[int])
         spectrum = layer.spectra[st] = Spectrum(layer.weight, st, ranks)
         errors = {r: spectrum.error(r) for r in ranks}
         if layer.cov is not None:
-            used = {r: _output_error(layer.weight, w_hat, layer.cov)
-                    for r, w_hat in spectrum.approximations(layer.weight, ranks)}
+            used = spectrum.output_errors(layer.weight, ranks, layer.cov)
         else:
             used = errors
         for r in ranks:

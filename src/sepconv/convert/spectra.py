@@ -3,8 +3,8 @@
 By Eckart-Young, the relative weight error of the best rank-r factorization is
 ``sqrt(sum of the squared singular values beyond r / sum of all of them)`` (over every slice), so
 the errors of the whole rank grid follow from the singular values alone: no candidate kernel is
-built. Only the rank that is chosen gets factors (:meth:`Spectrum.factors`), and only calibrated
-conversion (output errors) reconstructs candidate kernels, one rank at a time.
+built. Only the rank that is chosen gets factors (:meth:`Spectrum.factors`); calibrated conversion's
+output errors (:meth:`Spectrum.output_errors`) follow the factorization's components rank by rank.
 
 The spatial structure's matrix ``(C*kh) x (N*kw)`` is large (1536 x 1536 for a 512 -> 512 3x3
 conv). When its smaller side has at least ``_GRAM_MIN`` rows, its spectrum comes from the
@@ -16,7 +16,7 @@ rounding would be visible), the spectrum is recomputed by an SVD and the factors
 :mod:`sepconv.decompose` as for the other structures.
 """
 
-from collections.abc import Iterator
+import math
 from typing import Optional
 
 import torch
@@ -39,16 +39,6 @@ def _matrices(weight: Tensor, structure: str) -> Tensor:
     if structure == "blueprint":
         return w.reshape(n, c, -1)  # (N, C, K)
     return _spatial_matrix(w, 1)  # (1, C*kh, N*kw)
-
-
-def _back(a: Tensor, structure: str, shape: tuple) -> Tensor:
-    """Inverse of :func:`_matrices`: matrices back to a ``(N, C, *k)`` kernel."""
-    if structure == "depthwise":
-        return a.transpose(0, 1).reshape(shape)
-    if structure == "blueprint":
-        return a.reshape(shape)
-    n, c, kh, kw = shape
-    return a.reshape(1, c, kh, n, kw).permute(0, 3, 1, 2, 4).reshape(shape)
 
 
 def _tail_errors(energy: Tensor) -> Tensor:
@@ -116,15 +106,43 @@ class Spectrum:
         horizontal = right.reshape(rank, n, kw).permute(1, 0, 2).reshape(n, rank, 1, kw)
         return _finite_factors(vertical.to(weight.dtype), horizontal.to(weight.dtype))
 
-    def approximations(self, weight: Tensor, ranks: list[int]) -> Iterator[tuple[int, Tensor]]:
-        """``(rank, best approximation (N, C, *k) float64)`` for each of ``ranks`` (ascending), built
-        incrementally from one SVD: one kernel in memory at a time."""
+    def output_errors(self, weight: Tensor, ranks: list[int], cov: Tensor) -> dict[int, float]:
+        """Relative output error ``sqrt(tr(dW S dW^T) / tr(W S W^T))`` of the best factorization at
+        each of ``ranks`` (``W`` as ``(N, C*K)``, ``S`` the covariance of the layer's input patches).
+
+        From one SVD: ``dW`` and ``dW S`` are updated rank by rank with the components added, and
+        ``(components) S`` is formed through the structure (for depthwise and spatial, a
+        product with S's rows of one channel or one kernel column), never a candidate kernel times S.
+        """
         u, s, vh = torch.linalg.svd(_matrices(weight, self.structure), full_matrices=False)
-        approx = torch.zeros_like(_matrices(weight, self.structure))
-        done = 0
-        for r in sorted(ranks):
+        cov = cov.double()
+        dw = weight.detach().double().reshape(self.shape[0], -1).clone()
+        dws = dw @ cov
+        den = float((dw * dws).sum())
+        out, done = {}, 0
+        for r in sorted(set(ranks)):
             q = min(r, s.shape[-1])
             if q > done:
-                approx = approx + (u[..., done:q] * s[..., None, done:q]) @ vh[..., done:q, :]
+                delta, delta_s = self._components(u, s, vh, done, q, cov)
+                dw -= delta
+                dws -= delta_s
                 done = q
-            yield r, _back(approx, self.structure, self.shape)
+            out[r] = math.sqrt(max(float((dw * dws).sum()), 0.0) / den) if den > 0 else 0.0
+        return out
+
+    def _components(self, u: Tensor, s: Tensor, vh: Tensor, p: int, q: int, cov: Tensor) -> tuple[Tensor, Tensor]:
+        """The components ``p..q-1`` of the factorization as ``(N, C*K)`` and times ``cov``."""
+        n, c = self.shape[:2]
+        if self.structure == "depthwise":  # (C, N, m), (C, m), (C, m, K)
+            us, v = u[:, :, p:q] * s[:, None, p:q], vh[:, p:q, :]
+            delta = torch.einsum("cnj,cjk->nck", us, v).reshape(n, -1)
+            rows = torch.einsum("cjk,ckf->cjf", v, cov.reshape(c, v.shape[-1], -1))
+            return delta, torch.einsum("cnj,cjf->nf", us, rows)
+        if self.structure == "blueprint":  # (N, C, m), (N, m), (N, m, K): no cheaper product than the dense one
+            delta = torch.einsum("ncj,njk->nck", u[:, :, p:q] * s[:, None, p:q], vh[:, p:q, :]).reshape(n, -1)
+            return delta, delta @ cov
+        kw = self.shape[3]  # spatial: (1, C*kh, m), (1, m), (1, m, N*kw)
+        left, right = u[0, :, p:q], (s[0, p:q, None] * vh[0, p:q, :]).reshape(q - p, n, kw)
+        delta = torch.einsum("aj,jnx->nax", left, right).reshape(n, -1)
+        rows = torch.einsum("aj,axf->jxf", left, cov.reshape(left.shape[0], kw, -1))
+        return delta, torch.einsum("jnx,jxf->nf", right, rows)
