@@ -9,6 +9,8 @@ as the model they were made from.
 - :func:`resnet_basic` / :func:`resnet_bottleneck`: ResNet with ``BasicBlock`` / ``Bottleneck``
   blocks (convs and BatchNorms as attributes, ``torch.relu`` in ``forward``, a strided 1x1 conv +
   BatchNorm ``downsample``, residual adds), 7x7 stride-2 stem, max pool, global average pool.
+- :func:`resnet18` / :func:`resnet50` / :func:`resnet152`: the same classes at torchvision's full
+  widths (64-512) and depths, 1000 classes, for conversion and profiling benchmarks.
 - :func:`vgg_bn`: VGG-11 with BatchNorm (configuration "A") and ``nn.AdaptiveAvgPool2d((7, 7))``
   before the classifier, as torchvision's ``vgg11_bn`` (whose pool upsamples small inputs).
 - :func:`mobilenet_v2`: inverted residuals (1x1 expansion, 3x3 depthwise, linear 1x1
@@ -161,6 +163,21 @@ def resnet_basic(num_classes: int = 10) -> nn.Module:
 def resnet_bottleneck(num_classes: int = 10) -> nn.Module:
     """A ResNet-50-like network (Bottleneck blocks, expansion 4), widths 4-16."""
     return randomize_batchnorm(ResNet(Bottleneck, [2, 1, 1, 1], [4, 8, 12, 16], num_classes))
+
+
+def resnet18(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ``resnet18`` at full size: BasicBlocks ``[2, 2, 2, 2]``, widths 64-512."""
+    return randomize_batchnorm(ResNet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], num_classes))
+
+
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ``resnet50`` at full size: Bottlenecks ``[3, 4, 6, 3]``, widths 64-512 (x4 out)."""
+    return randomize_batchnorm(ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], num_classes))
+
+
+def resnet152(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ``resnet152`` at full size: Bottlenecks ``[3, 8, 36, 3]``, widths 64-512 (x4 out)."""
+    return randomize_batchnorm(ResNet(Bottleneck, [3, 8, 36, 3], [64, 128, 256, 512], num_classes))
 
 
 def se_net(num_classes: int = 10) -> nn.Module:

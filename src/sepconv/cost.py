@@ -22,6 +22,7 @@ tutorials do (docs/worked-examples.md checks their worked examples).
 """
 
 import copy
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -397,14 +398,77 @@ def _shape(s) -> str:
     return "x".join(str(v) for v in s)
 
 
+class _Uncacheable(Exception):
+    pass
+
+
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+def _key(a):
+    """A hashable description of an op argument that determines the op's output metadata on meta."""
+    if type(a) in (torch.Tensor, nn.Parameter):
+        return (torch.Tensor, tuple(a.shape), a.stride(), a.dtype, a.device.type, a.storage_offset())
+    if isinstance(a, (list, tuple)):
+        return (type(a), tuple(_key(v) for v in a))
+    if isinstance(a, _PLAIN):
+        return (type(a), a)  # the type too: 1, 1.0 and True are equal keys otherwise
+    raise _Uncacheable
+
+
+def _make(spec):
+    """New meta tensors of the recorded output metadata."""
+    if isinstance(spec, list):
+        return tuple(_make(s) for s in spec)
+    shape, stride, dtype = spec
+    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+
+
+def _spec(out):
+    if type(out) is torch.Tensor and out.is_meta and out.storage_offset() == 0:
+        return (tuple(out.shape), out.stride(), out.dtype)
+    if isinstance(out, tuple) and out:
+        return [_spec(o) for o in out]
+    raise _Uncacheable
+
+
+def _cacheable(func) -> bool:
+    """A functional op: mutates nothing and returns new tensors (no views or aliases of its inputs)."""
+    schema = func._schema
+    return not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+
+
 class _OpCounter(TorchDispatchMode):
-    """Counts conv / matmul MACs from shapes and attributes them to the innermost running module."""
+    """Counts conv / matmul MACs from shapes and attributes them to the innermost running module.
+
+    On the meta device an op's output metadata is a function of its arguments' metadata, and many
+    meta kernels are Python: the output of each functional op is recorded by its arguments'
+    shapes, strides and dtypes, and a repeated call (ResNet-152's 36 identical blocks) gets new
+    meta tensors of the recorded metadata without running the kernel again."""
 
     def __init__(self):
         super().__init__()
         self.stack: list[str] = []
         self.macs: dict[str, int] = {}
         self.category: dict[str, str] = {}
+        self._outputs: dict = {}
+
+    def _run(self, func, args, kwargs):
+        if not _cacheable(func):
+            return func(*args, **kwargs)
+        try:
+            key = (func, _key(args), _key(tuple(sorted(kwargs.items()))))
+        except _Uncacheable:
+            return func(*args, **kwargs)
+        spec = self._outputs.get(key)
+        if spec is not None:
+            return _make(spec)
+        out = func(*args, **kwargs)
+        try:
+            self._outputs[key] = _spec(out)
+        except _Uncacheable:
+            pass
+        return out
 
     def _add(self, macs: int, category: str) -> None:
         name = self.stack[-1] if self.stack else ""
@@ -413,7 +477,7 @@ class _OpCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self._run(func, args, kwargs)
         packet = func._overloadpacket
         aten = torch.ops.aten
         if packet in (aten.convolution, aten._convolution):
@@ -464,6 +528,21 @@ def _parse_input_size(input_size) -> list[tuple[int, ...]]:
     return shapes
 
 
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` whose plain parameters and buffers are new ``meta`` tensors of the
+    same shape, strides, dtype and ``requires_grad``: no tensor data is copied (ResNet-152's
+    240 MB were). Tied tensors stay tied; other tensor types are deep-copied as usual."""
+    memo: dict = {}
+    keep = []  # the originals outlive the copy, so that their ids in memo stay theirs
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) in memo or type(t) not in (torch.Tensor, nn.Parameter) or t.is_meta:
+            continue
+        empty = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if type(t) is nn.Parameter else empty
+        keep.append(t)
+    return copy.deepcopy(model, memo)
+
+
 def profile(model: nn.Module, input_size, dtype: torch.dtype = torch.float32, name: str = "") -> ModelCost:
     """Profile ``model`` on an input of ``input_size`` by shape propagation on the ``meta`` device.
 
@@ -493,7 +572,7 @@ def profile(model: nn.Module, input_size, dtype: torch.dtype = torch.float32, na
     shapes = _parse_input_size(input_size)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
-    meta = copy.deepcopy(model).to(device="meta", dtype=dtype) if dtype.is_floating_point else copy.deepcopy(model).to("meta")
+    meta = _meta_copy(model).to(device="meta", dtype=dtype) if dtype.is_floating_point else _meta_copy(model).to("meta")
     meta.eval()
     counter = _OpCounter()
     names = {m: n for n, m in meta.named_modules()}

@@ -1,0 +1,109 @@
+"""What :func:`sepconv.convert` did: one :class:`LayerConversion` row per converted layer and the
+model-level :class:`ConversionReport`, rendered as JSON, markdown or a ``rich`` table."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+__all__ = ["ConversionReport", "LayerConversion"]
+
+
+@dataclass
+class LayerConversion:
+    """One row of the report. ``structure`` is ``'dense'`` when the layer was kept as it was."""
+
+    name: str
+    structure: str
+    rank: Optional[int]
+    macs_before: int
+    macs_after: int
+    weight_error: float
+    output_error: Optional[float] = None
+    note: str = ""
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did. Render with ``rich``, :meth:`to_json` or :meth:`to_markdown`."""
+
+    layers: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (name, reason)
+    batchnorms: dict = field(default_factory=dict)  # name -> "folded into 'conv'" or why it was left alone
+    macs_before: int = 0
+    macs_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    output_error: Optional[float] = None
+    budget: Optional[float] = None
+    method: str = "auto"
+    objective: str = "weight"
+    inplace: bool = False
+    message: str = ""
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["macs_ratio"] = self.macs_ratio
+        return d
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def _summary(self) -> str:
+        s = (f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%}); "
+             f"params {self.params_before:,} -> {self.params_after:,}")
+        if self.output_error is not None:
+            s += f"; model output relative error {self.output_error:.4f}"
+        if self.batchnorms:
+            s += f"; BatchNorms folded {self._folded_count()} of {len(self.batchnorms)}"
+        if self.inplace:
+            s += "; the input model was modified in place (inplace=True)"
+        return s + (f". {self.message}" if self.message else "")
+
+    def _folded_count(self) -> int:
+        return sum(why.startswith("folded into ") for why in self.batchnorms.values())
+
+    def to_markdown(self) -> str:
+        lines = [self._summary(), "", "| layer | structure | rank | MACs before | MACs after | weight error | output error |",
+                 "|---|---|---:|---:|---:|---:|---:|"]
+        for r in self.layers:
+            out = "" if r.output_error is None else f"{r.output_error:.4f}"
+            lines.append(f"| {r.name} | {r.structure} | {r.rank or ''} | {r.macs_before:,} | {r.macs_after:,} | "
+                         f"{r.weight_error:.4f} | {out} |")
+        if self.skipped:
+            lines += ["", "| skipped layer | reason |", "|---|---|"] + [f"| {n} | {why} |" for n, why in self.skipped]
+        if self.batchnorms:
+            lines += ["", "| BatchNorm | folded, or why not |", "|---|---|"]
+            lines += [f"| {n} | {why} |" for n, why in self.batchnorms.items()]
+        return "\n".join(lines) + "\n"
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title="conversion (MACs = multiply-accumulates)")
+        for col in ("layer", "structure", "rank", "MACs before", "MACs after", "weight err", "output err"):
+            t.add_column(col, justify="left" if col in ("layer", "structure") else "right")
+        for r in self.layers:
+            t.add_row(r.name, r.structure, str(r.rank or ""), f"{r.macs_before:,}", f"{r.macs_after:,}",
+                      f"{r.weight_error:.4f}", "" if r.output_error is None else f"{r.output_error:.4f}")
+        parts = [t, Text(self._summary())]
+        if self.skipped:
+            s = Table(title="skipped")
+            s.add_column("layer")
+            s.add_column("reason")
+            for n, why in self.skipped:
+                s.add_row(n, why)
+            parts.insert(1, s)
+        if self.batchnorms:
+            b = Table(title="BatchNorms")
+            b.add_column("BatchNorm")
+            b.add_column("folded, or why not")
+            for n, why in self.batchnorms.items():
+                b.add_row(n, why)
+            parts.insert(-1, b)
+        return Group(*parts)
