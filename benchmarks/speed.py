@@ -15,9 +15,12 @@ Sections:
    channels_last, sepconv's ``SeparableConv2d``, and ``sepconv.optimize_for_inference``; realized
    speed-up vs dense, realized / theoretical (MAC ratio), and the depthwise part's effective GB/s
    against a copy bandwidth measured in the same run;
-2. whole MobileNetV1, batch 1 and 8, 2 threads: eager, torch.compile, sepconv optimized, and ONNX
-   Runtime on the exported model with the same thread count (its spinning thread pool is turned
-   off so that it does not steal the cores from the candidate timed after it);
+2. whole MobileNetV1, batch 1 and 8, 2 threads: eager, torch.compile, sepconv optimized, and two
+   reference engines on the same exported ONNX model with the same thread count, in float32:
+   ONNX Runtime (its spinning thread pool turned off) and OpenVINO (latency hint, one stream,
+   f32 precision: its default on AMX/AVX512-BF16 CPUs would be bfloat16). Engines alternate in
+   blocks of ``--block`` (10) back-to-back warm calls, each engine alone in its timed block;
+   each engine's max output error against eager PyTorch is recorded;
 3. ``separable_filter2d`` vs the dense 2-D filter for K = 3..25, and OpenCV's ``sepFilter2D``
    when ``cv2`` is installed.
 """
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 
 from sepconv._io import write_atomic
 from sepconv.bench import copy_bandwidth, interleaved, layer_speed
+from sepconv.doctor import vector_isa
 from sepconv.functional import separable_filter2d
 from sepconv.models import mobilenet_v1
 from sepconv.optimize import optimize_for_inference
@@ -65,22 +69,55 @@ def layer_rows(shapes, batches, threads_list, rounds):
     return rows
 
 
-def ort_session(model, x, threads):
-    import onnxruntime as ort
-
+def onnx_bytes(model, x) -> bytes:
+    """``model`` exported to ONNX (the dynamo exporter), serialized: what both engines load."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+def ort_session(onnx, threads):
+    """ONNX Runtime on ``threads`` threads; its spinning thread pool is turned off so that it does
+    not steal the cores from the engine timed after it."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(program.model_proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx, so, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda a: session.run(None, {name: a})[0]
 
 
-def mobilenet_rows(batches, threads, rounds, use_compile):
+def openvino_session(onnx, threads):
+    """OpenVINO's CPU plugin on ``threads`` threads, one stream, latency hint, and float32
+    inference precision: on CPUs with AMX or AVX512-BF16 its default would be bfloat16, which is
+    not the same computation."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(onnx, b"")
+    compiled = core.compile_model(model, "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+        "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda a: request.infer({0: a}, share_inputs=True)[0]
+
+
+def engine_version(name: str) -> str:
+    try:
+        import importlib.metadata
+
+        return importlib.metadata.version(name)
+    except Exception:
+        return "not installed"
+
+
+def mobilenet_rows(batches, threads, rounds, use_compile, block=10):
+    """Whole MobileNetV1 per engine; each engine warm and alone in its timed block of ``block``
+    back-to-back calls (engines alternate block by block, medians)."""
     rows = []
     torch.set_num_threads(threads)
     for batch in batches:
@@ -88,6 +125,8 @@ def mobilenet_rows(batches, threads, rounds, use_compile):
         model = mobilenet_v1().eval()
         x = torch.randn(batch, 3, 224, 224)
         xn = x.numpy()
+        with torch.no_grad():
+            reference = model(x)
         fast = optimize_for_inference(model, x)  # the default 10 dispatch rounds
         fns = {"eager": lambda: model(x), "sepconv optimized": lambda: fast(x)}
         compile_s = None
@@ -98,18 +137,23 @@ def mobilenet_rows(batches, threads, rounds, use_compile):
                 compiled(x)
             compile_s = time.perf_counter() - t0
             fns["torch.compile"] = lambda: compiled(x)
-        try:
-            run = ort_session(model, x, threads)
-            fns["onnxruntime"] = lambda: run(xn)
-        except ImportError:
-            pass
-        t = interleaved(fns, rounds)
+        errors = {}
+        onnx = onnx_bytes(model, x)
+        for engine, make in (("onnxruntime", ort_session), ("openvino", openvino_session)):
+            try:
+                run = make(onnx, threads)
+            except ImportError:
+                continue
+            errors[engine] = float((torch.as_tensor(run(xn)) - reference).abs().max() / reference.abs().max())
+            fns[engine] = lambda run=run: run(xn)
+        t = interleaved(fns, rounds, block=block)
         row = dict(batch=batch, threads=threads, ms={k: round(v, 3) for k, v in t.items()}, backend=fast.backend,
-                   compile_seconds=compile_s)
-        if "onnxruntime" in t:
-            row["optimized_over_ort"] = t["sepconv optimized"] / t["onnxruntime"]
+                   compile_seconds=compile_s, max_rel_error=errors)
+        for engine, key in (("onnxruntime", "optimized_over_ort"), ("openvino", "optimized_over_openvino")):
+            if engine in t:
+                row[key] = t["sepconv optimized"] / t[engine]
         rows.append(row)
-        print(f"  MobileNetV1 b{batch} {threads}t: " + ", ".join(f"{k} {v:.1f} ms" for k, v in t.items()), flush=True)
+        print(f"  MobileNetV1 b{batch} {threads}t: " + ", ".join(f"{k} {v:.2f} ms" for k, v in t.items()), flush=True)
     return rows
 
 
@@ -152,14 +196,17 @@ def median(v):
 
 
 def machine() -> str:
-    """CPU model, core count and the vector ISA torch dispatches to (e.g. 'AVX2')."""
-    model = platform.processor() or platform.machine()
+    """CPU model, core count and vector instruction set, e.g. 'AMD EPYC 7B13, 2 cores, x86_64 AVX2 + FMA'."""
+    model, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+            info = f.read().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+        flags = next((line.split(":", 1)[1] for line in info if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    isa = vector_isa(flags) if flags else torch.backends.cpu.get_cpu_capability()
+    return f"{model}, {os.cpu_count()} cores, {platform.machine()} {isa}"
 
 
 def markdown(meta, layers, nets, filters) -> str:
@@ -189,10 +236,11 @@ def markdown(meta, layers, nets, filters) -> str:
               f"| realized / theoretical over MobileNetV1 shapes, median >= 0.8 | median {median(rot):.2f} | {'yes' if median(rot) >= 0.8 else f'no, short by {0.8 - median(rot):.2f}'} |",
               f"| realized / theoretical, minimum >= 0.5 | min {min(rot):.2f} | {'yes' if min(rot) >= 0.5 else f'no, short by {0.5 - min(rot):.2f}'} |"]
     for r in nets:
-        if "optimized_over_ort" in r:
-            v = r["optimized_over_ort"]
-            lines.append(f"| MobileNetV1 batch {r['batch']}, {r['threads']} threads: optimized / ONNX Runtime <= 1.0 | {v:.2f} | "
-                         f"{'yes' if v <= 1.0 else f'no, {v - 1:.0%} slower'} |")
+        for key, engine in (("optimized_over_ort", "ONNX Runtime"), ("optimized_over_openvino", "OpenVINO")):
+            if key in r:
+                v = r[key]
+                lines.append(f"| MobileNetV1 batch {r['batch']}, {r['threads']} threads: optimized / {engine} <= 1.0 | {v:.2f} | "
+                             f"{'yes' if v <= 1.0 else f'no, {v - 1:.0%} slower'} |")
     big = [f for f in filters if f["k"] >= 7]
     if big:
         worst = min(big, key=lambda f: f["speedup"] / f["target"])
@@ -203,7 +251,9 @@ def markdown(meta, layers, nets, filters) -> str:
             lines.append(f"| separable filtering within 1.5x of OpenCV | worst {w:.2f}x | {'yes' if w <= 1.5 else 'no'} |")
         else:
             lines.append("| separable filtering within 1.5x of OpenCV | OpenCV not installed | not measured |")
-    lines += ["", "**MobileNetV1 1.0-224** (ms per batch):", "", "| batch | threads | " + " | ".join(nets[0]["ms"]) + " | chosen path |",
+    engines = ", ".join(f"{k} {v}" for k, v in meta.get("engines", {}).items())
+    lines += ["", f"**MobileNetV1 1.0-224** (ms per batch; float32 everywhere; each engine warm and alone in blocks of "
+              f"{meta.get('block', 1)} back-to-back calls, engines alternating; {engines}):", "", "| batch | threads | " + " | ".join(nets[0]["ms"]) + " | chosen path |",
               "|---:|---:|" + "---:|" * len(nets[0]["ms"]) + "---|"]
     for r in nets:
         lines.append(f"| {r['batch']} | {r['threads']} | " + " | ".join(f"{v:.1f}" for v in r["ms"].values()) + f" | {r['backend']} |")
@@ -214,24 +264,35 @@ def markdown(meta, layers, nets, filters) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer shapes and rounds (a smoke run)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of MobileNetV1")
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--block", type=positive_int, default=10, help="back-to-back timed calls per engine turn for whole networks (default 10)")
     add_output_args(p)
     args = p.parse_args(argv)
     out = output_dir(p, args)
     rounds = args.rounds or (5 if args.quick else 20)
     shapes = (MOBILENET_SHAPES[:2] + TUTORIAL_SHAPES[:1]) if args.quick else (MOBILENET_SHAPES + TUTORIAL_SHAPES)
     start = time.perf_counter()
+    print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
     print("1. layers", flush=True)
     layers = layer_rows(shapes, (1,) if args.quick else (1, 8), (2,) if args.quick else (1, 2), rounds)
     print("2. MobileNetV1", flush=True)
-    nets = mobilenet_rows((1,) if args.quick else (1, 8), 2, rounds, use_compile=not args.no_compile and not args.quick)
+    nets = mobilenet_rows((1,) if args.quick else (1, 8), 2, rounds, use_compile=not args.no_compile and not args.quick,
+                          block=args.block)
     print("3. separable filtering", flush=True)
     filters = filter_rows([3, 7, 15] if args.quick else list(range(3, 26, 2)), rounds)
+    engines = {e: engine_version(e) for e in ("onnxruntime", "openvino")}
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, python=sys.version.split()[0], rounds=rounds,
+                block=args.block, engines=engines,
                 quick=args.quick, seconds=round(time.perf_counter() - start, 1))
     os.makedirs(out, exist_ok=True)
     table = markdown(meta, layers, nets, filters)

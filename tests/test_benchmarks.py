@@ -106,3 +106,24 @@ def test_the_readme_tables_match_the_tracked_results():
     with open(update_readme.README) as f:
         readme = f.read()
     assert update_readme.updated_readme(str(ROOT / "benchmarks" / "results"), readme) == readme
+
+
+@pytest.mark.parametrize("engine", ["ort_session", "openvino_session"])
+def test_reference_engines_run_the_exported_model_in_float32(engine):
+    """Both reference engines compute what the PyTorch model computes (float32: OpenVINO's default
+    on AMX / AVX512-BF16 CPUs would be bfloat16, ~1e-2 off), at the thread count asked for."""
+    pytest.importorskip({"ort_session": "onnxruntime", "openvino_session": "openvino"}[engine])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 20, 20)
+    run = getattr(speed, engine)(speed.onnx_bytes(model, x), 1)
+    with torch.no_grad():
+        ref = model(x)
+    got = torch.as_tensor(run(x.numpy()))
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_machine_names_the_cpu_and_its_vector_isa():
+    text = speed.machine()
+    assert "cores" in text and any(isa in text for isa in ("AVX-512", "AVX2", "AVX", "NEON", "SSE")), text
