@@ -206,7 +206,17 @@ def machine() -> str:
     except OSError:
         pass
     isa = vector_isa(flags) if flags else torch.backends.cpu.get_cpu_capability()
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()} {isa}"
+    return f"{model}, {os.cpu_count()} cores, {platform.machine()} {isa}; sepconv kernels: {kernel_isa()}"
+
+
+def kernel_isa() -> str:
+    """The instruction set of sepconv's kernels in this run (``SEPCONV_ISA`` forces one)."""
+    from sepconv import _fused
+
+    if _fused.load() is None:
+        return f"not active ({_fused.error()})"
+    name, why = _fused.isa()
+    return f"{name} ({why})" if why else name
 
 
 def markdown(meta, layers, nets, filters) -> str:

@@ -29,3 +29,21 @@ def trained_digits_cnn(digits):
     history = train(model, digits[0], epochs=6, eval_data=digits[1], progress=False)
     assert history.eval_accuracy[-1] > 0.97
     return model.eval()
+
+
+ISAS = ("avx512", "avx2", "generic")  # the C++ kernels' instruction sets (sepconv._fused)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Each instruction set's kernels in turn, skipped where this CPU lacks it (the widest again after)."""
+    from sepconv import _fused
+
+    module = _fused.load()
+    if module is None:
+        pytest.skip(f"the C++ kernels are not available here: {_fused.error()}")
+    if request.param not in module.supported_isas():
+        pytest.skip(f"this CPU does not support {request.param} (it supports {', '.join(module.supported_isas())})")
+    assert _fused.set_isa(request.param) == module.isa() == request.param
+    yield request.param
+    _fused.set_isa(None)

@@ -105,11 +105,15 @@ def test_convert_writes_model_and_report(capsys, tmp_path, trained_digits_cnn):
     assert code == 0, err
     report = json.loads(text)
     assert report["macs_after"] <= 0.3 * report["macs_before"]
-    small = torch.load(out, weights_only=False)
-    from sepconv import profile
+    import sepconv
+    from sepconv.models import digits_cnn
 
-    assert profile(small, (1, 1, 16, 16)).macs == report["macs_after"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.pt", "small.pt"]
+    small = sepconv.apply_recipe(digits_cnn(32), tmp_path / "small.recipe.pt").eval()  # the user's class again
+    assert sepconv.profile(small, (1, 1, 16, 16)).macs == report["macs_after"]
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(sepconv.load(out)(x), small(x), rtol=1e-5, atol=1e-5)  # the self-contained archive
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.pt", "small.pt", "small.recipe.pt"]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -58,6 +58,7 @@ CASES = [
     ("even kernels, zeros", _img(2, 3, 9, 11), _k(6), _k(4), "same", "zeros", OK),
     ("valid, even kernels", _img(1, 2, 9, 11), _k(4), _k(2), "valid", "reflect", OK),
     ("valid, image exactly the kernel", _img(1, 2, 5, 3), _k(3), _k(5), "valid", "reflect", OK),
+    ("wide rows: every vector width", _img(1, 2, 7, 91), _k(5), _k(3), "same", "reflect", OK),  # 91 = 64 + 16 + 8 + 3
     ("3-D image", _img(3, 9, 11), _k(3), _k(5), "same", "reflect", OK),
     ("non-contiguous image", _img(2, 3, 11, 9).transpose(-1, -2), _k(5), _k(3), "same", "replicate", OK),
     ("channels_last image", _img(2, 3, 9, 11).contiguous(memory_format=torch.channels_last), _k(3), _k(3), "same", "zeros", OK),
@@ -94,7 +95,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,image,kx,ky,padding,border,expected", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("path", ["compiled", "torch"])
-def test_separable_filter2d_paths_agree(ext, path, name, image, kx, ky, padding, border, expected):
+def test_separable_filter2d_paths_agree(ext, isa, path, name, image, kx, ky, padding, border, expected):
     calls = []
     original = torch.ops.sepconv.separable_filter2d
 

@@ -165,7 +165,7 @@ def test_kernel_refuses_bad_arguments(ext, op, change, message):
         _call(op, base, change)
 
 
-def test_border_pixels_completed_by_right_padding_only(ext):
+def test_border_pixels_completed_by_right_padding_only(ext, isa):
     """W + left pad < kw with a stride of 2: no output column has all its taps inside the image
     (the truncating division counted one as inside, which read the next row's pixels)."""
     torch.manual_seed(0)
@@ -299,7 +299,7 @@ IMAGE_SPOTS = [(0, 0, 0, 0), (-1, -1, -1, -1), (0, -1, 5, 6), (1, 0, -1, 0), (0,
     (37, 33, 4, 1, 1, None, 1),        # any kernel size (per-pixel path), only the output ReLU
     (16, 16, 3, 1, 1, nn.ReLU, 0),     # only the middle ReLU
 ])
-def test_fused_separable_propagates_nan_and_inf(ext, cin, cout, k, stride, mult, act_mid, act_out):
+def test_fused_separable_propagates_nan_and_inf(ext, isa, cin, cout, k, stride, mult, act_mid, act_out):
     """The fused ReLU / ReLU6 mapped NaN to 0 (1,152 NaNs in the original output, 0 in the
     optimized one): now NaN, +Inf and -Inf come out where the eager model puts them."""
     from sepconv.optimize import FusedSeparableConv2d
@@ -320,7 +320,7 @@ def test_fused_separable_propagates_nan_and_inf(ext, cin, cout, k, stride, mult,
 
 
 @pytest.mark.parametrize("cin,cout,stride,act", [(3, 20, 2, 2), (3, 16, 1, 1), (5, 33, 1, 2)])
-def test_fused_conv_propagates_nan_and_inf(ext, cin, cout, stride, act):
+def test_fused_conv_propagates_nan_and_inf(ext, isa, cin, cout, stride, act):
     """Stem convs: NaN/Inf in the gathered border patches and in the patches read in place."""
     from sepconv.optimize import FusedConv2d
 
@@ -338,7 +338,7 @@ def test_fused_conv_propagates_nan_and_inf(ext, cin, cout, stride, act):
 
 
 @pytest.mark.parametrize("rows,features,out_features,act", [(7, 37, 20, 1), (3, 500, 40, 2), (1, 9, 17, 2)])
-def test_fused_linear_propagates_nan_and_inf(ext, rows, features, out_features, act):
+def test_fused_linear_propagates_nan_and_inf(ext, isa, rows, features, out_features, act):
     """Linear layers (the vector part and the tail of the outputs; > 384 features: summed in blocks)."""
     from sepconv.optimize import FusedLinear
 
@@ -355,7 +355,7 @@ def test_fused_linear_propagates_nan_and_inf(ext, rows, features, out_features, 
     _assert_same_specials(out, eager, ref64)
 
 
-def test_activations_of_special_values_match_pytorch(ext):
+def test_activations_of_special_values_match_pytorch(ext, isa):
     """Values that reach the activation directly (through the bias of a linear layer and of a 1x1
     conv): NaN stays NaN, ReLU6(+Inf) = 6, ReLU(-Inf) = 0, ReLU(+Inf) = +Inf, in a full panel of
     16 outputs and in the tail."""

@@ -165,8 +165,9 @@ def _with_threads(threads, fn, *args):
     (33, 17, 5, 2, "same", True, None, nn.ReLU, 13),   # C not a multiple of 32, TF 'same' (stride: dynamic)
     (16, 16, 4, 1, "same", True, nn.ReLU, None, 9),    # even kernel: asymmetric pads
     (8, 48, 3, 3, 2, False, None, None, 11),
+    (61, 40, 3, 1, 1, True, nn.ReLU, None, 13),       # 61 = 32 + 16 + 8 + 5, 40 = 32 + 8: every channel block
 ])
-def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding, bias, act_mid, act_out, size):
+def test_fused_kernel_equals_reference(fused_ext, isa, cin, cout, k, stride, padding, bias, act_mid, act_out, size):
     from sepconv.optimize import FusedSeparableConv2d, _ACTS, _fused_class
 
     torch.manual_seed(0)
@@ -205,7 +206,7 @@ def test_fused_kernel_equals_reference(fused_ext, cin, cout, k, stride, padding,
        same=st.booleans(), h=st.integers(1, 23), w=st.integers(1, 23), batch=st.integers(1, 3),
        acts=st.sampled_from([(None, None), (nn.ReLU, nn.ReLU6), (nn.ReLU6, nn.ReLU)]),
        tile_px=st.sampled_from([6, 30, 4096]), threads=st.sampled_from([1, 2]), mult=st.sampled_from([1, 1, 2, 3]))
-def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, same, h, w, batch, acts, tile_px, threads, mult):
+def test_fused_kernel_fuzz_float64_reference(fused_ext, isa, cin, cout, k, stride, same, h, w, batch, acts, tile_px, threads, mult):
     """Every path of the kernel (16-/8-channel blocks and the scalar tail, 3x3/5x5/any taps, border
     and interior pixels, tiles that split rows, one or two threads, depth multipliers) against a
     float64 reference."""
@@ -225,11 +226,13 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, cin, cout, k, stride, sa
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112)])
-def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
-    """C > 384 (the GEMM sums over blocks of 256 channels: 520 = 256 + 256 + 8; 777 in two tiles;
+@pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112), (768, 784, 5)])
+def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size):
+    """Deep inputs (the GEMM sums over blocks of channels sized from the L1 cache: 192 for AVX-512
+    and 384 for AVX2 with a 48 KiB L1, so 520 splits on the first, 777 on both; 777 in two tiles;
     plain stores), an output of 3.2 MB (plain stores) and one of 4.8 MB with C <= 384 (over 4 MB:
-    streaming stores)."""
+    streaming stores); weights over half of L2 (2.4 MB) in one tile: the threads split the weight
+    panels (in whole register blocks: 49 panels) instead of the pixels."""
     from sepconv.optimize import FusedSeparableConv2d
 
     torch.manual_seed(0)
@@ -242,7 +245,7 @@ def test_fused_kernel_large_channels_and_outputs(fused_ext, cin, cout, size):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_conv_large_output_streams(fused_ext):
+def test_fused_conv_large_output_streams(fused_ext, isa):
     """A stem conv output over 4 MB (3 images x 32 x 112 x 112 floats) is written with
     streaming stores, on the gathered border columns and the in-place interior alike."""
     from sepconv.optimize import FusedConv2d
@@ -266,7 +269,7 @@ def _act_ref(y, act):
        sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2), pad=st.sampled_from([0, 1, 2, "same"]),
        bias=st.booleans(), act=st.sampled_from([0, 1, 2]), h=st.integers(1, 20), w=st.integers(1, 20),
        batch=st.integers(1, 3), threads=st.sampled_from([1, 2]))
-def test_fused_conv_fuzz_float64_reference(fused_ext, cin, cout, kh, kw, sh, sw, dh, dw, pad, bias, act, h, w, batch, threads):
+def test_fused_conv_fuzz_float64_reference(fused_ext, isa, cin, cout, kh, kw, sh, sw, dh, dw, pad, bias, act, h, w, batch, threads):
     """FusedConv2d (patches read in place for interior columns, gathered at the border) against a
     float64 conv, for every geometry nn.Conv2d accepts ('same' with even kernels: asymmetric pads)."""
     from sepconv.optimize import FusedConv2d
@@ -297,7 +300,7 @@ def test_fused_conv_fuzz_float64_reference(fused_ext, cin, cout, kh, kw, sh, sw,
     ((2, 3, 5), 17, 0),       # leading dimensions
     ((9,), 4, 1),             # a single vector
 ])
-def test_fused_linear_float64_reference(fused_ext, shape, out_features, act):
+def test_fused_linear_float64_reference(fused_ext, isa, shape, out_features, act):
     from sepconv.optimize import FusedLinear
 
     torch.manual_seed(0)

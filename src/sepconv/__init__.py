@@ -20,6 +20,9 @@ _EXPORTS = {
     "compare": "cost",
     "explain": "cost",
     "profile": "cost",
+    "load": "serialize",
+    "save": "serialize",
+    "apply_recipe": "serialize",
     **{name: "layers" for name in (
         "BlueprintSeparableConv1d", "BlueprintSeparableConv2d", "BlueprintSeparableConv3d",
         "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
         SpatiallySeparableConv2d,
     )
     from .optimize import optimize_for_inference
+    from .serialize import apply_recipe, load, save
     from .train import distill
 
 
@@ -87,6 +91,9 @@ __all__ = [
     "ConversionReport",
     "distill",
     "optimize_for_inference",
+    "load",
+    "save",
+    "apply_recipe",
     "profile",
     "compare",
     "explain",

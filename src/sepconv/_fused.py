@@ -7,10 +7,17 @@ per output and linear layers on the same GEMM (``csrc/dense.cpp``, ``conv2d_gemm
 Why a C++ extension: the point of fusion is that the depthwise tile is consumed by the pointwise
 GEMM while it is still in cache (and, for the filter, that a strip's vertical result is filtered
 horizontally before it leaves cache), which needs control over loops and buffers that no PyTorch
-op gives; a small C++ file built with ``torch.utils.cpp_extension.load`` at first use (cached in a
-folder private to the environment, torch version and CPU: :func:`build_directory`) uses the machine's own vector width (``-march=native``), needs only
-the compiler PyTorch's CPU wheels already expect, and keeps torch's thread pool. When it cannot be
-built (no compiler, no ninja) :func:`load` returns ``None`` and callers keep the PyTorch path.
+op gives; a small C++ extension built with ``torch.utils.cpp_extension.load`` at first use (cached in
+a folder private to the environment, torch version and CPU: :func:`build_directory`) needs only the
+compiler PyTorch's CPU wheels already expect, and keeps torch's thread pool. When it cannot be built
+(no compiler, no ninja) :func:`load` returns ``None`` and callers keep the PyTorch path.
+
+Instruction sets: one build serves every x86-64 CPU. The torch-facing files are compiled for the
+baseline only; the compute kernels (``csrc/isa_impl.h``) are compiled three times, each in its own
+namespace with its own target: AVX-512 (16-float vectors), AVX2 + FMA (8) and the baseline. The
+widest one the CPU supports runs (:func:`isa` says which and why); ``SEPCONV_ISA=avx512|avx2|generic``
+forces one (refused with a ``ValueError`` if the CPU lacks it), and :func:`set_isa` switches at run
+time.
 
 Threads: the kernel splits its tiles with ``at::parallel_for``. With torch's OpenMP backend (the
 pip wheels) that template expands to ``#pragma omp parallel`` in *our* translation unit, so the
@@ -30,8 +37,10 @@ from typing import Optional
 
 _lock = threading.Lock()
 _state: dict = {}
-SOURCES = ("fused_dwpw.cpp", "separable_filter.cpp", "dense.cpp")
-HEADERS = ("common.h", "gemm.h")
+SOURCES = ("fused_dwpw.cpp", "separable_filter.cpp", "dense.cpp", "isa.cpp", "isa_avx512.cpp", "isa_avx2.cpp",
+           "isa_generic.cpp")
+HEADERS = ("common.h", "gemm.h", "kernels.h", "isa_impl.h")
+ISA_ENV = "SEPCONV_ISA"  # forces an instruction set's kernels: avx512, avx2 or generic
 
 
 def _csrc() -> str:
@@ -39,7 +48,7 @@ def _csrc() -> str:
 
 
 def cpu_signature() -> str:
-    """The CPU's model name and instruction-set flags (``-march=native`` code depends on both)."""
+    """The CPU's model name and instruction-set flags (which kernels run depends on the flags)."""
     model, flags = "", ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -108,7 +117,8 @@ def _build():
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-    cflags = ["-O3", "-march=native", *openmp]
+    # no -march: the build runs on any CPU of this architecture; the ISA files add their own targets
+    cflags = ["-O3", *openmp]
     directory = build_directory()
     os.makedirs(directory, exist_ok=True)
     marker = os.path.join(directory, f"built-{_fingerprint(cflags + openmp)}")
@@ -138,13 +148,72 @@ def load():
     with _lock:
         if "module" in _state:
             return _state["module"]
-        try:
-            _state["module"] = _build()
-            _register_fake()
-        except Exception as exc:  # no compiler / ninja: the PyTorch path remains
-            _state["module"] = None
-            _state["error"] = f"{type(exc).__name__}: {exc}"
+        if "built" not in _state:
+            try:
+                _state["built"] = _build()
+                _register_fake()
+            except Exception as exc:  # no compiler / ninja: the PyTorch path remains
+                _state["built"] = None
+                _state["error"] = f"{type(exc).__name__}: {exc}"
+        if _state["built"] is not None:
+            forced = os.environ.get(ISA_ENV, "")
+            if forced:  # a wrong value raises here on every call, nothing is cached until it is right
+                _select(_state["built"], forced, ISA_ENV)
+                _state["isa_reason"] = f"forced by {ISA_ENV}={forced}"
+            else:
+                _state["isa_reason"] = "the widest this CPU supports"
+        _state["module"] = _state["built"]
         return _state["module"]
+
+
+def _select(module, name: str, what: str) -> str:
+    """Make ``name``'s kernels active in ``module``; ``what`` names the setting in the error."""
+    supported = list(module.supported_isas())
+    if name not in ("avx512", "avx2", "generic"):
+        raise ValueError(f"{what}: expected 'avx512', 'avx2' or 'generic', got {name!r}")
+    if name not in supported:
+        raise ValueError(f"{what}: this CPU does not support {name!r} (it supports {', '.join(map(repr, supported))})")
+    return module.set_isa(name)
+
+
+def l2_bytes() -> int:
+    """The L2 cache size per core as the loaded kernels read it from the OS (512 KiB if they are not
+    loaded)."""
+    module = _state.get("module")
+    return int(module.cache_sizes()[1]) if module is not None else 512 * 1024
+
+
+def isa() -> Optional[tuple]:
+    """``(name, reason)`` of the active kernels' instruction set (``'avx512'``, ``'avx2'`` or
+    ``'generic'``), or ``None`` if the kernels are not loaded."""
+    module = _state.get("module")
+    if module is None:
+        return None
+    return module.isa(), _state.get("isa_reason", "")
+
+
+def set_isa(name: Optional[str]) -> str:
+    """Run the kernels of instruction set ``name`` from now on (``None``: the widest the CPU supports).
+
+    Args:
+        name: ``'avx512'``, ``'avx2'``, ``'generic'`` or ``None``.
+
+    Returns:
+        The active instruction set's name.
+
+    Raises:
+        ValueError: an unknown name, or one this CPU does not support.
+        RuntimeError: the kernels are not available here.
+    """
+    module = load()
+    if module is None:
+        raise RuntimeError(f"the C++ kernels are not available here: {error()}")
+    if name is None:
+        _state["isa_reason"] = "the widest this CPU supports"
+        return module.set_isa("")
+    active = _select(module, name, "name")
+    _state["isa_reason"] = "chosen with sepconv._fused.set_isa"
+    return active
 
 
 def _out_size(op: str, dim: str, size: int, before: int, after: int, k: int, stride: int, dilation: int = 1) -> int:

@@ -6,12 +6,13 @@
 4. convert it with each method at 50% and 25% of the MACs: accuracy data-free, with calibration
    refinement, and after a short distillation;
 5. train the separable twin from scratch;
-6. latency of original vs converted vs twin (and the original and a converted model after
-   ``optimize_for_inference``), interleaved, medians;
-7. a rich summary, and ``report.md`` + PNG plots in the output directory.
+6. latency of the original, every conversion and the twin, eager and after
+   ``optimize_for_inference``, at a batch of 64 and at batch 1, on one thread, interleaved,
+   medians, each row explained (:mod:`sepconv._demo_latency`);
+7. a rich summary, and ``report.md`` (:mod:`sepconv._demo_report`) + PNG plots
+   (:mod:`sepconv._demo_plots`) in the output directory.
 """
 
-import copy
 import os
 import platform
 import time
@@ -21,16 +22,14 @@ import torch
 from torch import nn
 
 from ._io import check_output_dir, write_atomic
-from ._timing import interleaved
 from .cli import DEMO_FILES
 from .cli import console as make_console
 from .convert import convert
+from ._demo_plots import METHODS
 from .cost import profile
 from .decompose import spectrum
-from .optimize import optimize_for_inference
 from .layers import SeparableConv2d, SpatiallySeparableConv2d
 
-METHODS = ("depthwise", "blueprint", "spatial", "auto")
 BUDGETS = (0.5, 0.25)
 
 
@@ -64,6 +63,7 @@ class _Config:
     distill_epochs: int
     distill_samples: int
     latency_rounds: int
+    latency_batch: int = 64  # a batch where the MACs matter (batch 1 is mostly per-call overhead)
 
 
 def _config(quick: bool) -> _Config:
@@ -89,76 +89,148 @@ def _spectra(model: nn.Module) -> dict:
     return out
 
 
-def _plots(out_dir: str, results: list, base: dict, twin: dict, spectra: dict, layer_errors: dict, latency: dict) -> list:
-    import matplotlib
+def _layers(report) -> list:
+    return [dict(name=r.name, structure=r.structure, rank=r.rank, macs=r.macs_after, error=r.output_error or 0.0)
+            for r in report.layers]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    files = []
+def _output_error(model: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> float:
+    """Relative error of ``model``'s outputs on ``x`` against the original's ``reference``."""
+    model.eval()
+    with torch.no_grad():
+        return float((model(x) - reference).norm() / reference.norm())
 
-    def save(fig, name):
-        path = os.path.join(out_dir, name)
-        write_atomic(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
-        plt.close(fig)
-        files.append(name)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-    for ax, stage, title in zip(axes, ("free", "calibrated", "distilled"),
-                                ("data-free", "with calibration", "after distillation")):
+def _convert_all(model, cfg, train_set, test_set, seed, console) -> tuple:
+    """Section 4: every method and budget, data-free, calibrated and distilled."""
+    from rich.markup import escape
+    from torch.utils.data import Subset
+
+    from .train import distill, evaluate
+
+    x_test = test_set.tensors()[0]
+    with torch.no_grad():
+        reference = model.eval()(x_test)
+    calib = train_set.tensors(cfg.calibrate)[0]
+    distill_set = Subset(train_set, range(min(cfg.distill_samples, len(train_set))))
+    results, kept = [], {}
+    for budget in BUDGETS:
         for method in METHODS:
-            pts = sorted((r["macs"], r[stage]) for r in results if r["method"] == method)
-            ax.plot([p[0] / 1e6 for p in pts], [100 * p[1] for p in pts], "o-", label=method)
-        ax.plot(base["macs"] / 1e6, 100 * base["acc"], "k*", markersize=12, label="original")
-        ax.plot(twin["macs"] / 1e6, 100 * twin["acc"], "rs", markersize=8, label="separable twin (scratch)")
-        ax.set_title(title)
-        ax.set_xlabel("MACs per image (millions)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[-1].legend(fontsize=8)
-    save(fig, "accuracy_vs_macs.png")
+            free, rep_free = convert(model, method=method, budget=budget, example_input=x_test[:1])
+            cal, rep_cal = convert(model, method=method, budget=budget, example_input=x_test[:1], calibration_data=calib)
+            row = dict(method=method, budget=budget, macs=rep_cal.macs_after, params=rep_cal.params_after,
+                       free=evaluate(free, test_set), calibrated=evaluate(cal, test_set),
+                       err_free=_output_error(free, reference, x_test), err_calibrated=_output_error(cal, reference, x_test),
+                       layers_free=_layers(rep_free), layers_calibrated=_layers(rep_cal),
+                       structures=", ".join(f"{r.structure}{'' if r.rank is None else f'@{r.rank}'}" for r in rep_cal.layers))
+            distill(cal, model, distill_set, epochs=cfg.distill_epochs, seed=seed, progress=False)
+            row.update(distilled=evaluate(cal, test_set), err_distilled=_output_error(cal, reference, x_test))
+            results.append(row)
+            kept[f"{method} {budget:.0%}"] = cal
+            console.print(f"   {method:9s} {budget:.0%}: {row['macs']:,} MACs; accuracy {row['free']:.2%} -> "
+                          f"{row['calibrated']:.2%} -> {row['distilled']:.2%}   {escape('[' + row['structures'] + ']')}")
+    return results, kept
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
-    for ax, st in zip(axes, ("depthwise", "blueprint", "spatial")):
-        for name, per in spectra.items():
-            cum = torch.tensor(per[st]).cumsum(0)
-            ax.plot(range(1, len(cum) + 1), 100 * cum, "o-", markersize=3, label=name)
-        ax.set_title(f"{st}: energy kept vs rank")
-        ax.set_xlabel("rank (depth multiplier / blueprints / spatial rank)")
-        ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% of the squared weight kept")
-    axes[0].legend(fontsize=8)
-    save(fig, "spectra.png")
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    names = sorted({n for v in layer_errors.values() for n in v})
-    width = 0.8 / max(1, len(layer_errors))
-    for i, (label, errs) in enumerate(layer_errors.items()):
-        ax.bar([j + i * width for j in range(len(names))], [errs.get(n, 0.0) for n in names], width, label=label)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
-    ax.set_ylabel("relative output error of the layer")
-    ax.set_title("per-layer error, auto method")
-    ax.legend(fontsize=8)
-    save(fig, "layer_error.png")
+def _layer_errors(results: list) -> dict:
+    """The auto conversions' per-layer errors, data-free and calibrated, in the model's order."""
+    out = {}
+    for r in results:
+        if r["method"] == "auto":
+            for stage, key in (("data-free", "layers_free"), ("calibrated", "layers_calibrated")):
+                out[f"auto {r['budget']:.0%} {stage}"] = [(l["name"], l["structure"], l["rank"], l["error"]) for l in r[key]]
+    return out
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(list(latency), list(latency.values()))
-    ax.set_xlabel("median forward time (ms), batch of 64, interleaved")
-    ax.set_title("latency on this machine (noisy: compare ratios)")
-    save(fig, "latency.png")
-    return files
+
+def _latency(console, cfg, model, kept, twin_model, results, base, twin, x) -> dict:
+    """Section 6: every model, eager and optimized, on one thread; each row explained."""
+    from rich.table import Table
+
+    from . import _demo_latency as L
+
+    demo_threads, load = torch.get_num_threads(), L.load_average()
+    console.print(f"\n[bold]6. Latency[/], batch of {cfg.latency_batch} (and 1), {cfg.latency_rounds} interleaved rounds, "
+                  f"medians, on one thread (the demo used {demo_threads}; see the report for why)")
+    by_name = {f"{r['method']} {r['budget']:.0%}": r for r in results}
+    entries = [dict(model="original", module=model, macs=base["macs"], layers=None)]
+    entries += [dict(model=k, module=m, macs=by_name[k]["macs"], layers=by_name[k]["layers_calibrated"]) for k, m in kept.items()]
+    entries.append(dict(model="separable twin", module=twin_model, macs=twin["macs"], layers=None))
+    with L.threads(1):
+        rows = L.measure(entries, x, cfg.latency_batch, cfg.latency_rounds)
+        original = rows[0]
+        for r in rows[1:]:
+            if r["layers"] is not None and r["optimized"] > original["optimized"]:
+                r["slowest"] = L.slowest_layer(model, r["module"], r["layers"], x[:cfg.latency_batch], cfg.latency_rounds)
+    for r in rows:
+        r["why"] = L.explain(r, original, cfg.latency_batch)
+    base["ms"], twin["ms"] = original["optimized"], rows[-1]["optimized"]
+    for r in results:
+        r["ms"] = next(row["optimized"] for row in rows if row["model"] == f"{r['method']} {r['budget']:.0%}")
+    t = Table(title="Latency (ms, medians, one thread); speed-up of the optimized model vs the optimized original")
+    for col in ("model", "MACs", "batch 1, optimized", f"batch {cfg.latency_batch}, eager", "optimized", "path", "speed-up"):
+        t.add_column(col, justify="left" if col in ("model", "path") else "right")
+    for r in rows:
+        t.add_row(r["model"], f"{r['macs']:,}", f"{r['batch1']:.3f}", f"{r['eager']:.2f}", f"{r['optimized']:.2f}",
+                  r["backend"], f"{original['optimized'] / r['optimized']:.2f}x")
+    console.print(t)
+    for r in rows:
+        console.print(f"   {r['model']}: {r['why']}")
+    return dict(rows=[{k: v for k, v in r.items() if k != "module"} for r in rows], batch=cfg.latency_batch,
+                rounds=cfg.latency_rounds, demo_threads=demo_threads, load=load, cores=os.cpu_count(), results=results)
+
+
+def _summary(console, base: dict, twin: dict, results: list) -> list:
+    """Section 7: the summary table (printed; returned as markdown lines) and the best conversion."""
+    from rich.table import Table
+
+    from ._demo_report import TIE_BREAK, best_conversion, best_sentence
+
+    summary = Table(title="Summary: digits test accuracy vs cost (MACs per 16x16 image)")
+    cols = ("model", "budget", "MACs", "params", "data-free", "calibrated", "distilled")
+    for col in cols:
+        summary.add_column(col, justify="left" if col == "model" else "right")
+    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+
+    def add(cells):
+        summary.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+
+    add(["original (dense)", "100%", f"{base['macs']:,}", f"{base['params']:,}", f"{base['acc']:.2%}", "", ""])
+    for r in results:
+        add([f"converted: {r['method']}", f"{r['budget']:.0%}", f"{r['macs']:,}", f"{r['params']:,}",
+             f"{r['free']:.2%}", f"{r['calibrated']:.2%}", f"{r['distilled']:.2%}"])
+    add(["separable twin (scratch)", f"{twin['macs'] / base['macs']:.0%}", f"{twin['macs']:,}", f"{twin['params']:,}",
+         f"{twin['acc']:.2%}", "", ""])
+    console.print()
+    console.print(summary)
+    best, tied = best_conversion(results, min(BUDGETS))
+    console.print(f"At {min(BUDGETS):.0%} of the MACs {best_sentence(best, tied)}. (Best: {TIE_BREAK}.)")
+    return lines
+
+
+def _print_examples(console) -> list:
+    """Section 1: the tutorials' worked examples, printed; returns their rows."""
+    from rich.table import Table
+
+    examples = tutorial_examples()
+    t = Table(title="1. The tutorials' worked examples, counted by running sepconv's layers (MACs = multiplications)")
+    for col in ("example", "separable kind", "standard", "separable", "ratio", "the tutorial says"):
+        t.add_column(col, justify="right" if col in ("standard", "separable", "ratio") else "left")
+    for r in examples:
+        t.add_row(r["example"], r["kind"], f"{r['standard']:,}", f"{r['separable']:,}", f"{r['ratio']:.2%}", r["tutorial"])
+    console.print(t)
+    return examples
 
 
 def run_demo(args) -> int:
     """Run the demo; returns the exit status."""
     from rich.console import Console
-    from rich.table import Table
-    from torch.utils.data import Subset
 
+    from ._demo_plots import save_plots
+    from ._demo_report import calibration_notes, report_md
     from .data import DigitsDataset
     from .models import digits_cnn, digits_separable_cnn
-    from .train import distill, evaluate, save_atomic, train
+    from .train import evaluate, save_atomic, train
 
     console = make_console() if Console().is_terminal else make_console(width=120)
     cfg = _config(args.quick)
@@ -168,13 +240,7 @@ def run_demo(args) -> int:
     started = time.perf_counter()
 
     # 1. the tutorials' worked examples
-    examples = tutorial_examples()
-    t = Table(title="1. The tutorials' worked examples, counted by running sepconv's layers (MACs = multiplications)")
-    for col in ("example", "separable kind", "standard", "separable", "ratio", "the tutorial says"):
-        t.add_column(col, justify="right" if col in ("standard", "separable", "ratio") else "left")
-    for r in examples:
-        t.add_row(r["example"], r["kind"], f"{r['standard']:,}", f"{r['separable']:,}", f"{r['ratio']:.2%}", r["tutorial"])
-    console.print(t)
+    examples = _print_examples(console)
 
     # 2. a standard CNN on real digits
     train_set, test_set = DigitsDataset("train", 16, seed=args.seed), DigitsDataset("test", 16, seed=args.seed)
@@ -198,26 +264,7 @@ def run_demo(args) -> int:
     # 4. conversions
     console.print("\n[bold]4. Converting[/] with each method and budget: data-free, calibrated "
                   f"({cfg.calibrate} training images), distilled ({cfg.distill_epochs} epoch)")
-    calib = train_set.tensors(cfg.calibrate)[0]
-    distill_set = Subset(train_set, range(min(cfg.distill_samples, len(train_set))))
-    results, layer_errors, kept = [], {}, {}
-    for budget in BUDGETS:
-        for method in METHODS:
-            free, rep_free = convert(model, method=method, budget=budget, example_input=x_test[:1])
-            cal, rep_cal = convert(model, method=method, budget=budget, example_input=x_test[:1], calibration_data=calib)
-            acc_free, acc_cal = evaluate(free, test_set), evaluate(cal, test_set)
-            distill(cal, model, distill_set, epochs=cfg.distill_epochs, seed=args.seed, progress=False)
-            acc_dist = evaluate(cal, test_set)
-            row = dict(method=method, budget=budget, macs=rep_cal.macs_after, params=rep_cal.params_after,
-                       free=acc_free, calibrated=acc_cal, distilled=acc_dist,
-                       structures=", ".join(f"{r.structure}{'' if r.rank is None else f'@{r.rank}'}" for r in rep_cal.layers))
-            results.append(row)
-            console.print(f"   {method:9s} {budget:.0%}: {row['macs']:,} MACs; accuracy {acc_free:.2%} -> "
-                          f"{acc_cal:.2%} -> {acc_dist:.2%}   [{row['structures']}]")
-            if method == "auto":
-                kept[f"auto {budget:.0%}"] = cal
-                layer_errors[f"auto {budget:.0%} data-free"] = {r.name: r.output_error or 0.0 for r in rep_free.layers}
-                layer_errors[f"auto {budget:.0%} calibrated"] = {r.name: r.output_error or 0.0 for r in rep_cal.layers}
+    results, kept = _convert_all(model, cfg, train_set, test_set, args.seed, console)
 
     # 5. the separable twin from scratch
     console.print(f"\n[bold]5. Training the separable twin from scratch[/] ({cfg.twin_epochs} epochs)")
@@ -228,111 +275,25 @@ def run_demo(args) -> int:
     console.print(f"   test accuracy {twin['acc']:.2%}, {twin['macs']:,} MACs, {twin['params']:,} params")
 
     # 6. latency
-    console.print(f"\n[bold]6. Latency[/], batch of 64, {cfg.latency_rounds} interleaved rounds, medians "
-                  f"({torch.get_num_threads()} threads; this machine is noisy, compare ratios)")
-    batch = x_test[:64]
-    models = {"original": model, **kept, "separable twin": twin_model,
-              # the fused kernel's one-time compile (~1 min) is not worth it for these small models
-              "original, optimized": optimize_for_inference(model, batch, rounds=3, candidates=("eager", "torchscript")),
-              "auto 25%, optimized": optimize_for_inference(kept["auto 25%"], batch, rounds=3,
-                                                            candidates=("eager", "torchscript"))}
-    copies = {k: copy.deepcopy(m).eval() for k, m in models.items()}
-    latency = interleaved({k: (lambda m=m: m(batch)) for k, m in copies.items()}, cfg.latency_rounds, warmup=1)
-    for k, v in latency.items():
-        console.print(f"   {k:20s} {v:7.2f} ms  ({latency['original'] / v:.2f}x vs original)")
+    latency = _latency(console, cfg, model, kept, twin_model, results, base, twin, x_test)
 
     # 7. summary
-    summary = Table(title="Summary: digits test accuracy vs cost (MACs per 16x16 image)")
-    cols = ("model", "budget", "MACs", "params", "data-free", "calibrated", "distilled")
-    for col in cols:
-        summary.add_column(col, justify="left" if col == "model" else "right")
-    lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+    lines = _summary(console, base, twin, results)
+    notes = calibration_notes(results, cfg.calibrate)
+    for note in notes:
+        console.print(f"Calibration: {note}")
 
-    def add(cells):
-        summary.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-
-    add(["original (dense)", "100%", f"{base['macs']:,}", f"{base['params']:,}", f"{base['acc']:.2%}", "", ""])
-    for r in results:
-        add([f"converted: {r['method']}", f"{r['budget']:.0%}", f"{r['macs']:,}", f"{r['params']:,}",
-             f"{r['free']:.2%}", f"{r['calibrated']:.2%}", f"{r['distilled']:.2%}"])
-    add(["separable twin (scratch)", f"{twin['macs'] / base['macs']:.0%}", f"{twin['macs']:,}", f"{twin['params']:,}",
-         f"{twin['acc']:.2%}", "", ""])
-    console.print()
-    console.print(summary)
-
-    plots = _plots(out_dir, results, base, twin, spectra, layer_errors, latency)
+    plots = save_plots(out_dir, results, base, twin, spectra, _layer_errors(results), latency["rows"], cfg.latency_batch,
+                       len(test_set))
     elapsed = time.perf_counter() - started
-    report = _report_md(args, cfg, examples, base, twin, results, spectra, latency, lines, plots, elapsed, len(train_set),
-                        len(test_set))
+    report = report_md(dict(
+        cfg=cfg, base=base, twin=twin, results=results, examples=examples, spectra=spectra, table_lines=lines,
+        notes=notes, latency=latency, seed=args.seed, quick=args.quick, elapsed=elapsed, n_train=len(train_set),
+        n_test=len(test_set), machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                                      f"{torch.get_num_threads()} threads"))
     path = os.path.join(out_dir, "report.md")
     write_atomic(path, lambda f: f.write(report.encode("utf-8")))
     console.print(f"\nWrote {path}, {len(plots)} plots and digits_cnn.pt in {out_dir}/ ({elapsed:.0f} s). "
                   f"Try: sepconv convert {os.path.join(out_dir, 'digits_cnn.pt')} --input 1x1x16x16 --budget 0.3 "
                   "--calibrate 256 --output small.pt")
     return 0
-
-
-def _report_md(args, cfg, examples, base, twin, results, spectra, latency, table_lines, plots, elapsed, n_train, n_test) -> str:
-    best = max(results, key=lambda r: (r["budget"] == 0.25, r["distilled"]))
-    lines = [
-        "# sepconv demo report",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Seed {args.seed}{', --quick' if args.quick else ''}; ran in {elapsed:.0f} s.",
-        "",
-        "## 1. The tutorials' worked examples (see docs/worked-examples.md in the sepconv repository)",
-        "",
-        "| example | kind | standard MACs | separable MACs | ratio | the tutorial says |",
-        "|---|---|---:|---:|---:|---|",
-        *[f"| {r['example']} | {r['kind']} | {r['standard']:,} | {r['separable']:,} | {r['ratio']:.2%} | {r['tutorial']} |"
-          for r in examples],
-        "",
-        "## 2-5. Digits: original, converted, and separable twin",
-        "",
-        f"A standard CNN (width {cfg.width}) was trained for {cfg.epochs} epochs on {n_train} real handwritten digits "
-        f"(scikit-learn's bundled 8x8 images, upsampled to 16x16) and tested on {n_test}. It was then converted by "
-        "`sepconv.convert` with each method at 50% and 25% of its MACs: *data-free* uses only the weights (optimal "
-        "truncated SVDs, ranks allocated globally under the budget); *calibrated* allocates ranks by output error "
-        f"and refits each layer's last factor by least squares on {cfg.calibrate} training images; *distilled* then "
-        f"trains the calibrated model for {cfg.distill_epochs} epoch against the original's soft outputs. The "
-        f"separable twin has the same layout with depthwise separable layers, trained from scratch for "
-        f"{cfg.twin_epochs} epochs.",
-        "",
-        *table_lines,
-        "",
-        f"At 25% of the MACs the best conversion ({best['method']}) keeps {best['distilled']:.2%} accuracy after "
-        f"distillation, against {base['acc']:.2%} for the original and {twin['acc']:.2%} for the twin trained from "
-        "scratch. Data-free conversion loses most at small budgets, because trained filters are far from separable "
-        "(see the spectra); a few hundred calibration images recover most of it.",
-        "",
-        "![accuracy vs MACs](accuracy_vs_macs.png)",
-        "",
-        "## Spectra: how separable are the learned filters?",
-        "",
-        "Share of the squared weight kept by the best rank-1 factorization of each structure (1.0 = exactly "
-        "separable):",
-        "",
-        "| layer | depthwise (d=1) | blueprint (r=1) | spatial (r=1) |",
-        "|---|---:|---:|---:|",
-        *[f"| {n} | {p['depthwise'][0]:.3f} | {p['blueprint'][0]:.3f} | {p['spatial'][0]:.3f} |" for n, p in spectra.items()],
-        "",
-        "![spectra](spectra.png)",
-        "",
-        "![per-layer error](layer_error.png)",
-        "",
-        "## Latency",
-        "",
-        "Median forward time for a batch of 64 test images, candidates interleaved round by round; "
-        "*optimized* = after `sepconv.optimize_for_inference` (BatchNorm folded, channels_last, fastest measured path) "
-        f"({cfg.latency_rounds} rounds). Timings on this machine are noisy (2x run to run): compare the ratios, "
-        "not the absolute numbers.",
-        "",
-        "| model | ms | speed-up vs original |",
-        "|---|---:|---:|",
-        *[f"| {k} | {v:.2f} | {latency['original'] / v:.2f}x |" for k, v in latency.items()],
-        "",
-        "![latency](latency.png)",
-        "",
-    ]
-    return "\n".join(lines)

@@ -53,15 +53,35 @@ def report(build: bool = True) -> list[str]:
         f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         f"cpu: {model}, {os.cpu_count()} logical cores, vector ISA {vector_isa(flags.rstrip(']'))}",
     ]
-    module = _fused.load() if build else _fused.loaded()
+    try:
+        module = _fused.load() if build else _fused.loaded()
+    except ValueError as exc:  # a wrong SEPCONV_ISA
+        lines.append(f"kernels: not active: {exc}")
+        return lines
     if module is not None:
         lines.append(f"kernels: active (fused depthwise+pointwise, dense/linear GEMM, separable filter; "
-                     f"256-bit vectors; built in {_fused.directory()})")
+                     f"built in {_fused.directory()})")
+        lines.append(isa_line(module))
     elif _fused.error():
         lines.append(f"kernels: not available, the PyTorch path is used ({_fused.error().splitlines()[0]})")
     else:
         lines.append(f"kernels: not loaded in this process (built on first use in {_fused.build_directory()})")
     return lines
+
+
+def isa_line(module) -> str:
+    """The active kernels' instruction set, its blocking, and why it was chosen.
+
+    Example: ``kernel ISA: avx512 (16-float vectors, GEMM blocks 14x32, channel blocks of 192;
+    caches L1d 48 KiB, L2 2048 KiB; the widest this CPU supports, of avx512, avx2, generic;
+    SEPCONV_ISA forces one)``
+    """
+    name, why = _fused.isa()
+    vl, mr, cols, kc = module.blocking()
+    l1, l2 = module.cache_sizes()
+    return (f"kernel ISA: {name} ({vl}-float vectors, GEMM blocks {mr}x{cols}, channel blocks of {kc}; "
+            f"caches L1d {l1 // 1024} KiB, L2 {l2 // 1024} KiB; {why}, of {', '.join(module.supported_isas())}; "
+            f"{_fused.ISA_ENV} forces one)")
 
 
 def versions() -> str:

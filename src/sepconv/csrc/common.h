@@ -1,4 +1,6 @@
-// Shared by the C++ kernels: 8-float vectors and the pooled allocator for large outputs.
+// Shared by the torch-facing translation units: argument checks, threads, the pooled allocator for
+// large outputs, and the active instruction set's kernels (kernels.h, isa.cpp). No vector code here:
+// this is compiled with the baseline flags only.
 #pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -9,29 +11,25 @@
 #include <cstring>
 #include <initializer_list>
 #include <mutex>
+#include <string>
 #include <vector>
 
-#ifdef __AVX__
-#include <immintrin.h>
-#endif
+#include "kernels.h"
 
 namespace sepconv {
 
-// GCC/Clang vector extension: one AVX2 register (a pair of SSE registers without AVX)
-typedef float vec __attribute__((vector_size(32)));
-constexpr int VL = 8;  // floats per vector
-
-inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof(v)); return v; }
-inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
-inline vec splat(float x) { return vec{x, x, x, x, x, x, x, x}; }
-// a store that bypasses the cache (p 32-byte aligned), where the CPU has one
-inline void stream_store(float* p, vec v) {
-#ifdef __AVX__
-  _mm256_stream_ps(p, (__m256)v);
-#else
-  store(p, v);
-#endif
-}
+// ---- the instruction set's kernels (isa.cpp) ----
+// the active ISA's kernels (the widest the CPU supports unless set_isa chose another)
+const Kernels& kernels();
+// the ISAs this CPU (and OS) supports, widest first
+std::vector<std::string> supported_isas();
+// makes `name` the active ISA ("" = the widest supported); refuses one the CPU lacks
+std::string set_isa(const std::string& name);
+// the data caches' sizes (per core) from the OS, a common size where it does not say
+int64_t l1_bytes();
+int64_t l2_bytes();
+// the channel block of the GEMM's split sum for C channels (C: no split), from the L1 size
+int64_t split_kc(const Kernels& k, int64_t C);
 
 // floor(a / b) for b > 0. C++ division truncates toward zero (-1 / 2 == 0), which for a negative
 // numerator (an input smaller than the kernel) gives one output too many.

@@ -74,7 +74,8 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   const float* wp = w.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  const int64_t blocks = (N + NB - 1) / NB, P = Ho * Wo;
+  const Kernels& isa = kernels();
+  const int64_t blocks = (N + NB - 1) / NB, P = Ho * Wo, kc = split_kc(isa, K);
   const bool stream = streams(K, B * P * N * 4);
   // output columns whose taps are all inside the image (dw == 1: a tap row is kw x C contiguous floats)
   const int64_t ow_lo = dw == 1 ? std::min(Wo, (pl + sw - 1) / sw) : 0;
@@ -82,7 +83,7 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   const int64_t ow_hi = dw == 1 ? std::max(ow_lo, std::min(Wo, floor_div(W + pl - kw, sw) + 1)) : 0;
   // jobs: output rows, claimed one at a time by the threads
   parallel_claim(B * Ho, [&](const auto& claim) {
-    std::vector<float> col(Wo * K), part(K > SPLIT_MIN_C ? Wo * NB : 0);
+    std::vector<float> col(Wo * K), part(kc < K ? Wo * isa.cols : 0);
     for (int64_t job = claim(); job < B * Ho; job = claim()) {
       const int64_t b = job / Ho, oh = job % Ho, ih0 = oh * sh - pt;
       const float* xb = xp + b * H * W * C;
@@ -105,29 +106,15 @@ torch::Tensor conv2d_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
             }
           }
         }
-        gemm(col.data(), e[1] - e[0], K, wp, N, 0, blocks, bp, act, stream, orow + e[0] * N, nullptr, nullptr, part.data());
+        isa.gemm(col.data(), K, e[1] - e[0], K, wp, N, 0, blocks, bp, act, stream, orow + e[0] * N, nullptr, nullptr, part.data(), kc);
       }
       // columns [lo, hi): the GEMM reads the patches in place, one tap row (kw x C floats) at a time,
-      // rows of the step at stride sw x C
-      for (int64_t nb = 0; nb < blocks; ++nb) {
-        const int64_t n0 = nb * NB, width = std::min<int64_t>(NB, N - n0);
-        const float* wpb = wp + nb * K * NB;
-        const vec b0 = bp ? load(bp + n0) : splat(0.f), b1 = bp ? load(bp + n0 + VL) : splat(0.f);
-        const Steps col_steps(hi - lo);
-        for (int64_t ow = lo, step = 0; ow < hi; ow += col_steps.rows(step), ++step) {
-          const int mr = col_steps.rows(step);
-          vec a0[MR], a1[MR];
-          for (int m = 0; m < mr; ++m) { a0[m] = b0; a1[m] = b1; }
-          const float* a = xb + (ih0 * W + ow * sw - pl) * C;
-          for (int64_t i = 0; i < kh; ++i)
-            rows_x_panel_n(mr, a + i * dh * W * C, sw * C, kw * C, wpb + i * kw * C * NB, a0, a1);
-          store_rows(orow + ow * N + n0, N, width, mr, a0, a1, act, stream);
-        }
-      }
+      // pixels at stride sw x C
+      if (hi > lo)
+        isa.conv_row(xb + (ih0 * W + lo * sw - pl) * C, hi - lo, sw * C, kh, kw * C, dh * W * C, wp, K, N, bp, act, stream,
+                     orow + lo * N);
     }
-#ifdef __AVX__
-    if (stream) _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
-#endif
+    if (stream) isa.fence();  // streaming stores are weakly ordered: publish them before returning
   });
   return out;
 }
@@ -151,15 +138,20 @@ torch::Tensor linear_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor bias, 
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // jobs: (row tile, group of weight panels); few row tiles -> the panels are split instead
+  const Kernels& isa = kernels();
+  const int64_t MR = isa.mr, kc = split_kc(isa, K), step = isa.cols / NB;  // panels per register block
   const int64_t blocks = (N + NB - 1) / NB, threads = std::max(1, at::get_num_threads());
-  const int64_t rows = std::min(MAX_TILE_ROWS, (M + MR - 1) / MR * MR), tiles = (M + rows - 1) / rows;
+  const int64_t rows = std::min(MAX_TILE_ROWS / MR * MR, (M + MR - 1) / MR * MR), tiles = (M + rows - 1) / rows;
   const int64_t groups = std::min(blocks, std::max<int64_t>(1, (2 * threads + tiles - 1) / tiles));
   parallel_claim(tiles * groups, [&](const auto& claim) {
-    std::vector<float> part(K > SPLIT_MIN_C ? rows * NB : 0);
+    std::vector<float> part(kc < K ? rows * isa.cols : 0);
+    // group g: the panels [g * blocks / groups, ...), rounded to whole register blocks
+    const auto panel = [&](int64_t g) { return std::min(blocks, (g * blocks / groups + step - 1) / step * step); };
     for (int64_t job = claim(); job < tiles * groups; job = claim()) {
       const int64_t t = job / groups, g = job % groups, m0 = t * rows, m1 = std::min(M, m0 + rows);
-      gemm(xp + m0 * K, m1 - m0, K, wp, N, g * blocks / groups, (g + 1) * blocks / groups, bp, act, false, op + m0 * N, nullptr,
-           nullptr, part.data());
+      if (panel(g) < panel(g + 1))
+        isa.gemm(xp + m0 * K, K, m1 - m0, K, wp, N, panel(g), panel(g + 1), bp, act, false, op + m0 * N, nullptr, nullptr,
+                 part.data(), kc);
     }
   });
   return out;

@@ -6,7 +6,8 @@
 // writes one row buffer, padded at both ends by the same border rule; the horizontal pass reads
 // that buffer at once, while it is in L1. Each pixel therefore makes one trip through memory (the
 // PyTorch path makes one per tap, plus a padded copy of the image). Both passes vectorize along W,
-// 32 outputs per step (four 8-float registers), the tap weight broadcast. Work is split over
+// four vectors per step, the tap weight broadcast: the active instruction set's filter_rows and
+// filter_shift (kernels.h, isa_impl.h; 64 outputs per step with AVX-512, 32 with AVX2). Work is split over
 // (plane, strip) with at::parallel_for; outputs of 1 MiB and more come from the pooled allocator.
 #include <ATen/Parallel.h>
 
@@ -20,38 +21,6 @@ using namespace sepconv;
 namespace {
 
 constexpr int64_t STRIP_ROWS = 16;
-
-// dst[w] = sum_t k[t] * row(t)[w] for w < n. The vertical pass takes row(t) = the t-th source
-// row; the horizontal one row(t) = src + t, i.e. the same row shifted by t.
-template <class Row>
-void weighted_rows(Row row, const float* k, int64_t taps, float* dst, int64_t n) {
-  int64_t w = 0;
-  for (; w + 4 * VL <= n; w += 4 * VL) {
-    vec a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t t = 0; t < taps; ++t) {
-      const vec c = splat(k[t]);
-      const float* s = row(t) + w;
-      a0 += c * load(s);
-      a1 += c * load(s + VL);
-      a2 += c * load(s + 2 * VL);
-      a3 += c * load(s + 3 * VL);
-    }
-    store(dst + w, a0);
-    store(dst + w + VL, a1);
-    store(dst + w + 2 * VL, a2);
-    store(dst + w + 3 * VL, a3);
-  }
-  for (; w + VL <= n; w += VL) {
-    vec a = splat(0.f);
-    for (int64_t t = 0; t < taps; ++t) a += splat(k[t]) * load(row(t) + w);
-    store(dst + w, a);
-  }
-  for (; w < n; ++w) {
-    float a = 0.f;
-    for (int64_t t = 0; t < taps; ++t) a += k[t] * row(t)[w];
-    dst[w] = a;
-  }
-}
 
 // The source index of padded index i in [-pad, n + pad), or -1 for a zero.
 // border: 0 zeros, 1 reflect (mirror without repeating the edge), 2 replicate, 3 circular.
@@ -106,8 +75,9 @@ torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tenso
   const float* kxp = kx.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t strips = (Ho + STRIP_ROWS - 1) / STRIP_ROWS;
+  const Kernels& isa = kernels();
   at::parallel_for(0, B * C * strips, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(Wp + VL), zeros(W, 0.f);
+    std::vector<float> row(Wp), zeros(W, 0.f);
     std::vector<const float*> rows(kh);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t plane = job / strips, r0 = (job % strips) * STRIP_ROWS, r1 = std::min(Ho, r0 + STRIP_ROWS);
@@ -119,8 +89,7 @@ torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tenso
           rows[i] = s < 0 ? zeros.data() : src + s * W;
         }
         float* mid = row.data() + pl;
-        const float* const* rp = rows.data();
-        weighted_rows([rp](int64_t i) { return rp[i]; }, kyp + c * kh, kh, mid, W);  // vertical
+        isa.filter_rows(rows.data(), kyp + c * kh, kh, mid, W);  // vertical
         for (int64_t j = -pl; j < 0; ++j) {
           const int64_t s = source_index(j, W, border);
           mid[j] = s < 0 ? 0.f : mid[s];
@@ -129,8 +98,7 @@ torch::Tensor separable_filter2d(torch::Tensor x, torch::Tensor ky, torch::Tenso
           const int64_t s = source_index(j, W, border);
           mid[j] = s < 0 ? 0.f : mid[s];
         }
-        const float* padded = row.data();
-        weighted_rows([padded](int64_t j) { return padded + j; }, kxp + c * kw, kw, op + (plane * Ho + r) * Wo, Wo);
+        isa.filter_shift(row.data(), kxp + c * kw, kw, op + (plane * Ho + r) * Wo, Wo);  // horizontal
       }
     }
   });

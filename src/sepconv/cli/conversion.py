@@ -1,0 +1,254 @@
+"""The commands that write a model: ``convert`` and ``optimize``.
+
+Both write ``--output`` as a self-contained archive (:func:`sepconv.load` runs it without the
+model's code, see :mod:`sepconv.serialize`); ``convert`` also writes the recipe (``--recipe``,
+by default next to ``--output``) that :func:`sepconv.apply_recipe` replays on the user's own class.
+
+The input the model is measured on: the user's ``--calibration-data``; else, for a digits model
+(``sepconv.models.DigitsCNN``), the bundled digits; else random normal inputs of ``--input``'s
+shape (seeded, so runs repeat). Calibration and distillation need real inputs, so for other models
+they need ``--calibration-data``.
+"""
+
+import math
+import os
+import re
+
+from .. import cli
+from .._io import check_output_file
+from .calibration import load_calibration, parse_channels
+from .common import UsageError, _emit, parse_shape
+
+RANDOM_SEED = 0
+
+
+def recipe_path(output: str) -> str:
+    """The default ``--recipe`` next to ``output``: ``small.pt2`` -> ``small.recipe.pt``."""
+    stem, ext = os.path.splitext(output)
+    return (stem if ext in (".pt2", ".pt", ".pth") else output) + ".recipe.pt"
+
+
+def _check_outputs(args) -> None:
+    """``--output`` (and ``--recipe``) can be written: checked before any long work."""
+    if args.output is None:
+        what = {"convert": "converted", "optimize": "optimized"}[args.command]
+        raise UsageError(f"--output: expected a path for the {what} model, got none")
+    check_output_file(args.output, "--output")
+    if getattr(args, "recipe", False) is not False:
+        args.recipe = args.recipe if args.recipe is not None else recipe_path(args.output)
+        check_output_file(args.recipe, "--recipe")
+        if os.path.realpath(args.recipe) == os.path.realpath(args.output):
+            raise UsageError(f"--recipe: expected a file other than --output, got {args.recipe!r}")
+
+
+def _model_and_shape(args):
+    model, default_input, label = cli.load_model(args.model)  # looked up on the package: tests replace it
+    shape = parse_shape(args.input, "--input") if args.input is not None else default_input
+    if shape is None:
+        raise UsageError("--input: expected an input size like 1x3x32x32 for this model, got none")
+    if len(shape) < 2:
+        raise UsageError(f"--input: expected a batch size, channels and sizes like 1x3x32x32, got {args.input!r}")
+    return model.eval(), shape, label
+
+
+def _dtype(model):
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _is_digits(model) -> bool:
+    from ..models.digits import DigitsCNN
+
+    return isinstance(model, DigitsCNN)
+
+
+def _digits_like(shape: tuple, n, split: str = "train"):
+    """``n`` bundled digits (scikit-learn) resized to ``(C, H, W)`` of ``shape``: an offline data source."""
+    import torch.nn.functional as F
+
+    from ..data import DigitsDataset
+
+    images, labels = DigitsDataset(split).tensors(n)
+    c, size = shape[1], tuple(shape[2:])
+    if len(size) != 2:
+        raise UsageError(f"--input: calibration/distillation data are 2-D images; expected BxCxHxW, got {shape}")
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False).repeat(1, c, 1, 1)
+    return images, labels
+
+
+def _inputs(args, model, shape):
+    """``(example, calibration, distillation, where)``: the tensors the conversion uses, and in words where
+    they come from. ``where`` is None for the bundled digits."""
+    import torch
+
+    channels = shape[1]
+    mean = parse_channels(args.mean, "--mean", channels)
+    std = parse_channels(args.std, "--std", channels, positive=True)
+    if args.calibration_data is not None:
+        data = load_calibration(args.calibration_data, shape, mean, std, _dtype(model))
+        if args.calibrate:
+            data = data[:args.calibrate]
+        return data[:shape[0]], data, data, f"the {len(data)} samples of --calibration-data"
+    if mean is not None or std is not None:
+        raise UsageError("--mean/--std: normalize --calibration-data; expected --calibration-data PATH, got none")
+    if _is_digits(model):
+        example = _digits_like(shape, shape[0], "test")[0]
+        calibration = _digits_like(shape, args.calibrate)[0] if args.calibrate else None
+        distillation = _digits_like(shape, None)[0] if args.distill_epochs else None
+        return example, calibration, distillation, None
+    for flag, value in (("--calibrate", args.calibrate), ("--distill-epochs", args.distill_epochs)):
+        if value:
+            raise UsageError(f"{flag}: needs inputs of this model; expected --calibration-data PATH (a tensor file, "
+                             f".npy array or folder of images), got none")
+    generator = torch.Generator().manual_seed(RANDOM_SEED)
+    example = torch.randn(shape, generator=generator, dtype=_dtype(model) or torch.float32)
+    return example, None, None, f"random normal inputs of shape {'x'.join(map(str, shape))} (no --calibration-data given)"
+
+
+def _rel(a, b) -> float:
+    den = float(b.double().norm())
+    return float((a.double() - b.double()).norm()) / den if den > 0 else float(a.double().norm())
+
+
+def _outputs(model, data, batch: int = 64):
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(x) for x in data.split(batch)])
+
+
+def _refresh_layers(report, original, new, example) -> None:
+    """The report's per-layer errors, measured again on the distilled model (the original's inputs)."""
+    import copy
+
+    import torch
+
+    from ..fold import fold_batchnorm
+
+    into = {m.group(1): bn for bn, why in report.batchnorms.items() if (m := re.fullmatch(r"folded into '(.+)'", why))}
+    seen = {}
+    hooks = [original.get_submodule(r.name).register_forward_pre_hook(
+        lambda m, a, n=r.name: seen.setdefault(n, a[0].detach())) for r in report.layers]
+    try:
+        with torch.no_grad():
+            original(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for row in report.layers:
+        conv, layer = original.get_submodule(row.name), new.get_submodule(row.name)
+        reference = copy.deepcopy(conv)
+        if row.name in into:
+            bn = original.get_submodule(into[row.name])
+            w, b = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+            reference.weight, reference.bias = torch.nn.Parameter(w), torch.nn.Parameter(b)
+        with torch.no_grad():
+            row.weight_error = _rel(layer.weight, reference.weight)  # a sepconv layer's is its dense equivalent
+            if row.name in seen:
+                row.output_error = _rel(layer(seen[row.name]), reference(seen[row.name]))
+
+
+def cmd_convert(args) -> int:
+    from ..convert import convert
+    from ..serialize import export_program, make_recipe, save, save_recipe
+
+    _check_outputs(args)  # before the long work, not after it
+    for name in ("calibrate", "distill_epochs"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative int, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr: expected a positive number, got {args.lr}")
+    model, shape, label = _model_and_shape(args)
+    example, calibration, distillation, where = _inputs(args, model, shape)
+    export_program(model, example)  # a model torch.export cannot save is refused before the conversion
+    new, report = convert(model, method=args.method, budget=args.budget, rank=args.rank, tolerance=args.tolerance,
+                          example_input=example,
+                          calibration_data=None if calibration is None else list(calibration.split(64)))
+    notes = []
+    if args.distill_epochs:
+        from torch.utils.data import TensorDataset
+
+        from ..train import distill
+
+        distill(new, model, TensorDataset(distillation), epochs=args.distill_epochs, lr=args.lr,
+                batch_size=min(64, len(distillation)), progress=not args.json)
+        new.eval()
+        _refresh_layers(report, model, new, example)
+        report.output_error = _rel(_outputs(new, example), _outputs(model, example))
+        notes.append(f"Errors after distillation ({args.distill_epochs} epoch(s) on "
+                     f"{where or 'the bundled digits'})")
+    if where is not None:
+        data = calibration if calibration is not None else example
+        report.output_error = _rel(_outputs(new, data), _outputs(model, data))
+        notes.append(f"Model output error on {where}")
+    report.message = ". ".join(filter(None, [report.message.rstrip("."), *notes]))
+    _emit(report, args)
+    save(new, args.output, example)
+    save_recipe(make_recipe(model, new, report.batchnorms), args.recipe)
+    if not args.json:
+        print(f"wrote {args.output} (load it anywhere with sepconv.load) and {args.recipe} (sepconv.apply_recipe "
+              f"puts the converted weights into your own model class)")
+    return 0
+
+
+def cmd_optimize(args) -> int:
+    import torch
+
+    from ..optimize import optimize_for_inference
+    from ..serialize import export_program, save
+
+    _check_outputs(args)
+    if not 1 <= args.rounds <= 1000:
+        raise UsageError(f"--rounds: expected an int from 1 to 1000, got {args.rounds}")
+    model, shape, label = _model_and_shape(args)
+    generator = torch.Generator().manual_seed(RANDOM_SEED)
+    example = torch.randn(shape, generator=generator, dtype=_dtype(model) or torch.float32)
+    export_program(model, example)  # refused before the optimization if torch.export cannot save it
+    fast = optimize_for_inference(model, example, rounds=args.rounds, candidates=("eager", "fused"))
+    meta = save(fast, args.output, example, portable=model)
+    folded = sum(why.startswith("folded into ") for why in fast.batchnorms.values())
+    print(f"{label}: backend {fast.backend!r}, BatchNorms folded {folded} of {len(fast.batchnorms)}; wrote "
+          f"{args.output} (load it anywhere with sepconv.load"
+          + ("; it runs the fused C++ kernels where they can be built, else a portable copy saved with it)"
+             if meta["needs_kernels"] else ")"))
+    return 0
+
+
+def add_convert_parser(sub) -> None:
+    """The ``convert`` command's arguments."""
+    p = sub.add_parser("convert", help="replace a model's convolutions by separable ones, optimally")
+    p.add_argument("model", help="a built-in name, FILE.py:FACTORY, or a torch.save'd model file")
+    p.add_argument("--method", default="auto", choices=["auto", "depthwise", "blueprint", "spatial"])
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--budget", type=float, help="fraction of the model's MACs to keep, e.g. 0.3")
+    how.add_argument("--rank", type=int, help="one rank for every layer")
+    how.add_argument("--tolerance", type=float, help="per-layer cap on the relative error")
+    p.add_argument("--input", help="BxCxHxW input size, e.g. 1x3x32x32 (the report's MACs are for this batch)")
+    p.add_argument("--calibration-data", metavar="PATH",
+                   help="your inputs: a torch.save'd tensor (or dict/list of tensors), a .npy array, or a folder of "
+                        "images (resized to --input, scaled to [0, 1]); used to calibrate, distill and report errors")
+    p.add_argument("--mean", help="per-channel mean subtracted from --calibration-data, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="per-channel std dividing --calibration-data, e.g. 0.229,0.224,0.225")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="use only the first N samples of --calibration-data; for a digits model without it, "
+                        "refine with N bundled digit images")
+    p.add_argument("--distill-epochs", type=int, default=0, metavar="E",
+                   help="then distill from the original for E epochs on the same data (soft targets, no labels)")
+    p.add_argument("--lr", type=float, default=3e-4, help="distillation learning rate")
+    p.add_argument("--output", help="the converted model, self-contained (load with sepconv.load), written atomically")
+    p.add_argument("--recipe", help="the recipe for sepconv.apply_recipe (default: next to --output, "
+                                    "e.g. small.pt2 -> small.recipe.pt)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
+def add_optimize_parser(sub) -> None:
+    """The ``optimize`` command's arguments."""
+    p = sub.add_parser("optimize", help="fold BatchNorms and pick the fastest CPU path (eager or fused kernels); "
+                                        "save it self-contained")
+    p.add_argument("model", help="a built-in name, FILE.py:FACTORY, or a torch.save'd model file")
+    p.add_argument("--input", help="BxCxHxW input size the paths are timed on, e.g. 1x3x224x224")
+    p.add_argument("--rounds", type=int, default=10, help="timing rounds per candidate path")
+    p.add_argument("--output", help="the optimized model, self-contained (load with sepconv.load), written atomically")
+    p.set_defaults(func=cmd_optimize, recipe=False)

@@ -1,0 +1,69 @@
+"""The MODEL argument: a built-in name, ``FILE.py:FACTORY`` or a ``torch.save``'d model."""
+
+import os
+from typing import TYPE_CHECKING, Optional
+
+from .common import UsageError, _guarded
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def load_model(spec: str) -> tuple["nn.Module", Optional[tuple[int, ...]], str]:
+    """A built-in name (``mobilenet_v1:0.5``), ``file.py:factory``, or a ``torch.save``'d model.
+
+    Returns ``(model, default input size or None, label)``. Loading a saved model unpickles it:
+    only load files you trust.
+    """
+    from ..models import BUILTIN, build
+
+    base = spec.partition(":")[0]
+    if base in BUILTIN:
+        try:
+            return build(spec), BUILTIN[base][1], spec
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from None
+    path, sep, factory = spec.rpartition(":")
+    if sep and path.endswith(".py"):
+        return _from_factory(path, factory, spec), None, spec
+    if spec.endswith(".py"):
+        raise UsageError(f"model: expected FILE.py:FACTORY (the function that builds the model), got {spec!r}")
+    if os.path.isdir(spec):
+        raise UsageError(f"model: {spec!r} is a directory, expected a file saved with torch.save(model, path)")
+    if os.path.exists(spec):
+        return _from_saved(spec), None, os.path.basename(spec)
+    raise UsageError(
+        f"model: expected a built-in name ({', '.join(sorted(BUILTIN))}; each takes an optional :WIDTH), FILE.py:FACTORY or a torch.save file, got {spec!r}"
+    )
+
+
+def _from_factory(path: str, factory: str, spec: str) -> "nn.Module":
+    import importlib.util
+
+    from torch import nn
+
+    if not os.path.isfile(path):
+        raise UsageError(f"model: file {path!r} not found" if not os.path.exists(path) else f"model: {path!r} is not a file")
+    module_spec = importlib.util.spec_from_file_location("_sepconv_user_model", path)
+    module = importlib.util.module_from_spec(module_spec)
+    _guarded(lambda: module_spec.loader.exec_module(module), f"model: could not import {path!r}")
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise UsageError(f"model: {path!r} has no callable {factory!r}")
+    model = _guarded(fn, f"model: {factory}() in {path!r} failed")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model: {spec!r} returned {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def _from_saved(path: str) -> "nn.Module":
+    import torch
+    from torch import nn
+
+    obj = _guarded(lambda: torch.load(path, map_location="cpu", weights_only=False),
+                   f"model: could not read {path!r} with torch.load")
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], nn.Module):
+        obj = obj["model"]
+    if not isinstance(obj, nn.Module):
+        raise UsageError(f"model: {path!r} holds a {type(obj).__name__}, expected a whole nn.Module saved with torch.save(model, path)")
+    return obj
