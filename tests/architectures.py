@@ -266,6 +266,13 @@ def mobilenet_v2(num_classes: int = 10) -> nn.Module:
     return randomize_batchnorm(MobileNetV2(settings, num_classes=num_classes))
 
 
+def mobilenet_v2_full(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ``mobilenet_v2()`` (width 1.0): stem 32, the paper's seven rows, last 1280."""
+    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]
+    return randomize_batchnorm(MobileNetV2(settings, stem=32, last=1280, num_classes=num_classes))
+
+
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "resnet_basic": resnet_basic,
     "resnet_bottleneck": resnet_bottleneck,

@@ -35,7 +35,7 @@ layers), :mod:`.report`. The BatchNorm math is :mod:`sepconv.fold`.
 """
 
 from .allocate import _allocate_global, _allocate_uniform, _choose, _hull
-from .api import ALLOCATIONS, METHODS, _check_args, convert
+from .api import ALLOCATIONS, COSTS, METHODS, _check_args, convert
 from .calibrate import (
     _COV_ROWS,
     _MAX_COV,

@@ -1,9 +1,10 @@
 """Choosing one candidate per layer: lossless, under a tolerance, at a fixed rank, or under a
-MAC budget (global greedy allocation on each layer's lower convex hull, or a uniform share).
-See the docstring of :mod:`sepconv.convert` for the objective."""
+budget of MACs or of measured time (global greedy allocation on each layer's lower convex hull,
+or a uniform share). See the docstring of :mod:`sepconv.convert` for the objective."""
 
 import heapq
 import math
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -11,9 +12,17 @@ import torch
 from .candidates import _Candidate, _Layer
 
 
-def _hull(points: list[_Candidate]) -> list[_Candidate]:
-    """Lower convex hull of (macs, error**2), from the cheapest point, error decreasing."""
-    pts = sorted(points, key=lambda c: (c.macs, c.error))
+def _macs(c: _Candidate) -> float:
+    return c.macs
+
+
+def _ms(c: _Candidate) -> float:
+    return c.ms
+
+
+def _hull(points: list[_Candidate], cost: Callable[[_Candidate], float] = _macs) -> list[_Candidate]:
+    """Lower convex hull of (cost, error**2), from the cheapest point, error decreasing."""
+    pts = sorted(points, key=lambda c: (cost(c), c.error))
     front = []
     for p in pts:  # Pareto front: strictly decreasing error with increasing MACs
         if not front or p.error < front[-1].error - 1e-15:
@@ -23,7 +32,7 @@ def _hull(points: list[_Candidate]) -> list[_Candidate]:
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # drop b if it lies on or above the segment a -> p
-            cross = (b.macs - a.macs) * (p.error**2 - a.error**2) - (b.error**2 - a.error**2) * (p.macs - a.macs)
+            cross = (cost(b) - cost(a)) * (p.error**2 - a.error**2) - (b.error**2 - a.error**2) * (cost(p) - cost(a))
             if cross <= 0:
                 hull.pop()
             else:
@@ -32,25 +41,26 @@ def _hull(points: list[_Candidate]) -> list[_Candidate]:
     return hull
 
 
-def _allocate_global(layers: list[_Layer], limit: int) -> dict[str, _Candidate]:
-    hulls = {l.name: _hull(l.candidates) for l in layers}
+def _allocate_global(layers: list[_Layer], limit: float,
+                     cost: Callable[[_Candidate], float] = _macs) -> dict[str, _Candidate]:
+    hulls = {l.name: _hull(l.candidates, cost) for l in layers}
     choice = {name: 0 for name in hulls}
-    used = sum(h[0].macs for h in hulls.values())
+    used = sum(cost(h[0]) for h in hulls.values())
     heap = []
 
     def push(name):
         h, i = hulls[name], choice[name]
         if i + 1 < len(h):
             gain = h[i].error ** 2 - h[i + 1].error ** 2
-            extra = h[i + 1].macs - h[i].macs
-            heapq.heappush(heap, (-gain / max(extra, 1), name))
+            extra = cost(h[i + 1]) - cost(h[i])
+            heapq.heappush(heap, (-gain / max(extra, 1e-9 if cost is _ms else 1), name))
 
     for name in hulls:
         push(name)
     while heap:
         _, name = heapq.heappop(heap)
         h, i = hulls[name], choice[name]
-        extra = h[i + 1].macs - h[i].macs
+        extra = cost(h[i + 1]) - cost(h[i])
         if used + extra <= limit:
             used += extra
             choice[name] = i + 1
@@ -78,8 +88,9 @@ def _allocate_uniform(layers: list[_Layer], limit: int, fixed: int) -> dict[str,
 
 
 def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], tolerance: Optional[float],
-            allocation: str, total: int) -> dict[str, _Candidate]:
-    """One candidate per layer name, by the rule the arguments select (``total``: the model's MACs)."""
+            allocation: str, total: int, latency_ms: Optional[float] = None) -> dict[str, _Candidate]:
+    """One candidate per layer name, by the rule the arguments select (``total``: the model's MACs;
+    ``latency_ms``: the optimized original model's measured time, for a time budget)."""
     if budget is None and rank is None and tolerance is None:  # lossless
         eps = 100 * torch.finfo(layers[0].weight.dtype).eps
         return {l.name: min((c for c in l.candidates if c.weight_error <= eps), key=lambda c: c.macs) for l in layers}
@@ -87,6 +98,8 @@ def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], 
         return {l.name: min((c for c in l.candidates if c.error <= tolerance), key=lambda c: c.macs) for l in layers}
     if rank is not None:
         return {l.name: min(l.candidates, key=lambda c: (c.structure == "dense", c.error)) for l in layers}
+    if latency_ms is not None:
+        return _allocate_time(layers, budget, latency_ms)
     fixed = total - sum(l.dense_macs for l in layers)
     limit = int(math.floor(budget * total))
     if fixed > limit:
@@ -101,3 +114,26 @@ def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], 
     if allocation == "global":
         return _allocate_global(layers, limit - fixed)
     return _allocate_uniform(layers, limit, fixed)
+
+
+def _dense_ms(layer: _Layer) -> float:
+    return next(c.ms for c in layer.candidates if c.structure == "dense")
+
+
+def predicted_ms(layers: list[_Layer], choice: dict, latency_ms: float) -> float:
+    """The model's predicted time: its measured time with each layer's dense time replaced by the
+    chosen candidate's (what is not a converted layer is taken as it was measured)."""
+    return latency_ms + sum(choice[l.name].ms - _dense_ms(l) for l in layers)
+
+
+def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float) -> dict[str, _Candidate]:
+    """Global allocation under ``budget * latency_ms``: the time of everything that is not a
+    candidate layer (``latency_ms`` minus the layers' dense times, at least 0) is fixed."""
+    fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
+    limit = budget * latency_ms
+    fastest = fixed + sum(min(c.ms for c in l.candidates) for l in layers)
+    if fastest > limit:
+        raise ValueError(f"budget: expected at least {fastest / latency_ms:.4f}, the fastest candidate of every layer "
+                         f"(predicted {fastest:.3f} ms of the optimized model's {latency_ms:.3f} ms on this machine), "
+                         f"got {budget}")
+    return _allocate_global(layers, limit - fixed, _ms)

@@ -12,15 +12,17 @@ from torch import Tensor, nn
 from .. import cost as C
 from .._checks import check_finite, check_module
 from ..graph import find_conv_bn, fold_chains
-from .allocate import _choose
+from .allocate import _choose, predicted_ms
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
 from .parallel import map_layers
 from .report import ConversionReport, LayerConversion
 from .surgery import _find_layers, _operate
+from . import timing
 
 METHODS = ("auto", "depthwise", "blueprint", "spatial")
 ALLOCATIONS = ("global", "uniform")
+COSTS = ("macs", "latency")
 
 
 def convert(
@@ -34,6 +36,7 @@ def convert(
     fold_bn: bool = True,
     inplace: bool = False,
     allocation: str = "global",
+    cost: str = "macs",
 ) -> tuple[nn.Module, ConversionReport]:
     """Replace a trained model's convolutions by separable ones, optimally.
 
@@ -59,6 +62,14 @@ def convert(
             conv it was folded or why it was left alone (e.g. training mode).
         inplace: modify and return ``model`` itself.
         allocation: ``'global'`` (default) or ``'uniform'`` (same share per layer) for ``budget``.
+        cost: what ``budget`` is a fraction of: ``'macs'`` (default, the model's multiply-accumulates)
+            or ``'latency'``: the measured time of ``optimize_for_inference(model, example_input)``
+            on this machine at the example's batch size and the current thread count. Each
+            candidate layer is timed through the path the optimized converted model uses (see
+            :mod:`sepconv.latency`; cached on disk, so the first conversion of a layer shape takes
+            seconds and later ones none), the errors are minimized under the predicted time, and
+            ``report.latency`` gives the original's, the predicted and the measured time of the
+            optimized result. Needs ``budget`` and ``allocation='global'``.
 
     Returns:
         ``(new_model, report)``.
@@ -70,10 +81,10 @@ def convert(
         True
     """
     batches, probe, profiles = _checked_inputs(model, method, budget, rank, tolerance, allocation, example_input,
-                                               calibration_data, fold_bn, inplace)
+                                               calibration_data, fold_bn, inplace, cost)
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport(method=method, budget=budget, inplace=inplace, objective="output" if batches else "weight",
-                              params_before=sum(p.numel() for p in model.parameters()))
+                              params_before=sum(p.numel() for p in model.parameters()), cost=cost)
     rows = _layer_shapes(model, probe, profiles, report)
     found = find_conv_bn(target) if fold_bn else None  # BatchNorms wherever forward calls them; folded at the surgery
     report.batchnorms = found.batchnorms if found else {}
@@ -87,13 +98,32 @@ def convert(
         inputs = _capture_inputs(model, [l.name for l in layers], batches)
         _covariances(layers, inputs)
     _rank_candidates(layers, method, rank)
-    choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before)
+    original = latency_ms = None
+    if cost == "latency":
+        timing.attach_latencies(layers)
+        original = timing.optimized(model, probe)
+        latency_ms = timing.model_ms(original, probe)
+    choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before, latency_ms)
     probe_inputs, reference = _reference(model, layers, probe)  # taken before any surgery: model may be target
     new_layers = _operate(target, layers, choice, found)
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()
     _fill_report(report, target, layers, choice, new_layers, probe, probe_inputs, reference, batches, unrefit)
+    if cost == "latency":
+        _measure_latency(report, original, target, probe, predicted_ms(layers, choice, latency_ms))
     return target, report
+
+
+def _measure_latency(report: ConversionReport, original: nn.Module, target: nn.Module, probe: Tensor,
+                     predicted: float) -> None:
+    """The optimized converted model timed side by side with the optimized original."""
+    was = target.training
+    fast = timing.optimized(target.eval(), probe)
+    target.train(was)
+    before, after = timing.side_by_side(original, fast, probe)
+    report.latency = dict(original_ms=before, predicted_ms=predicted, measured_ms=after,
+                          predicted_ratio=predicted / before, measured_ratio=after / before,
+                          batch=int(probe.shape[0]), threads=torch.get_num_threads())
 
 
 def _rank_candidates(layers: list[_Layer], method: str, rank: Optional[int]) -> None:
@@ -105,11 +135,12 @@ def _rank_candidates(layers: list[_Layer], method: str, rank: Optional[int]) -> 
 
 
 def _checked_inputs(model, method, budget, rank, tolerance, allocation, example_input, calibration_data, fold_bn,
-                    inplace) -> tuple[Optional[list[Tensor]], Optional[Tensor], dict]:
+                    inplace, cost="macs") -> tuple[Optional[list[Tensor]], Optional[Tensor], dict]:
     """Check every argument; returns the calibration batches, the probe input (shapes, MACs and the
     report's output errors) and the profiles of the input shapes checked."""
     check_module("model", model)
     _check_args(method, budget, rank, tolerance, allocation)
+    _check_cost(cost, budget, allocation)
     for flag, value in (("fold_bn", fold_bn), ("inplace", inplace)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag}: expected a bool, got {value!r}")
@@ -126,9 +157,22 @@ def _checked_inputs(model, method, budget, rank, tolerance, allocation, example_
         _check_runs(model, "calibration_data", batches)
     probe = example_input if example_input is not None else (batches[0][:1] if batches else None)
     if budget is not None and probe is None:
-        raise ValueError("example_input: a budget is a fraction of the model's MACs, which depend on the input size; "
+        what = "measured time" if cost == "latency" else "MACs"
+        raise ValueError(f"example_input: a budget is a fraction of the model's {what}, which depend on the input size; "
                          "expected example_input or calibration_data, got neither")
     return batches, probe, profiles
+
+
+def _check_cost(cost, budget, allocation) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"cost: expected one of {COSTS}, got {cost!r}")
+    if cost == "latency":
+        if budget is None:
+            raise ValueError("cost: 'latency' is a budget of time; expected a budget (a fraction of the optimized "
+                             "model's measured time), got none")
+        if allocation != "global":
+            raise ValueError(f"allocation: expected 'global' with cost='latency' (a uniform share is a share of "
+                             f"MACs), got {allocation!r}")
 
 
 def _check_args(method, budget, rank, tolerance, allocation) -> None:

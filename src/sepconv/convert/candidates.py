@@ -22,6 +22,7 @@ class _Candidate:
     macs: int
     error: float  # relative error used for allocation (weight or output)
     weight_error: float
+    ms: Optional[float] = None  # measured (or interpolated) latency on this machine, with cost="latency"
 
 
 @dataclass

@@ -39,6 +39,10 @@ class ConversionReport:
     objective: str = "weight"
     inplace: bool = False
     message: str = ""
+    cost: str = "macs"
+    # cost="latency": original_ms, predicted_ms, measured_ms (optimized models, this machine), their
+    # ratios, batch and threads
+    latency: Optional[dict] = None
 
     @property
     def macs_ratio(self) -> float:
@@ -57,6 +61,11 @@ class ConversionReport:
              f"params {self.params_before:,} -> {self.params_after:,}")
         if self.output_error is not None:
             s += f"; model output relative error {self.output_error:.4f}"
+        if self.latency:
+            t = self.latency
+            s += (f"; optimized latency {t['original_ms']:.2f} -> {t['measured_ms']:.2f} ms measured "
+                  f"({t['measured_ratio']:.1%}; predicted {t['predicted_ms']:.2f} ms, {t['predicted_ratio']:.1%}; "
+                  f"batch {t['batch']}, {t['threads']} threads)")
         if self.batchnorms:
             s += f"; BatchNorms folded {self._folded_count()} of {len(self.batchnorms)}"
         if self.inplace:

@@ -1,0 +1,194 @@
+"""Measured latency of a convolution's candidate replacements on this machine, cached on disk.
+
+``convert(..., cost="latency")`` allocates a time budget instead of a MAC budget. Time is what a
+candidate layer (a structure at a rank, or the dense conv itself) takes on this CPU through the
+path the converted model will use: each candidate is prepared with
+:func:`~sepconv.optimize.optimize_for_inference` (fused kernels where they apply and measure
+faster, else PyTorch's channels_last path) and timed on an input of the layer's own shape.
+
+Measuring smartly: latency is close to affine in the rank for one structure and shape, so only a
+few ranks per structure are timed (about ``samples``, spread geometrically over the ranks that
+are cheaper than the dense layer in MACs, always the smallest and the largest) and the others are
+interpolated linearly between them. Every timed candidate of a layer shape is timed in the same
+interleaved run as the dense layer (medians), so the ratios within a layer are fair. The table is
+cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
+count, in ``$SEPCONV_CACHE_DIR`` or ``~/.cache/sepconv/latency``; a second conversion of a model
+with the same layer shapes times nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import _fused
+from ._io import write_atomic
+from ._timing import interleaved
+
+__all__ = ["LatencyTable", "candidate_layer", "sample_ranks"]
+
+
+def cache_directory() -> str:
+    """``$SEPCONV_CACHE_DIR/latency`` or ``~/.cache/sepconv/latency`` (``$XDG_CACHE_HOME`` honoured)."""
+    base = os.environ.get("SEPCONV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sepconv")
+    return os.path.join(base, "latency")
+
+
+def machine_key(threads: Optional[int] = None) -> str:
+    """What a timing depends on besides the layer: CPU, versions, kernel sources and threads."""
+    from . import __version__
+
+    threads = torch.get_num_threads() if threads is None else threads
+    try:
+        kernels = _fused._fingerprint([])
+    except OSError:
+        kernels = "no-kernel-sources"
+    text = "\0".join((_fused.cpu_signature(), torch.__version__, __version__, kernels, str(threads),
+                      os.environ.get("SEPCONV_ISA", "")))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sample_ranks(ranks: Sequence[int], samples: int = 6) -> list[int]:
+    """About ``samples`` of ``ranks`` (sorted), spread geometrically, with the first and the last.
+
+    Example:
+        >>> sample_ranks([1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16], samples=4)
+        [1, 3, 6, 16]
+    """
+    ranks = sorted(set(ranks))
+    if len(ranks) <= samples:
+        return ranks
+    lo, hi = ranks[0], ranks[-1]
+    picks = {lo, hi}
+    for i in range(1, samples - 1):
+        target = lo * (hi / lo) ** (i / (samples - 1))
+        picks.add(min(ranks, key=lambda r: abs(r - target)))
+    return sorted(picks)
+
+
+def _interpolate(points: dict[int, float], rank: int) -> float:
+    """Piecewise-linear in the rank between timed ranks; flat beyond the ends."""
+    xs = sorted(points)
+    if rank <= xs[0]:
+        return points[xs[0]]
+    if rank >= xs[-1]:
+        return points[xs[-1]]
+    for a, b in zip(xs, xs[1:]):
+        if a <= rank <= b:
+            return points[a] + (points[b] - points[a]) * (rank - a) / (b - a)
+    raise AssertionError("unreachable")
+
+
+def candidate_layer(structure: str, conv: nn.Module, rank: Optional[int], bias: bool) -> nn.Module:
+    """A module with ``conv``'s configuration in ``structure`` at ``rank``, random weights (timing
+    does not depend on the values): ``'dense'``, ``'depthwise'``, ``'blueprint'`` or ``'spatial'``."""
+    from . import layers as L
+
+    n = conv.weight.dim() - 2
+    cfg = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=bias,
+               padding_mode=conv.padding_mode, dtype=conv.weight.dtype)
+    cin, cout, k = conv.in_channels, conv.out_channels, conv.kernel_size
+    if structure == "dense":
+        return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1](cin, cout, k, **cfg)
+    if structure == "depthwise":
+        return (L.SeparableConv1d, L.SeparableConv2d, L.SeparableConv3d)[n - 1](cin, cout, k, depth_multiplier=rank, **cfg)
+    if structure == "blueprint":
+        cls = (L.BlueprintSeparableConv1d, L.BlueprintSeparableConv2d, L.BlueprintSeparableConv3d)[n - 1]
+        return cls(cin, cout, k, rank=rank, **cfg)
+    if structure == "spatial" and n == 2:
+        SpatiallySeparableConv2d = L.SpatiallySeparableConv2d
+        return SpatiallySeparableConv2d(cin, cout, k, rank, **cfg)
+    raise ValueError(f"structure: expected 'dense', 'depthwise', 'blueprint' or 'spatial', got {structure!r}")
+
+
+def _layer_key(conv: nn.Module, in_shape: Sequence[int], bias: bool) -> str:
+    return json.dumps([list(in_shape), conv.out_channels, list(conv.kernel_size), list(conv.stride),
+                       conv.padding if isinstance(conv.padding, str) else list(conv.padding), list(conv.dilation),
+                       conv.padding_mode, bool(bias), str(conv.weight.dtype)])
+
+
+class LatencyTable:
+    """Milliseconds per candidate layer on this machine, measured once and cached on disk.
+
+    Args:
+        rounds: interleaved timing rounds per layer shape (medians).
+        samples: ranks timed per structure; the others are interpolated.
+        path: the cache file (default: one per machine key in :func:`cache_directory`); ``None``
+            with ``cache=False`` keeps the table in memory only.
+        cache: read and write the cache file.
+
+    Example:
+        >>> table = LatencyTable(rounds=2, cache=False)
+        >>> conv = nn.Conv2d(8, 8, 3, padding=1)
+        >>> ms = table.times(conv, (1, 8, 16, 16), {"depthwise": [1, 2]}, bias=True)
+        >>> sorted(ms)
+        [('dense', None), ('depthwise', 1), ('depthwise', 2)]
+    """
+
+    def __init__(self, rounds: int = 7, samples: int = 6, path: Optional[str] = None, cache: bool = True) -> None:
+        self.rounds, self.samples, self.cache = rounds, samples, cache
+        self.path = path or os.path.join(cache_directory(), f"{machine_key()}.json")
+        self.entries: dict[str, dict[str, float]] = {}
+        self.measured = 0  # candidates timed by this table (not read from the cache)
+        if cache:
+            try:
+                with open(self.path) as f:
+                    data = json.load(f)
+                if isinstance(data, dict) and isinstance(data.get("layers"), dict):
+                    self.entries = data["layers"]
+            except (OSError, ValueError):
+                pass  # no cache yet, or an unreadable one: measured again and rewritten
+
+    def times(self, conv: nn.Module, in_shape: Sequence[int], ranks: dict[str, Sequence[int]],
+              bias: bool) -> dict[tuple, float]:
+        """Milliseconds of the dense layer and of every ``(structure, rank)`` in ``ranks`` on an
+        input of ``in_shape`` (timed or interpolated); keys ``('dense', None)`` and ``(structure, rank)``."""
+        key = _layer_key(conv, in_shape, bias)
+        known = self.entries.setdefault(key, {})
+        wanted = {"dense": None}
+        for structure, rs in ranks.items():
+            for r in sample_ranks(rs, self.samples):
+                wanted[f"{structure}:{r}"] = (structure, r)
+        missing = [name for name in wanted if name not in known]
+        if missing:
+            known.update(self._measure(conv, in_shape, bias, {n: wanted[n] for n in missing}))
+        out = {("dense", None): known["dense"]}
+        for structure, rs in ranks.items():
+            points = {int(n.split(":")[1]): v for n, v in known.items() if n.startswith(structure + ":")}
+            for r in rs:
+                out[(structure, r)] = points[r] if r in points else _interpolate(points, r)
+        return out
+
+    def _measure(self, conv, in_shape, bias, which: dict) -> dict[str, float]:
+        from .optimize import optimize_for_inference
+
+        torch.manual_seed(0)
+        x = torch.randn(*in_shape, dtype=conv.weight.dtype)
+        fns = {}
+        for name, spec in which.items():
+            structure, rank = spec if spec is not None else ("dense", None)
+            layer = candidate_layer(structure, conv, rank, bias).eval()
+            fast = optimize_for_inference(layer, x, rounds=2, candidates=("eager", "fused"))
+            fns[name] = lambda fast=fast: fast(x)
+        self.measured += len(fns)
+        return interleaved(fns, self.rounds, warmup=1)
+
+    def save(self) -> None:
+        """Write the table to its cache file (atomically); errors are reported, never raised."""
+        if not self.cache:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            text = json.dumps({"machine": _fused.cpu_signature(), "torch": torch.__version__,
+                               "threads": torch.get_num_threads(), "layers": self.entries}, indent=1)
+            write_atomic(self.path, lambda f: f.write(text.encode()))
+        except OSError as exc:
+            print(f"sepconv: could not cache the latency table in {self.path}: {exc}", file=sys.stderr)

@@ -1,0 +1,85 @@
+"""The latency table behind ``convert(cost="latency")``: which ranks are timed, interpolation,
+candidate layers, and the on-disk cache. No timing asserts: only what is measured and stored."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sepconv import layers as L
+from sepconv.latency import LatencyTable, _interpolate, candidate_layer, machine_key, sample_ranks
+
+
+def test_sample_ranks_keeps_both_ends_and_spreads_geometrically():
+    assert sample_ranks([1, 2, 3], 6) == [1, 2, 3]
+    assert sample_ranks([5, 1, 3, 3], 6) == [1, 3, 5]
+    picked = sample_ranks(list(range(1, 97)), 6)
+    assert picked[0] == 1 and picked[-1] == 96 and len(picked) == 6
+    ratios = [b / a for a, b in zip(picked, picked[1:])]
+    assert max(ratios) / min(ratios) < 1.6  # about evenly spaced on a log scale: 1, 2, 6, 15, 38, 96
+
+
+def test_interpolation_is_linear_between_timed_ranks_and_flat_outside():
+    points = {2: 1.0, 6: 3.0, 10: 3.0}
+    assert _interpolate(points, 4) == pytest.approx(2.0)
+    assert _interpolate(points, 8) == pytest.approx(3.0)
+    assert _interpolate(points, 1) == 1.0 and _interpolate(points, 12) == 3.0
+    assert _interpolate(points, 6) == 3.0
+
+
+@pytest.mark.parametrize("structure,rank,cls", [
+    ("dense", None, nn.Conv2d), ("depthwise", 2, L.SeparableConv2d),
+    ("blueprint", 3, L.BlueprintSeparableConv2d), ("spatial", 4, L.SpatiallySeparableConv2d)])
+def test_candidate_layers_have_the_convs_configuration(structure, rank, cls):
+    conv = nn.Conv2d(6, 10, (3, 5), stride=2, padding=(1, 2), bias=False)
+    layer = candidate_layer(structure, conv, rank, bias=True)
+    assert type(layer) is cls
+    x = torch.randn(2, 6, 17, 13)
+    assert layer(x).shape == conv(x).shape
+
+
+def test_candidate_layer_1d_and_3d_and_bad_structure():
+    assert type(candidate_layer("depthwise", nn.Conv1d(4, 8, 3), 1, True)) is L.SeparableConv1d
+    assert type(candidate_layer("blueprint", nn.Conv3d(4, 8, 3), 2, True)) is L.BlueprintSeparableConv3d
+    with pytest.raises(ValueError, match=r"structure: expected 'dense', 'depthwise', 'blueprint' or 'spatial', got 'svd'"):
+        candidate_layer("svd", nn.Conv2d(4, 8, 3), 1, True)
+    with pytest.raises(ValueError, match="got 'spatial'"):  # a spatially separable 1-D conv does not exist
+        candidate_layer("spatial", nn.Conv1d(4, 8, 3), 1, True)
+
+
+def test_times_every_rank_timing_only_samples_and_caches(tmp_path):
+    path = str(tmp_path / "table.json")
+    conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    ranks = {"depthwise": list(range(1, 10)), "spatial": [1, 2, 3, 4, 6, 8, 11, 16, 22]}
+    table = LatencyTable(rounds=1, samples=3, path=path)
+    ms = table.times(conv, (1, 8, 12, 12), ranks, bias=True)
+    assert set(ms) == {("dense", None)} | {(s, r) for s, rs in ranks.items() for r in rs}
+    assert all(v > 0 for v in ms.values())
+    assert table.measured == 1 + 3 + 3  # dense and 3 ranks per structure; the rest interpolated
+    table.save()
+    stored = json.loads(open(path).read())
+    assert len(stored["layers"]) == 1 and stored["threads"] == torch.get_num_threads()
+
+    again = LatencyTable(rounds=1, samples=3, path=path)
+    assert again.times(conv, (1, 8, 12, 12), ranks, bias=True) == ms and again.measured == 0
+    again.times(conv, (2, 8, 12, 12), ranks, bias=True)  # another input shape: timed anew
+    assert again.measured == 7
+
+
+def test_an_unreadable_cache_is_measured_again(tmp_path):
+    path = tmp_path / "table.json"
+    path.write_text("{not json")
+    table = LatencyTable(rounds=1, samples=2, path=str(path))
+    table.times(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), {"depthwise": [1, 2]}, bias=False)
+    assert table.measured == 3
+    table.save()
+    assert "layers" in json.loads(path.read_text())
+
+
+def test_the_machine_key_depends_on_threads_and_forced_isa(monkeypatch):
+    monkeypatch.delenv("SEPCONV_ISA", raising=False)
+    plain = machine_key(2)
+    assert machine_key(1) != plain
+    monkeypatch.setenv("SEPCONV_ISA", "avx2")
+    assert machine_key(2) != plain
