@@ -94,3 +94,41 @@ def test_training_mode_batchnorm_and_untraceable_models_give_nothing():
             return self.conv(self.bn(x))
 
     assert input_moments(Branchy()) == {}
+
+
+@pytest.mark.parametrize("method", ["depthwise", "blueprint", "spatial"])
+def test_data_free_convert_is_optimal_for_the_input_weighted_error(method):
+    """With BatchNorm statistics before a conv, convert factorizes W * s and unscales the input
+    factor: its weighted error ||(W - W_hat) s|| is no larger than the plain SVD's, and the report
+    gives the built layer's plain weight error."""
+    from sepconv.convert import convert
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _bn(8, 5), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1)).double().eval()
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    s = input_scales(net)["3"].view(1, -1, 1, 1)
+    w = net[3].weight.detach()
+    results = {}
+    for flag in (True, False):
+        small, report = convert(net, method=method, rank=2, example_input=x, input_statistics=flag)
+        w_hat = small[3].to_dense().weight.detach()
+        results[flag] = float(((w - w_hat) * s).norm() / (w * s).norm())
+        row = next(r for r in report.layers if r.name == "3")
+        assert row.weight_error == pytest.approx(float((w - w_hat).norm() / w.norm()), rel=1e-9)
+        z = torch.randn(2, 8, 10, 10, dtype=torch.float64)
+        with torch.no_grad():  # the converted layer computes what its dense form computes
+            torch.testing.assert_close(small[3](z), small[3].to_dense()(z))
+    assert results[True] <= results[False] + 1e-12
+    if method != "depthwise":  # per-channel scaling changes these structures' optimum
+        assert results[True] < results[False]
+
+
+def test_input_statistics_is_opt_in_and_checked():
+    from sepconv.convert import convert
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _bn(8, 5), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 10, 10)
+    assert convert(net, rank=2, example_input=x)[1].objective == "weight"
+    assert convert(net, rank=2, example_input=x, input_statistics=True)[1].objective == "weighted"
+    with pytest.raises(TypeError, match=r"^input_statistics: expected a bool, got 1$"):
+        convert(net, rank=2, example_input=x, input_statistics=1)

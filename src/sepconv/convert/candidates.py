@@ -37,6 +37,7 @@ class _Layer:
     bn_name: Optional[str] = None
     cov: Optional[Tensor] = None
     spectra: dict = field(default_factory=dict)  # structure -> Spectrum
+    scale: Optional[Tensor] = None  # data-free: sqrt(E[x_c^2]) per input channel, from the BatchNorms before it
 
 
 def _skip_reason(m: nn.Module) -> Optional[str]:
@@ -113,7 +114,7 @@ def _candidates(layer: _Layer, structures: list[str], fixed_rank: Optional[int])
     out = []
     for st in structures:
         ranks = [fixed_rank] if fixed_rank is not None else _rank_grid(_max_rank(st, layer.weight))
-        spectrum = layer.spectra[st] = Spectrum(layer.weight, st, ranks)
+        spectrum = layer.spectra[st] = Spectrum(weighted(layer), st, ranks)
         errors = {r: spectrum.error(r) for r in ranks}
         if layer.cov is not None:
             used = spectrum.output_errors(layer.weight, ranks, layer.cov)
@@ -122,6 +123,15 @@ def _candidates(layer: _Layer, structures: list[str], fixed_rank: Optional[int])
         for r in ranks:
             out.append(_Candidate(st, r, _structure_macs(st, layer.conv, layer.in_shape, r), used[r], errors[r]))
     return out
+
+
+def weighted(layer: _Layer) -> Tensor:
+    """The weight whose Frobenius error is the data-free objective: ``W * s`` over the input channels
+    with ``layer.scale`` (see :mod:`sepconv.prior`), else ``W``."""
+    if layer.scale is None:
+        return layer.weight
+    w = layer.weight
+    return w * layer.scale.to(w.dtype).view(1, -1, *([1] * (w.dim() - 2)))
 
 
 def _with_dense(layer: _Layer, candidates: list[_Candidate]) -> list[_Candidate]:

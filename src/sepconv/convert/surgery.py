@@ -20,7 +20,7 @@ from ..layers import (
     _dense_options,
     _load_factors,
 )
-from .candidates import _Candidate, _Layer, _nominal_shape, _skip_reason, _structures
+from .candidates import _Candidate, _Layer, _nominal_shape, _skip_reason, _structures, weighted
 from .parallel import map_layers
 from .spectra import Spectrum
 
@@ -61,6 +61,34 @@ def _build(structure: str, conv, weight: Tensor, bias: Optional[Tensor], rank: i
     else:
         layer = SpatiallySeparableConv2d.from_dense(dense, rank=rank)
     layer.train(conv.training)
+    return layer
+
+
+_INPUT_FACTOR = {"depthwise": "depthwise", "blueprint": "pointwise", "spatial": "vertical"}
+
+
+def _unscale_input(layer: nn.Module, structure: str, scale: Tensor) -> None:
+    """Divide the factor that reads the input by ``scale`` per input channel: the layer built from
+    ``W * s`` then computes the optimal approximation of ``W`` under the weighted error."""
+    w = getattr(layer, _INPUT_FACTOR[structure]).weight
+    s = scale.to(w.dtype)
+    with torch.no_grad():
+        if structure == "depthwise":  # (C * multiplier, 1, *k): rows grouped by input channel
+            w.view(s.numel(), -1).div_(s.view(-1, 1))
+        else:  # (mid, C, *k)
+            w.div_(s.view(1, -1, *([1] * (w.dim() - 2))))
+
+
+def _build_weighted(l: _Layer, c: _Candidate) -> nn.Module:
+    """The chosen layer, optimal for ``l``'s (possibly weighted) objective; with a weighting, the
+    candidate's ``weight_error`` becomes the built layer's plain relative weight error."""
+    if l.scale is None:
+        return _build(c.structure, l.conv, l.weight, l.bias, c.rank, l.spectra.get(c.structure))
+    layer = _build(c.structure, l.conv, weighted(l), l.bias, c.rank, l.spectra.get(c.structure))
+    _unscale_input(layer, c.structure, l.scale)
+    w_hat = layer.to_dense().weight.detach().double()
+    w = l.weight.detach().double()
+    c.weight_error = float((w - w_hat).norm() / w.norm()) if float(w.norm()) > 0 else 0.0
     return layer
 
 
@@ -124,8 +152,7 @@ def _operate(target: nn.Module, layers: list[_Layer], choice: dict[str, _Candida
     if found is not None:
         fold_chains(target, found.chains)
     todo = [l for l in layers if choice[l.name].structure != "dense"]
-    built = map_layers(lambda l: _build(choice[l.name].structure, l.conv, l.weight, l.bias, choice[l.name].rank,
-                                        l.spectra.get(choice[l.name].structure)), todo,
+    built = map_layers(lambda l: _build_weighted(l, choice[l.name]), todo,
                        cost=lambda l: l.weight.numel() * l.weight.shape[1])
     new_layers = {l.name: l.conv for l in layers}  # a dense choice stays as it is (with its BatchNorm folded in)
     for l, new in zip(todo, built):
