@@ -253,3 +253,16 @@ def test_calibration_notes_for_3d_layers():
     notes = {r.name: r.note for r in report.layers}
     assert "not refit on calibration data (3-D)" in notes["2"]
     assert "allocated by weight error" in notes["2"]
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.33])
+def test_auto_is_never_worse_than_the_best_single_structure_on_the_example(trained_digits_cnn, digits, budget):
+    """Data-free auto checks its per-layer allocation against each structure alone on the example
+    input and keeps the closest model; the report's message says which and the errors compared."""
+    x = digits[1].tensors()[0]
+    _, auto = convert(trained_digits_cnn, method="auto", budget=budget, example_input=x)
+    singles = {m: convert(trained_digits_cnn, method=m, budget=budget, example_input=x)[1].output_error
+               for m in ("depthwise", "blueprint", "spatial")}
+    assert auto.output_error <= min(singles.values()) + 1e-12, (auto.output_error, singles, auto.message)
+    assert auto.macs_after <= budget * auto.macs_before
+    assert auto.message.startswith("auto kept ") and "output error on example_input per-layer " in auto.message

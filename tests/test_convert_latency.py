@@ -37,6 +37,7 @@ def _fake_times(slow: str, dense_ms: float = 10.0):
 @pytest.fixture
 def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
     monkeypatch.setattr(timing, "model_ms", lambda fast, x: 35.0)  # 3 x 10 ms of convs + 5 ms of the rest
     monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (35.0, 20.0))
 

@@ -16,6 +16,7 @@ from .allocate import _choose, predicted_ms
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
 from .parallel import map_layers
+from .portfolio import best_choice
 from ..prior import input_scales
 from .report import ConversionReport, LayerConversion
 from .surgery import _find_layers, _operate
@@ -114,6 +115,10 @@ def convert(
         latency_ms = timing.model_ms(original, probe)
     choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before, latency_ms)
     probe_inputs, reference = _reference(model, layers, probe)  # taken before any surgery: model may be target
+    if method == "auto" and budget is not None and batches is None:  # the proxy checked on the example
+        choice, report.message = best_choice(target, layers, choice, found, probe, reference,
+                                             (budget, rank, tolerance, allocation, report.macs_before, latency_ms),
+                                             _operate)
     new_layers = _operate(target, layers, choice, found)
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()

@@ -143,8 +143,9 @@ def _find_layers(target: nn.Module, method: str, found: Optional[Folded], rows: 
 
 
 def _operate(target: nn.Module, layers: list[_Layer], choice: dict[str, _Candidate],
-             found: Optional[Folded]) -> dict[str, nn.Module]:
-    """Fold the BatchNorms, then put each layer's chosen separable form in place of its conv.
+             found: Optional[Folded], release: bool = True) -> dict[str, nn.Module]:
+    """Fold the BatchNorms, then put each layer's chosen separable form in place of its conv
+    (``release``: drop the layers' spectra afterwards; a trial surgery keeps them).
 
     Returns:
         Each layer's module after the surgery by name (the conv itself where it stays dense).
@@ -158,6 +159,7 @@ def _operate(target: nn.Module, layers: list[_Layer], choice: dict[str, _Candida
     for l, new in zip(todo, built):
         _set_module(target, l.name, new)
         new_layers[l.name] = new
-    for l in layers:
-        l.spectra = {}  # the eigenvectors are not needed any more
+    if release:
+        for l in layers:
+            l.spectra = {}  # the eigenvectors are not needed any more
     return new_layers
