@@ -64,7 +64,8 @@ def block_results(tmp_path_factory) -> dict:
     (work / "blocks.json").write_text(json.dumps([(line, code) for line, code, skip in BLOCKS if skip is None]))
     # one thread: on a loaded machine two OpenMP threads spin-wait for each other (10x slower here)
     proc = subprocess.run([sys.executable, "-c", RUNNER, "blocks.json", "results.json"], cwd=work,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
+                          env=dict(os.environ, OMP_NUM_THREADS="1", SEPCONV_CACHE_DIR=str(work / "cache")),
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return {r["line"]: r for r in json.loads((work / "results.json").read_text())}
 
