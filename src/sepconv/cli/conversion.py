@@ -134,8 +134,9 @@ def _outputs(model, data, batch: int = 64):
         return torch.cat([model(x) for x in data.split(batch)])
 
 
-def _refresh_layers(report, original, new, example) -> None:
-    """The report's per-layer errors, measured again on the distilled model (the original's inputs)."""
+def _refresh_layers(report, original, new, data, batch: int = 16) -> None:
+    """The report's per-layer errors, measured again on ``new`` (each layer on the original's inputs to
+    it, over all of ``data``, a batch at a time so that no layer's inputs for all samples are held)."""
     import copy
 
     import torch
@@ -143,26 +144,40 @@ def _refresh_layers(report, original, new, example) -> None:
     from ..fold import fold_batchnorm
 
     into = {m.group(1): bn for bn, why in report.batchnorms.items() if (m := re.fullmatch(r"folded into '(.+)'", why))}
-    seen = {}
-    hooks = [original.get_submodule(r.name).register_forward_pre_hook(
-        lambda m, a, n=r.name: seen.setdefault(n, a[0].detach())) for r in report.layers]
-    try:
-        with torch.no_grad():
-            original(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    references = {}
     for row in report.layers:
-        conv, layer = original.get_submodule(row.name), new.get_submodule(row.name)
-        reference = copy.deepcopy(conv)
+        conv = original.get_submodule(row.name)
+        reference = references[row.name] = copy.deepcopy(conv)
         if row.name in into:
             bn = original.get_submodule(into[row.name])
             w, b = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
             reference.weight, reference.bias = torch.nn.Parameter(w), torch.nn.Parameter(b)
+        row.weight_error = _rel(new.get_submodule(row.name).weight, reference.weight)  # its dense equivalent
+    sums = {}  # name -> [squared error, squared reference] over the samples
+
+    def measure(module, args, name):
+        if name not in done:  # a layer called twice in one forward: its first call, as the report's
+            done.add(name)
+            x = args[0].detach()
+            out, ref = new.get_submodule(name)(x).double(), references[name](x).double()
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float((out - ref).pow(2).sum())
+            acc[1] += float(ref.pow(2).sum())
+
+    hooks = [original.get_submodule(r.name).register_forward_pre_hook(
+        lambda m, a, n=r.name: measure(m, a, n)) for r in report.layers]
+    try:
         with torch.no_grad():
-            row.weight_error = _rel(layer.weight, reference.weight)  # a sepconv layer's is its dense equivalent
-            if row.name in seen:
-                row.output_error = _rel(layer(seen[row.name]), reference(seen[row.name]))
+            for x in data.split(batch):
+                done = set()
+                original(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for row in report.layers:
+        if row.name in sums:
+            error, total = sums[row.name]
+            row.output_error = (error / total) ** 0.5 if total > 0 else error ** 0.5
 
 
 def _check_model_runs(model, example, shape) -> None:
