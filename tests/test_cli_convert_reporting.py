@@ -49,13 +49,15 @@ def _errors_of_recipe(x):
 def test_errors_are_measured_on_the_held_out_last_quarter(tiny, capsys):
     report, _ = _convert(capsys)
     data = torch.load("cal.pt")
-    assert report["message"].endswith(f"Model output relative error {report['output_error']:.4f} (and the layers' "
-                                      "output errors) on 8 held-out samples of --calibration-data (not used for fitting).")
+    assert report["message"].endswith(
+        f"Model output relative error {report['output_error']:.4f} (and the layers' output errors) on 8 held-out "
+        "samples of --calibration-data (not used for fitting).")
     assert report["output_error"] == pytest.approx(_errors_of_recipe(data[24:]), rel=1e-4)
     # fit on the first 24 only: the same as converting with them as the calibration data
-    direct, _ = sepconv.convert(_tiny_resnet.factory(), budget=0.5, example_input=data[:1], calibration_data=[data[:24]])
+    original = _tiny_resnet.factory()
+    direct, _ = sepconv.convert(original, budget=0.5, example_input=data[:1], calibration_data=[data[:24]])
     with torch.no_grad():
-        assert _rel(direct(data[24:]), _tiny_resnet.factory()(data[24:])) == pytest.approx(report["output_error"], rel=1e-4)
+        assert _rel(direct(data[24:]), original(data[24:])) == pytest.approx(report["output_error"], rel=1e-4)
     assert all(row["output_error"] > 0 for row in report["layers"] if row["structure"] != "dense")
 
 
