@@ -12,6 +12,7 @@ bound optimize_for_inference itself checks.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -134,7 +135,14 @@ def test_convert_a_custom_class_with_own_data_and_load_it_elsewhere(user_dir, tm
     report = json.loads(proc.stdout)
     assert report["macs_after"] <= 0.6 * report["macs_before"]
     assert report["batchnorms"] == {"bn1": "folded into 'conv1'"}
-    assert report["message"].endswith(f"Model output error on the {len(data)} samples of --calibration-data")
+    if len(data) >= 8:  # the last quarter is held out: the errors are measured on it, the rest is fit on
+        data = data[len(data) - len(data) // 4:]
+        where = f"on {len(data)} held-out samples of --calibration-data (not used for fitting)."
+    else:
+        where = (f"on the {len(data)} samples of --calibration-data (in-sample: the same samples the layers were fit "
+                 f"on; with 8 or more, a quarter is held out).")
+    assert report["message"].endswith(f"Model output relative error {report['output_error']:.4f} (and the layers' "
+                                      f"output errors) {where}")
 
     user = _user_module(user_dir)
     original = user.make()
@@ -161,16 +169,19 @@ def test_distillation_on_own_data_reports_the_distilled_numbers(user_dir):
     report = json.loads(proc.stdout)
     user = _user_module(user_dir)
     original, distilled = user.make(), sepconv.apply_recipe(user.UserNet(), user_dir / "d.recipe.pt").eval()
+    data = data[24:]  # the errors are on the held-out last quarter (distillation fit on the first 24)
     with torch.no_grad():
         assert report["output_error"] == pytest.approx(_rel(distilled(data), original(data)), rel=1e-4)
         # per layer: the distilled layer's dense kernel against conv2's own (independent dense reference)
         row = next(r for r in report["layers"] if r["name"] == "conv2")
         assert row["weight_error"] == pytest.approx(_rel(distilled.conv2.weight, original.conv2.weight), rel=1e-6)
-        h = torch.relu(original.bn1(original.conv1(data[:2])))  # conv2's input in the original, on the example
+        h = torch.relu(original.bn1(original.conv1(data)))  # conv2's input in the original, on the held-out data
         expected = torch.nn.functional.conv2d(h.double(), original.conv2.weight.double(), original.conv2.bias.double(),
                                               padding=1)
         assert row["output_error"] == pytest.approx(_rel(distilled.conv2(h), expected), rel=1e-4)
-    assert "Errors after distillation (2 epoch(s) on the 32 samples of --calibration-data)" in report["message"]
+    assert re.search(r"Distilled for 2 epoch\(s\) on 24 samples: model output error \d\.\d{4} -> \d\.\d{4}\. "
+                     r"|Distillation \(2 epoch\(s\), --lr 0\.01\) made the model output error worse", report["message"])
+    assert "on 8 held-out samples of --calibration-data (not used for fitting)." in report["message"]
 
 
 def test_optimize_round_trip_and_the_portable_fallback(user_dir, tmp_path_factory):
@@ -324,6 +335,15 @@ CONVERT = ["convert", "usernet.py:make", "--input", "2x3x10x10", "--budget", "0.
      "--output: expected a file name, got the directory 'adir'"),
     (["optimize", "usernet.py:make", "--input", "1x3x10x10", "--rounds", "0", "--output", "o.pt2"],
      "--rounds: expected an int from 1 to 1000, got 0"),
+    # an --input the model cannot take: said so, with the model's own error
+    (["convert", "usernet.py:make", "--input", "2x3x10", "--budget", "0.5", "--output", "o.pt2"],
+     "--input: the model fails on an input of shape 2x3x10: RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], "
+     "expected input[1, 2, 3, 10] to have 3 channels, but got 2 channels instead"),
+    (["optimize", "usernet.py:make", "--input", "2x3x10", "--output", "o.pt2"],
+     "--input: the model fails on an input of shape 2x3x10: RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], "
+     "expected input[1, 2, 3, 10] to have 3 channels, but got 2 channels instead"),
+    ([*CONVERT, "--output", "notes.txt/o.pt2"],
+     "--output: 'notes.txt' is a file, not a directory, so 'notes.txt/o.pt2' cannot be written"),
 ])
 def test_mistakes_are_one_line(workdir, capsys, argv, message):
     assert main(argv) == 2

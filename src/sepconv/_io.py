@@ -179,6 +179,11 @@ def check_output_file(path: Union[str, os.PathLike], what: str) -> None:
         raise ValueError(f"{what}: expected a file name, got the directory {path!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
+        parent = os.path.dirname(path)  # as the user wrote it: the first folder of it that exists
+        while parent and not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        if parent and os.path.lexists(parent) and not os.path.isdir(parent):
+            raise ValueError(f"{what}: {parent!r} is a file, not a directory, so {path!r} cannot be written")
         raise ValueError(f"{what}: directory of {path!r} does not exist")
     if _special(path):
         return  # written through, as it is (opening a FIFO to check it would wait for a reader)

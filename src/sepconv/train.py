@@ -5,6 +5,12 @@ Choices, and why:
 * **AdamW** (``weight_decay=1e-4``) with a **cosine** learning-rate schedule over all steps and no
   warm-up: robust for small CNNs without tuning, and the schedule ends at zero so the last epoch
   settles.
+* **Distillation uses RAdam** (rectified Adam, with AdamW's decoupled weight decay) instead. Adam's
+  first steps divide the gradient by its own magnitude, so each one moves *every* weight by about
+  ``lr`` whatever the gradient's size: a converted student starts close to its teacher (tiny
+  gradients), and one such step of 3e-4 on a ResNet-18 raised its output error from 0.016 to 1.8.
+  RAdam takes plain momentum steps (proportional to the gradient) until its estimate of the
+  gradient's variance is reliable, then Adam steps.
 * **Determinism**: the model's initialization is the caller's; the data order is ``randperm``
   seeded with ``seed + epoch`` (what ``DistributedSampler`` draws), the same in one process and in
   many, so a ``torchrun`` run and a single-process run of the same global batch see the same
@@ -277,12 +283,15 @@ def _progress(enabled: bool, description: str, total: int):
 def _fit(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int,
          loss_fn: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor], eval_data: Optional[Dataset],
          checkpoint: Optional[str], resume: bool, seed: int, progress: bool, weight_decay: float,
-         sync_batchnorm: bool, description: str) -> History:
+         sync_batchnorm: bool, description: str, rectified: bool = False) -> History:
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model: expected trainable parameters, got none in {type(model).__name__}")
     rank, world = _dist()
     per_epoch = math.ceil(len(data) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if rectified:  # see the module's docstring: no sign-like first steps
+        opt = torch.optim.RAdam(model.parameters(), lr=lr, weight_decay=weight_decay, decoupled_weight_decay=True)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history, start = History(), 0
@@ -381,8 +390,10 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int =
             must have the teacher's shape ``(batch, classes)`` (checked on every batch).
         teacher: the original model.
         data: a ``Dataset`` of inputs or ``(input, label)`` pairs.
-        lr: peak learning rate; small by default, since a converted student starts close to its
-            teacher and a large step would first undo the conversion's fit.
+        lr: peak RAdam learning rate (cosine decay to zero); small by default, since a converted
+            student starts close to its teacher and a large step would first undo the conversion's
+            fit. The first steps are momentum steps proportional to the gradient (RAdam), so they
+            do not move every weight by ``lr`` as Adam's first steps do.
         temperature: T > 0, softening both distributions.
         alpha: weight of the soft-target term, in [0, 1].
         Others: as :func:`train`.
@@ -421,6 +432,6 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int =
 
     try:
         return _fit(student, data, epochs, lr, batch_size, loss_fn, eval_data, checkpoint, resume, seed, progress,
-                    weight_decay, sync_batchnorm, "distill")
+                    weight_decay, sync_batchnorm, "distill", rectified=True)
     finally:
         teacher.train(teacher_was)
