@@ -6,7 +6,7 @@ Each task runs in its own subprocess (so that its peak resident memory, ``ru_max
 the imports are warmed first (a small conversion and profile, not timed), the model is built, and
 the task runs ``--repeats`` times; the median wall time is reported with the CPU time of the same
 run (on a machine shared with other work, CPU time is the better guide to the cost; the load
-average is recorded too). Tasks (the targets of the conversion issue):
+average is recorded too). Tasks, with the targets set for them:
 
 * ``convert resnet18``: data-free ``convert(resnet18, budget=0.5, example_input=1x3x224x224)``, target <= 3 s;
 * ``convert resnet50``: data-free, ``budget=0.6``, target <= 5 s and peak memory < 2 GB;

@@ -112,3 +112,28 @@ def test_stage_lines_go_to_stderr_and_quiet_or_no_terminal_silences_them(tiny, c
     assert err == ""
     _, err = _convert(capsys)  # stderr is not a terminal here
     assert err == ""
+
+
+def test_cost_latency_needs_a_budget_and_is_passed_to_convert(monkeypatch, capsys, tmp_path):
+    """--cost latency without --budget is one error line before any work; with it, convert gets cost='latency'."""
+    from sepconv.cli import main
+
+    assert main(["convert", "digits_cnn", "--rank", "2", "--cost", "latency", "--output", str(tmp_path / "m.pt2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sepconv: error: --cost latency: a budget of time; expected --budget (a fraction of the optimized "
+                   "model's measured time), got none"]
+    seen = {}
+    import importlib
+
+    conv_pkg = importlib.import_module("sepconv.convert")
+    real = conv_pkg.convert
+
+    def spy(*a, **k):
+        seen.update(k)
+        k["cost"] = "macs"  # the conversion itself is tested elsewhere; no timing here
+        return real(*a, **k)
+
+    monkeypatch.setattr(conv_pkg, "convert", spy)
+    assert main(["convert", "digits_cnn:4", "--budget", "0.5", "--cost", "latency", "--quiet",
+                 "--output", str(tmp_path / "m.pt2")]) == 0
+    assert seen["cost"] == "latency"

@@ -230,7 +230,7 @@ def _convert(args, model, example, calibration, stages):
     refits = stages.refits(len(calibration)) if calibration is not None else contextlib.nullcontext()
     with refits:
         return convert(model, method=args.method, budget=args.budget, rank=args.rank, tolerance=args.tolerance,
-                       example_input=example,
+                       example_input=example, cost=args.cost,
                        calibration_data=None if calibration is None else list(calibration.split(64)))
 
 
@@ -238,6 +238,9 @@ def cmd_convert(args) -> int:
     from ..serialize import export_program, make_recipe, save, save_recipe
 
     _check_outputs(args)  # before the long work, not after it
+    if args.cost == "latency" and args.budget is None:
+        raise UsageError("--cost latency: a budget of time; expected --budget (a fraction of the optimized model's "
+                         "measured time), got none")
     for name in ("calibrate", "distill_epochs"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative int, got {getattr(args, name)}")
@@ -337,6 +340,10 @@ def add_convert_parser(sub) -> None:
     how.add_argument("--rank", type=_positive_int, help="one rank for every layer")
     how.add_argument("--tolerance", type=_number_type(0, 1, True, False, "a relative error"),
                      help="per-layer cap on the relative error, in [0, 1)")
+    p.add_argument("--cost", default="macs", choices=["macs", "latency"],
+                   help="what --budget is a fraction of: the model's MACs (default), or 'latency': the measured time of "
+                        "the optimized model on this machine at --input's batch size (each candidate layer timed once, "
+                        "cached in ~/.cache/sepconv/latency)")
     p.add_argument("--input", help="BxCxHxW input size, e.g. 1x3x32x32 (the report's MACs are for this batch)")
     p.add_argument("--calibration-data", metavar="PATH",
                    help="your inputs: a torch.save'd tensor (or dict/list of tensors), a .npy array, or a folder of "

@@ -1,0 +1,150 @@
+"""Conversion that saves time: output error against *measured* latency, MAC budgets vs time budgets.
+
+For ResNet-18, a ResNet-50-style and a MobileNetV2-style network (torchvision's layouts, written
+in tests/architectures.py, random weights with randomized BatchNorm statistics) and the digits
+CNN (trained here on scikit-learn's digits), at batch 1 and 8 with 2 threads:
+
+- the original, optimized (``sepconv.optimize_for_inference``);
+- ``convert(cost="macs")`` and ``convert(cost="latency")`` at several budgets, each optimized;
+
+every converted model is timed side by side with the optimized original in one interleaved run
+(blocks of back-to-back warm calls, medians), so each point is a measured ratio. The output error
+is the model output's relative error against the original on the example batch (random normal
+images; real test digits for the digits CNN).
+
+    python benchmarks/conversion_speed.py [--quick] [--output DIR | --update-results]
+
+writes conversion_speed.{json,md} to benchmarks/results/latest/ (not tracked by git) or to
+--output DIR; --update-results writes the tracked benchmarks/results/ files and the README table.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+from sepconv import convert, optimize_for_inference
+from sepconv._io import write_atomic
+from sepconv._timing import interleaved
+
+from _output import add_output_args, output_dir
+from speed import machine
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import architectures  # noqa: E402
+
+BUDGETS = {"macs": (0.75, 0.5, 0.33), "latency": (0.75, 0.5, 0.33)}
+
+
+def digits_model():
+    """The digits CNN trained for 8 epochs on scikit-learn's digits, and its test images."""
+    from sepconv.data import DigitsDataset
+    from sepconv.models import digits_cnn
+    from sepconv.train import train
+
+    torch.manual_seed(0)
+    train_set, test_set = DigitsDataset("train", 16), DigitsDataset("test", 16)
+    model = digits_cnn(32)
+    train(model, train_set, epochs=8, seed=0, progress=False)
+    return model.eval(), test_set.tensors()[0]
+
+
+def networks(quick: bool):
+    """(name, model, example images of one input) for each benchmarked architecture."""
+    yield "ResNet-18", architectures.resnet18(), torch.randn(1, 3, 224, 224)
+    if not quick:
+        yield "ResNet-50", architectures.resnet50(), torch.randn(1, 3, 224, 224)
+        yield "MobileNetV2", architectures.mobilenet_v2_full(), torch.randn(1, 3, 224, 224)
+    model, images = digits_model()
+    yield "digits CNN", model, images[:64]
+
+
+def rel_error(model, reference, x) -> float:
+    with torch.no_grad():
+        a, b = model(x), reference(x)
+    return float((a - b).norm() / b.norm())
+
+
+def points(name, model, images, batch, rounds, block, quick):
+    x = images[:batch] if images.shape[0] >= batch else images[:1].expand(batch, *images.shape[1:]).contiguous()
+    if name != "digits CNN":
+        x = torch.randn(batch, *images.shape[1:], generator=torch.Generator().manual_seed(1))
+    original = optimize_for_inference(model, x)
+    rows = []
+    budgets = {k: v[1:2] for k, v in BUDGETS.items()} if quick else BUDGETS
+    for cost, values in budgets.items():
+        for budget in values:
+            t0 = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    small, report = convert(model, budget=budget, cost=cost, example_input=x)
+            except ValueError as exc:  # e.g. a budget below what the structures can reach
+                rows.append(dict(model=name, batch=batch, cost=cost, budget=budget, error=str(exc)))
+                print(f"  {name} b{batch} {cost} {budget}: {exc}", flush=True)
+                continue
+            seconds = time.perf_counter() - t0
+            fast = optimize_for_inference(small, x)
+            t = interleaved({"original": lambda: original(x), "converted": lambda: fast(x)}, rounds, block=block)
+            row = dict(model=name, batch=batch, cost=cost, budget=budget, convert_seconds=round(seconds, 2),
+                       macs_ratio=report.macs_ratio, output_error=rel_error(small, model, x),
+                       original_ms=round(t["original"], 3), converted_ms=round(t["converted"], 3),
+                       measured_ratio=t["converted"] / t["original"], backend=fast.backend,
+                       predicted_ratio=(getattr(report, "latency", None) or {}).get("predicted_ratio"))
+            rows.append(row)
+            print(f"  {name} b{batch} {cost}={budget}: MACs {row['macs_ratio']:.2f}, time {row['measured_ratio']:.2f} "
+                  f"({row['converted_ms']:.2f} vs {row['original_ms']:.2f} ms), error {row['output_error']:.4f}", flush=True)
+    return rows
+
+
+def markdown(meta, rows) -> str:
+    lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
+             f"optimized converted vs optimized original, interleaved blocks of {meta['block']} calls, medians of "
+             f"{meta['rounds']} rounds (compare ratios within a row).", "",
+             "| model | batch | budget | MACs kept | time kept (measured) | predicted | output error | converted ms | original ms |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['cost']} {r['budget']} | | | | {r['error']} | | |")
+            continue
+        pred = "" if r.get("predicted_ratio") is None else f"{r['predicted_ratio']:.2f}"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['cost']} {r['budget']} | {r['macs_ratio']:.2f} | "
+                     f"{r['measured_ratio']:.2f} | {pred} | {r['output_error']:.4f} | {r['converted_ms']:.2f} | "
+                     f"{r['original_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="ResNet-18 and the digits CNN, batch 1, one budget each")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--block", type=int, default=5)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    out = output_dir(p, args)
+    torch.set_num_threads(2)
+    rounds = args.rounds or (3 if args.quick else 10)
+    start = time.perf_counter()
+    print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
+    rows = []
+    for name, model, images in networks(args.quick):
+        for batch in (1,) if args.quick else (1, 8):
+            rows += points(name, model, images, batch, rounds, args.block, args.quick)
+    meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, threads=2, rounds=rounds,
+                block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1))
+    os.makedirs(out, exist_ok=True)
+    table = markdown(meta, rows)
+    for name, text in (("conversion_speed.json", json.dumps(dict(meta=meta, rows=rows), indent=2)),
+                       ("conversion_speed.md", table)):
+        write_atomic(os.path.join(out, name), lambda f, text=text: f.write(text.encode()))
+    print(table)
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
