@@ -33,14 +33,15 @@ def _restricted(layers: list[_Layer], structure: str) -> list[_Layer]:
 
 
 def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found, probe: Tensor, reference: Tensor,
-                choose_args: tuple, operate) -> tuple[dict, str]:
+                choose_args: tuple, operate, cache: dict) -> tuple[dict, str]:
     """The choice (by layer name) with the least output error on ``probe`` among ``choice`` and each
     single structure's allocation under the same arguments, and a sentence saying which won.
 
     Args:
         target: the model before surgery (copied for each trial, never modified).
         choose_args: ``(budget, rank, tolerance, allocation, total MACs, latency_ms)`` for ``_choose``.
-        operate: the surgery ``(model, layers, choice, found, release) -> new layers``.
+        operate: the surgery ``(model, layers, choice, found, release, cache) -> new layers``.
+        cache: the layers built by the trials, for the final surgery to copy.
     """
     options = {"per-layer": choice}
     for structure in STRUCTURES:
@@ -55,7 +56,7 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found, pr
         if name != "per-layer" and all(option[k] is choice[k] for k in choice):
             continue  # the same as the per-layer allocation
         trial = copy.deepcopy(target)
-        operate(trial, layers, option, found, False)
+        operate(trial, layers, option, found, False, cache)
         trial.eval()
         with torch.no_grad():
             errors[name] = _rel(trial(probe), reference)

@@ -143,18 +143,24 @@ def _find_layers(target: nn.Module, method: str, found: Optional[Folded], rows: 
 
 
 def _operate(target: nn.Module, layers: list[_Layer], choice: dict[str, _Candidate],
-             found: Optional[Folded], release: bool = True) -> dict[str, nn.Module]:
+             found: Optional[Folded], release: bool = True, cache: Optional[dict] = None) -> dict[str, nn.Module]:
     """Fold the BatchNorms, then put each layer's chosen separable form in place of its conv
-    (``release``: drop the layers' spectra afterwards; a trial surgery keeps them).
+    (``release``: drop the layers' spectra afterwards; a trial surgery keeps them; ``cache``: the
+    layers built so far by (name, structure, rank), copied instead of factorized again).
 
     Returns:
         Each layer's module after the surgery by name (the conv itself where it stays dense).
     """
     if found is not None:
         fold_chains(target, found.chains)
-    todo = [l for l in layers if choice[l.name].structure != "dense"]
-    built = map_layers(lambda l: _build_weighted(l, choice[l.name]), todo,
+    cache = {} if cache is None else cache
+    key = lambda l: (l.name, choice[l.name].structure, choice[l.name].rank)  # noqa: E731
+    todo = [l for l in layers if choice[l.name].structure != "dense" and key(l) not in cache]
+    fresh = map_layers(lambda l: _build_weighted(l, choice[l.name]), todo,
                        cost=lambda l: l.weight.numel() * l.weight.shape[1])
+    cache.update((key(l), new) for l, new in zip(todo, fresh))
+    todo = [l for l in layers if choice[l.name].structure != "dense"]
+    built = [copy.deepcopy(cache[key(l)]) for l in todo]
     new_layers = {l.name: l.conv for l in layers}  # a dense choice stays as it is (with its BatchNorm folded in)
     for l, new in zip(todo, built):
         _set_module(target, l.name, new)
