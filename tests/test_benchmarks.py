@@ -127,3 +127,22 @@ def test_reference_engines_run_the_exported_model_in_float32(engine):
 def test_machine_names_the_cpu_and_its_vector_isa():
     text = speed.machine()
     assert "cores" in text and any(isa in text for isa in ("AVX-512", "AVX2", "AVX", "NEON", "SSE")), text
+
+
+def test_conversion_speed_writes_its_table_to_the_untracked_folder(latest, monkeypatch):
+    """benchmarks/conversion_speed.py with the measurements stubbed: rows become a markdown table
+    of MAC and time ratios (a budget that cannot be met is a row saying why)."""
+    import conversion_speed
+
+    rows = [dict(model="ResNet-18", batch=1, cost="latency", budget=0.5, convert_seconds=1.0, macs_ratio=0.61,
+                 output_error=0.1234, original_ms=10.0, converted_ms=5.2, measured_ratio=0.52, backend="fused",
+                 predicted_ratio=0.49),
+            dict(model="ResNet-18", batch=1, cost="macs", budget=0.33, error="budget: expected at least 0.4")]
+    monkeypatch.setattr(conversion_speed, "networks", lambda quick: [("ResNet-18", None, torch.zeros(1, 3, 8, 8))])
+    monkeypatch.setattr(conversion_speed, "points", lambda *a, **k: rows)
+    before = _digests()
+    assert conversion_speed.main(["--quick"]) == 0
+    table = (latest / "conversion_speed.md").read_text()
+    assert "| ResNet-18 | 1 | latency 0.5 | 0.61 | 0.52 | 0.49 | 0.1234 | 5.20 | 10.00 |" in table
+    assert "| ResNet-18 | 1 | macs 0.33 | | | | budget: expected at least 0.4 | | |" in table
+    assert _digests() == before
