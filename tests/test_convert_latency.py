@@ -104,3 +104,14 @@ def test_a_real_latency_conversion_measures_and_caches(monkeypatch, tmp_path):
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
     with torch.no_grad():
         assert (small(x) - net(x)).norm() / net(x).norm() == pytest.approx(report.output_error, rel=1e-5, abs=1e-7)
+
+
+def test_layer_times_longer_than_the_model_are_scaled_so_a_budget_of_one_is_reachable(monkeypatch, fake_machine):
+    """Dense layers timed alone: 3 x 10 ms, but the whole model measures 20 ms (per-call overhead the
+    model does not pay): the times are scaled by 2/3, all-dense is predicted at 20 ms, budget 1 works."""
+    monkeypatch.setattr(timing, "model_ms", lambda fast, x: 20.0)
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=1.0, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    expected = 20.0 + sum((1.0 + 0.2 * r.rank - 10.0) * 2 / 3 for r in report.layers if r.structure != "dense")
+    assert report.latency["predicted_ms"] == pytest.approx(expected)
+    assert report.latency["predicted_ms"] <= 20.0

@@ -126,9 +126,23 @@ def predicted_ms(layers: list[_Layer], choice: dict, latency_ms: float) -> float
     return latency_ms + sum(choice[l.name].ms - _dense_ms(l) for l in layers)
 
 
+def fit_times(layers: list[_Layer], latency_ms: float) -> None:
+    """Make the layers' times add up with the model's: where the dense layers timed alone take
+    longer than the whole optimized model (call overhead that the model does not pay per layer),
+    every candidate's time is scaled by the same factor, so that the all-dense model is predicted
+    at exactly ``latency_ms`` and a budget of 1 is always reachable."""
+    dense = sum(_dense_ms(l) for l in layers)
+    if dense > latency_ms > 0:
+        k = latency_ms / dense
+        for l in layers:
+            for c in l.candidates:
+                c.ms *= k
+
+
 def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float) -> dict[str, _Candidate]:
     """Global allocation under ``budget * latency_ms``: the time of everything that is not a
     candidate layer (``latency_ms`` minus the layers' dense times, at least 0) is fixed."""
+    fit_times(layers, latency_ms)
     fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
     limit = budget * latency_ms
     fastest = fixed + sum(min(c.ms for c in l.candidates) for l in layers)
