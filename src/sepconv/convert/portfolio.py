@@ -55,7 +55,10 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found, pr
     for name, option in options.items():
         if name != "per-layer" and all(option[k] is choice[k] for k in choice):
             continue  # the same as the per-layer allocation
-        trial = copy.deepcopy(target)
+        # the module tree is copied, its tensors shared: the surgery assigns new parameters and
+        # modules, and the trial only runs in eval mode without gradients
+        shared = {id(t): t for t in (*target.parameters(), *target.buffers())}
+        trial = copy.deepcopy(target, shared)
         operate(trial, layers, option, found, False, cache)
         trial.eval()
         with torch.no_grad():
