@@ -6,6 +6,7 @@ writes the tracked files instead, and copies the tables into README.md.
 """
 
 import argparse
+import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,3 +31,14 @@ def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
     if os.path.exists(out) and not os.path.isdir(out):
         parser.error(f"--output: expected a folder, got the file {out!r}")
     return out
+
+
+def write_results(out: str, stem: str, data: dict, table: str) -> None:
+    """Write ``STEM.json`` (``data``) and ``STEM.md`` (``table``) into ``out``, atomically; print the table."""
+    from sepconv._io import write_atomic
+
+    os.makedirs(out, exist_ok=True)
+    for name, text in ((f"{stem}.json", json.dumps(data, indent=2)), (f"{stem}.md", table)):
+        write_atomic(os.path.join(out, name), lambda f, text=text: f.write(text.encode()))
+    print(table)
+    print(f"results written to {out}")

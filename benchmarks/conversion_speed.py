@@ -19,7 +19,6 @@ writes conversion_speed.{json,md} to benchmarks/results/latest/ (not tracked by 
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,10 +27,9 @@ import warnings
 import torch
 
 from sepconv import convert, optimize_for_inference
-from sepconv._io import write_atomic
 from sepconv._timing import interleaved
 
-from _output import add_output_args, output_dir
+from _output import add_output_args, output_dir, write_results
 from speed import machine
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -136,13 +134,7 @@ def main(argv=None) -> int:
             rows += points(name, model, images, batch, rounds, args.block, args.quick)
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, threads=2, rounds=rounds,
                 block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1))
-    os.makedirs(out, exist_ok=True)
-    table = markdown(meta, rows)
-    for name, text in (("conversion_speed.json", json.dumps(dict(meta=meta, rows=rows), indent=2)),
-                       ("conversion_speed.md", table)):
-        write_atomic(os.path.join(out, name), lambda f, text=text: f.write(text.encode()))
-    print(table)
-    print(f"results written to {out}")
+    write_results(out, "conversion_speed", dict(meta=meta, rows=rows), markdown(meta, rows))
     return 0
 
 

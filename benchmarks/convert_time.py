@@ -31,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _output import add_output_args, output_dir  # noqa: E402
+from _output import add_output_args, output_dir, write_results  # noqa: E402
 
 TASKS = {  # name -> (target seconds or None, target peak MB or None)
     "convert resnet18": (3.0, None),
@@ -139,7 +139,6 @@ def main(argv=None) -> int:
         return 0
     out = output_dir(p, args)
     import torch
-    from sepconv._io import write_atomic
 
     repeats = 1 if args.quick else args.repeats
     meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, threads=args.threads, repeats=repeats,
@@ -153,12 +152,7 @@ def main(argv=None) -> int:
         r = rows[-1]
         print(f"  {task}: {r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"load {r['load_before']:.1f}", flush=True)
-    table = markdown(meta, rows)
-    os.makedirs(out, exist_ok=True)
-    for name, text in (("convert_time.json", json.dumps(dict(meta=meta, rows=rows), indent=2)), ("convert_time.md", table)):
-        write_atomic(os.path.join(out, name), lambda f, text=text: f.write(text.encode()))
-    print(table)
-    print(f"results written to {out}")
+    write_results(out, "convert_time", dict(meta=meta, rows=rows), markdown(meta, rows))
     return 0
 
 

@@ -27,7 +27,6 @@ Sections:
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -38,14 +37,13 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from sepconv._io import write_atomic
 from sepconv.bench import copy_bandwidth, interleaved, layer_speed
 from sepconv.doctor import vector_isa
 from sepconv.functional import separable_filter2d
 from sepconv.models import mobilenet_v1
 from sepconv.optimize import optimize_for_inference
 
-from _output import add_output_args, output_dir
+from _output import add_output_args, output_dir, write_results
 
 # (in, out, input size, stride): MobileNetV1 1.0-224's distinct depthwise separable layers
 MOBILENET_SHAPES = [(32, 64, 112, 1), (64, 128, 112, 2), (128, 128, 56, 1), (128, 256, 56, 2), (256, 256, 28, 1),
@@ -304,13 +302,8 @@ def main(argv=None) -> int:
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, python=sys.version.split()[0], rounds=rounds,
                 block=args.block, engines=engines,
                 quick=args.quick, seconds=round(time.perf_counter() - start, 1))
-    os.makedirs(out, exist_ok=True)
-    table = markdown(meta, layers, nets, filters)
-    for name, text in (("speed.json", json.dumps(dict(meta=meta, layers=layers, mobilenet=nets, filters=filters), indent=2)),
-                       ("speed.md", table)):
-        write_atomic(os.path.join(out, name), lambda f, text=text: f.write(text.encode()))
-    print(table)
-    print(f"results written to {out}")
+    write_results(out, "speed", dict(meta=meta, layers=layers, mobilenet=nets, filters=filters),
+                  markdown(meta, layers, nets, filters))
     if args.update_results:
         import update_readme
 

@@ -104,8 +104,7 @@ def candidate_layer(structure: str, conv: nn.Module, rank: Optional[int], bias: 
         cls = (L.BlueprintSeparableConv1d, L.BlueprintSeparableConv2d, L.BlueprintSeparableConv3d)[n - 1]
         return cls(cin, cout, k, rank=rank, **cfg)
     if structure == "spatial" and n == 2:
-        SpatiallySeparableConv2d = L.SpatiallySeparableConv2d
-        return SpatiallySeparableConv2d(cin, cout, k, rank, **cfg)
+        return L.SpatiallySeparableConv2d(cin, cout, k, rank, **cfg)
     raise ValueError(f"structure: expected 'dense', 'depthwise', 'blueprint' or 'spatial', got {structure!r}")
 
 

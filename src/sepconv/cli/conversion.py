@@ -123,6 +123,7 @@ def _inputs(args, model, shape):
 
 
 def _rel(a, b) -> float:
+    a, b = a.detach(), b.detach()
     den = float(b.double().norm())
     return float((a.double() - b.double()).norm()) / den if den > 0 else float(a.double().norm())
 
