@@ -266,3 +266,26 @@ def test_auto_is_never_worse_than_the_best_single_structure_on_the_example(train
     assert auto.output_error <= min(singles.values()) + 1e-12, (auto.output_error, singles, auto.message)
     assert auto.macs_after <= budget * auto.macs_before
     assert auto.message.startswith("auto kept ") and "output error on example_input per-layer " in auto.message
+
+
+@pytest.mark.parametrize("input_statistics", [False, True])
+def test_auto_trials_predict_the_built_models_output_error(input_statistics):
+    """auto's trials run the original model with each converted conv's weight replaced by its
+    factorization's dense equivalent: each option's trial error is the error of that option built
+    (a single structure's option is what ``method=structure`` builds)."""
+    from architectures import randomize_batchnorm, resnet_basic
+
+    torch.manual_seed(0)
+    net = randomize_batchnorm(resnet_basic()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for budget in (0.6, 0.35):
+        _, report = convert(net, budget=budget, example_input=x, input_statistics=input_statistics)
+        errors = dict(part.rsplit(" ", 1) for part in report.message.split("example_input ")[1].split(", "))
+        assert len(errors) >= 3, report.message
+        kept = report.message.split(":")[0].removeprefix("auto kept ")
+        key = "per-layer" if kept == "the per-layer allocation" else kept.split("'")[1]
+        assert float(errors[key]) == pytest.approx(report.output_error, rel=2e-3), report.message
+        for structure in set(errors) - {"per-layer"}:
+            single = convert(net, method=structure, budget=budget, example_input=x,
+                             input_statistics=input_statistics)[1].output_error
+            assert float(errors[structure]) == pytest.approx(single, rel=2e-3), (structure, report.message)

@@ -253,12 +253,19 @@ def depthwise_separable(weight: Tensor, depth_multiplier: int = 1) -> tuple[Tens
     """
     weight = _check_weight(weight)
     d = _check_rank("depth_multiplier", depth_multiplier)
-    n, c, *k = weight.shape
+    n, c = weight.shape[:2]
     u, s, vh = _svd(weight.reshape(n, c, -1).transpose(0, 1))  # (C, N, K)
+    return (*_depthwise_factors(u, s, vh, weight, d), _rel_error(s, d))
+
+
+def _depthwise_factors(u: Tensor, s: Tensor, vh: Tensor, weight: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """``(depthwise (C*d, 1, *k), pointwise (N, C*d, *1))`` in ``weight``'s dtype from the SVD of
+    ``weight``'s ``(C, N, K)`` slices."""
+    n, c, *k = weight.shape
     a, b = _truncate(u, s, vh, d)  # a: (C, N, d), b: (C, d, K)
     dw = b.reshape(c * d, 1, *k)
     pw = a.permute(1, 0, 2).reshape(n, c * d, *[1] * len(k))
-    return (*_finite_factors(dw.to(weight.dtype), pw.to(weight.dtype)), _rel_error(s, d))
+    return _finite_factors(dw.to(weight.dtype), pw.to(weight.dtype))
 
 
 def blueprint_separable(weight: Tensor, rank: int = 1) -> tuple[Tensor, Tensor, float]:
@@ -281,12 +288,19 @@ def blueprint_separable(weight: Tensor, rank: int = 1) -> tuple[Tensor, Tensor, 
     """
     weight = _check_weight(weight)
     r = _check_rank("rank", rank)
-    n, c, *k = weight.shape
+    n, c = weight.shape[:2]
     u, s, vh = _svd(weight.reshape(n, c, -1))  # (N, C, K)
+    return (*_blueprint_factors(u, s, vh, weight, r), _rel_error(s, r))
+
+
+def _blueprint_factors(u: Tensor, s: Tensor, vh: Tensor, weight: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """``(pointwise (N*r, C, *1), depthwise (N, r, *k))`` in ``weight``'s dtype from the SVD of
+    ``weight``'s ``(N, C, K)`` slices."""
+    n, c, *k = weight.shape
     a, b = _truncate(u, s, vh, r)  # a: (N, C, r), b: (N, r, K)
     pw = a.transpose(1, 2).reshape(n * r, c, *[1] * len(k))
     dw = b.reshape(n, r, *k)
-    return (*_finite_factors(pw.to(weight.dtype), dw.to(weight.dtype)), _rel_error(s, r))
+    return _finite_factors(pw.to(weight.dtype), dw.to(weight.dtype))
 
 
 def _spatial_matrix(weight: Tensor, groups: int) -> Tensor:
@@ -327,13 +341,20 @@ def spatially_separable(weight: Tensor, rank: int = 1, groups: int = 1) -> tuple
     groups = _check_rank("groups", groups)
     if r % groups:
         raise ValueError(f"rank: expected a multiple of groups={groups}, got {r}")
+    u, s, vh = _svd(_spatial_matrix(weight, groups))  # (g, C/g*kh, m), (g, m), (g, m, N/g*kw)
+    return (*_spatial_factors(u, s, vh, weight, r), _rel_error(s, r // groups))
+
+
+def _spatial_factors(u: Tensor, s: Tensor, vh: Tensor, weight: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """``(vertical (r, C/g, kh, 1), horizontal (N, r/g, 1, kw))`` in ``weight``'s dtype from the SVD
+    of ``weight``'s spatial matrices (one per group, the groups read from ``u``)."""
+    groups = u.shape[0]
     n, cg, kh, kw = weight.shape
     rg = r // groups
-    u, s, vh = _svd(_spatial_matrix(weight, groups))  # (g, C/g*kh, m), (g, m), (g, m, N/g*kw)
     a, b = _truncate(u, s, vh, rg)  # a: (g, cg*kh, rg), b: (g, rg, ng*kw)
     v = a.reshape(groups, cg, kh, rg).permute(0, 3, 1, 2).reshape(r, cg, kh, 1)
     h = b.reshape(groups, rg, n // groups, kw).permute(0, 2, 1, 3).reshape(n, rg, 1, kw)
-    return (*_finite_factors(v.to(weight.dtype), h.to(weight.dtype)), _rel_error(s, rg))
+    return _finite_factors(v.to(weight.dtype), h.to(weight.dtype))
 
 
 def _check_kernel(kernel: object) -> Tensor:

@@ -115,12 +115,10 @@ def convert(
         latency_ms = timing.model_ms(original, probe)
     choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before, latency_ms)
     probe_inputs, reference = _reference(model, layers, probe)  # taken before any surgery: model may be target
-    built: dict = {}  # layers factorized by the trials, copied by the surgery
     if method == "auto" and budget is not None and batches is None:  # the proxy checked on the example
         choice, report.message = best_choice(target, layers, choice, found, probe, reference,
-                                             (budget, rank, tolerance, allocation, report.macs_before, latency_ms),
-                                             _operate, built)
-    new_layers = _operate(target, layers, choice, found, cache=built)
+                                             (budget, rank, tolerance, allocation, report.macs_before, latency_ms))
+    new_layers = _operate(target, layers, choice, found)
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()
     _fill_report(report, target, layers, choice, new_layers, probe, probe_inputs, reference, batches, unrefit)

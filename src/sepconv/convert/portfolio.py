@@ -7,6 +7,11 @@ do not tell. So, given an example input (a budget needs one), the allocation for
 structure under the same budget is built too, each candidate model is run on the example, and the
 one with the least output error is kept: ``auto`` is never worse than the best single structure on
 that input. The report's message says which one was kept and the errors compared.
+
+The trials cost a forward pass each: a factorization is a linear map of the conv's input, so each
+candidate model is the original one with the converted convs' weights replaced by their
+factorizations' dense equivalents (composed from the spectra's factors, :mod:`.spectra`); only the
+kept option's separable layers are built, by the surgery.
 """
 
 import copy
@@ -15,9 +20,14 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from torch.func import functional_call
+
+from ..graph import Folded, fold_chains
 from .allocate import _choose
 from .calibrate import _rel
-from .candidates import _Layer
+from .candidates import _Candidate, _Layer, weighted
+from .parallel import map_layers
+from .surgery import _build_weighted
 
 STRUCTURES = ("depthwise", "blueprint", "spatial")
 
@@ -32,16 +42,19 @@ def _restricted(layers: list[_Layer], structure: str) -> list[_Layer]:
     return out
 
 
-def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found, probe: Tensor, reference: Tensor,
-                choose_args: tuple, operate, cache: dict) -> tuple[dict, str]:
+def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Optional[Folded], probe: Tensor,
+                reference: Tensor, choose_args: tuple) -> tuple[dict, str]:
     """The choice (by layer name) with the least output error on ``probe`` among ``choice`` and each
     single structure's allocation under the same arguments, and a sentence saying which won.
 
+    Each option is run as the original model (BatchNorms folded) with every converted conv's weight
+    replaced by its factorization's dense equivalent (the same linear map, composed from the
+    factors): no separable layer is built for a trial.
+
     Args:
-        target: the model before surgery (copied for each trial, never modified).
+        target: the model before surgery (never modified: a copy of its module tree is folded).
+        found: its conv -> BatchNorm chains to fold, or None.
         choose_args: ``(budget, rank, tolerance, allocation, total MACs, latency_ms)`` for ``_choose``.
-        operate: the surgery ``(model, layers, choice, found, release, cache) -> new layers``.
-        cache: the layers built by the trials, for the final surgery to copy.
     """
     options = {"per-layer": choice}
     for structure in STRUCTURES:
@@ -51,19 +64,38 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found, pr
             options[structure] = _choose(_restricted(layers, structure), *choose_args)
         except ValueError:  # this structure alone cannot reach the budget
             continue
+    # the module tree is copied, its tensors shared: folding assigns new parameters, and the trials
+    # only run in eval mode without gradients
+    trial = copy.deepcopy(target, {id(t): t for t in (*target.parameters(), *target.buffers())})
+    if found is not None:
+        fold_chains(trial, found.chains)
+    trial.eval()
     errors = {}
     for name, option in options.items():
         if name != "per-layer" and all(option[k] is choice[k] for k in choice):
             continue  # the same as the per-layer allocation
-        # the module tree is copied, its tensors shared: the surgery assigns new parameters and
-        # modules, and the trial only runs in eval mode without gradients
-        shared = {id(t): t for t in (*target.parameters(), *target.buffers())}
-        trial = copy.deepcopy(target, shared)
-        operate(trial, layers, option, found, False, cache)
-        trial.eval()
+        todo = [l for l in layers if option[l.name].structure != "dense"]
+        weights = map_layers(lambda l: _approximation(l, option[l.name]), todo,
+                             cost=lambda l: l.weight.numel() * l.weight.shape[1])
+        params = {f"{l.name}.weight": w for l, w in zip(todo, weights)}
+        params.update({f"{l.name}.bias": l.bias for l in todo if l.bias is not None})
         with torch.no_grad():
-            errors[name] = _rel(trial(probe), reference)
+            errors[name] = _rel(functional_call(trial, params, (probe,)), reference)
+        del params, weights
     best = min(errors, key=lambda k: (errors[k], k != "per-layer"))
-    compared = ", ".join(f"{k} {v:.4f}" for k, v in errors.items())
+    compared = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
     kept = "the per-layer allocation" if best == "per-layer" else f"'{best}' everywhere"
     return options[best], f"auto kept {kept}: output error on example_input {compared}"
+
+
+def _approximation(l: _Layer, c: _Candidate) -> Tensor:
+    """The dense weight equal to the separable layer that ``l`` becomes as ``c``."""
+    w = None
+    spectrum = l.spectra.get(c.structure)
+    if spectrum is not None:
+        w = spectrum.approximation(weighted(l), c.rank)
+    if w is None:
+        return _build_weighted(l, c).to_dense().weight.detach()
+    if l.scale is not None:  # the input factor is divided by the scale (surgery._unscale_input)
+        w = w / l.scale.to(w.dtype).view(1, -1, *([1] * (w.dim() - 2)))
+    return w

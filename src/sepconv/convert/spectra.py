@@ -22,7 +22,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..decompose import _finite_factors, _rel_error, _spatial_matrix
+from ..decompose import (
+    _blueprint_factors,
+    _depthwise_factors,
+    _finite_factors,
+    _rel_error,
+    _spatial_factors,
+    _spatial_matrix,
+    compose_blueprint_separable,
+    compose_depthwise_separable,
+    compose_spatially_separable,
+)
 
 __all__ = ["Spectrum"]
 
@@ -62,6 +72,7 @@ class Spectrum:
         self.structure = structure
         self.shape = tuple(weight.shape)
         self._basis: Optional[tuple[Tensor, bool]] = None  # (eigenvectors, rows side) of the Gram matrix
+        self._svd: Optional[tuple[Tensor, Tensor]] = None  # (u, vh) of the matrices, on the SVD route
         m = _matrices(weight, structure)
         if structure == "spatial" and min(m.shape[-2:]) >= _GRAM_MIN:
             a = m[0]
@@ -73,7 +84,8 @@ class Spectrum:
             if all(float(errors[r]) >= _GRAM_SAFE for r in self._ranks):
                 self.s, self._basis = lam.sqrt().unsqueeze(0), (q, rows)
                 return
-        self.s = torch.linalg.svdvals(m)  # (slices, min(rows, cols)), float64
+        u, self.s, vh = torch.linalg.svd(m, full_matrices=False)  # s: (slices, min(rows, cols)), float64
+        self._svd = (u, vh)
 
     @property
     def max_rank(self) -> int:
@@ -85,8 +97,14 @@ class Spectrum:
         return _rel_error(self.s, min(rank, self.max_rank))
 
     def factors(self, weight: Tensor, rank: int) -> Optional[tuple[Tensor, Tensor]]:
-        """The spatial factors ``(vertical (r, C, kh, 1), horizontal (N, r, 1, kw))`` of ``rank`` from
-        the Gram eigenvectors, in ``weight``'s dtype; None where :mod:`sepconv.decompose` builds them."""
+        """The structure's two factors at ``rank`` in ``weight``'s dtype, in the order and shapes of
+        :mod:`sepconv.decompose` (e.g. spatial ``(vertical (r, C, kh, 1), horizontal (N, r, 1, kw))``);
+        ``weight`` is the one the spectrum was computed from. None where the spectrum cannot give
+        them (a Gram spectrum asked for a rank it was not built for)."""
+        if self._svd is not None:
+            u, vh = self._svd
+            build = {"depthwise": _depthwise_factors, "blueprint": _blueprint_factors, "spatial": _spatial_factors}
+            return build[self.structure](u, self.s, vh, weight, rank)
         if self._basis is None or (rank not in self._ranks and rank != self.max_rank):
             return None
         q, rows = self._basis
@@ -105,6 +123,18 @@ class Spectrum:
         vertical = left.reshape(c, kh, rank).permute(2, 0, 1).reshape(rank, c, kh, 1)
         horizontal = right.reshape(rank, n, kw).permute(1, 0, 2).reshape(n, rank, 1, kw)
         return _finite_factors(vertical.to(weight.dtype), horizontal.to(weight.dtype))
+
+    def approximation(self, weight: Tensor, rank: int) -> Optional[Tensor]:
+        """The best rank-``rank`` approximation of ``weight`` as a dense conv weight (its shape and
+        dtype), composed from :meth:`factors`; None where those are not available."""
+        f = self.factors(weight, rank)
+        if f is None:
+            return None
+        if self.structure == "depthwise":
+            return compose_depthwise_separable(f[0], f[1], rank)
+        if self.structure == "blueprint":
+            return compose_blueprint_separable(f[0], f[1])
+        return compose_spatially_separable(f[0], f[1])
 
     def output_errors(self, weight: Tensor, ranks: list[int], cov: Tensor) -> dict[int, float]:
         """Relative output error ``sqrt(tr(dW S dW^T) / tr(W S W^T))`` of the best factorization at

@@ -41,25 +41,32 @@ def fold_batchnorm(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
     return _fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
+_FACTOR_NAMES = {"depthwise": ("depthwise", "pointwise"), "blueprint": ("pointwise", "depthwise"),
+                 "spatial": ("vertical", "horizontal")}
+
+
 def _build(structure: str, conv, weight: Tensor, bias: Optional[Tensor], rank: int,
            spectrum: Optional[Spectrum] = None) -> nn.Module:
-    """The separable layer for ``conv`` with (BatchNorm-folded) ``weight`` and ``bias``, via from_dense
-    (or from ``spectrum``'s factors, computed while ranking the candidates, where it has them)."""
+    """The separable layer for ``conv`` with (BatchNorm-folded) ``weight`` and ``bias``, from
+    ``spectrum``'s factors (the decomposition computed while ranking the candidates) where it has
+    them, else via ``from_dense``."""
     dense = copy.deepcopy(conv)
     dense.weight = nn.Parameter(weight.detach().clone())
     dense.bias = None if bias is None else nn.Parameter(bias.detach().clone())
     n = weight.dim() - 2
-    factors = spectrum.factors(dense.weight, rank) if spectrum is not None and structure == "spatial" else None
-    if factors is not None:
-        layer = SpatiallySeparableConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, rank,
-                                         **_dense_options(dense, 2))
-        layer = _load_factors(layer, dense, vertical=factors[0], horizontal=factors[1])
-    elif structure == "depthwise":
-        layer = _SEPARABLE[n].from_dense(dense, depth_multiplier=rank)
+    factors = spectrum.factors(dense.weight, rank) if spectrum is not None else None
+    opts = _dense_options(dense, n)
+    if structure == "depthwise":
+        layer = (_SEPARABLE[n].from_dense(dense, depth_multiplier=rank) if factors is None else
+                 _SEPARABLE[n](conv.in_channels, conv.out_channels, conv.kernel_size, depth_multiplier=rank, **opts))
     elif structure == "blueprint":
-        layer = _BLUEPRINT[n].from_dense(dense, rank=rank)
+        layer = (_BLUEPRINT[n].from_dense(dense, rank=rank) if factors is None else
+                 _BLUEPRINT[n](conv.in_channels, conv.out_channels, conv.kernel_size, rank=rank, **opts))
     else:
-        layer = SpatiallySeparableConv2d.from_dense(dense, rank=rank)
+        layer = (SpatiallySeparableConv2d.from_dense(dense, rank=rank) if factors is None else
+                 SpatiallySeparableConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, rank, **opts))
+    if factors is not None:
+        layer = _load_factors(layer, dense, **dict(zip(_FACTOR_NAMES[structure], factors)))
     layer.train(conv.training)
     return layer
 
@@ -143,29 +150,22 @@ def _find_layers(target: nn.Module, method: str, found: Optional[Folded], rows: 
 
 
 def _operate(target: nn.Module, layers: list[_Layer], choice: dict[str, _Candidate],
-             found: Optional[Folded], release: bool = True, cache: Optional[dict] = None) -> dict[str, nn.Module]:
-    """Fold the BatchNorms, then put each layer's chosen separable form in place of its conv
-    (``release``: drop the layers' spectra afterwards; a trial surgery keeps them; ``cache``: the
-    layers built so far by (name, structure, rank), copied instead of factorized again).
+             found: Optional[Folded]) -> dict[str, nn.Module]:
+    """Fold the BatchNorms, then put each layer's chosen separable form in place of its conv, and
+    drop the layers' spectra (their factors are not needed any more).
 
     Returns:
         Each layer's module after the surgery by name (the conv itself where it stays dense).
     """
     if found is not None:
         fold_chains(target, found.chains)
-    cache = {} if cache is None else cache
-    key = lambda l: (l.name, choice[l.name].structure, choice[l.name].rank)  # noqa: E731
-    todo = [l for l in layers if choice[l.name].structure != "dense" and key(l) not in cache]
-    fresh = map_layers(lambda l: _build_weighted(l, choice[l.name]), todo,
-                       cost=lambda l: l.weight.numel() * l.weight.shape[1])
-    cache.update((key(l), new) for l, new in zip(todo, fresh))
     todo = [l for l in layers if choice[l.name].structure != "dense"]
-    built = [copy.deepcopy(cache[key(l)]) for l in todo]
+    built = map_layers(lambda l: _build_weighted(l, choice[l.name]), todo,
+                       cost=lambda l: l.weight.numel() * l.weight.shape[1])
     new_layers = {l.name: l.conv for l in layers}  # a dense choice stays as it is (with its BatchNorm folded in)
     for l, new in zip(todo, built):
         _set_module(target, l.name, new)
         new_layers[l.name] = new
-    if release:
-        for l in layers:
-            l.spectra = {}  # the eigenvectors are not needed any more
+    for l in layers:
+        l.spectra = {}
     return new_layers
