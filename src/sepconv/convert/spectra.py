@@ -73,6 +73,7 @@ class Spectrum:
         self.shape = tuple(weight.shape)
         self._basis: Optional[tuple[Tensor, bool]] = None  # (eigenvectors, rows side) of the Gram matrix
         self._svd: Optional[tuple[Tensor, Tensor]] = None  # (u, vh) of the matrices, on the SVD route
+        self._weight = weight  # (a reference) for output_errors to know its SVD is this one
         m = _matrices(weight, structure)
         if structure == "spatial" and min(m.shape[-2:]) >= _GRAM_MIN:
             a = m[0]
@@ -144,7 +145,10 @@ class Spectrum:
         ``(components) S`` is formed through the structure (for depthwise and spatial, a
         product with S's rows of one channel or one kernel column), never a candidate kernel times S.
         """
-        u, s, vh = torch.linalg.svd(_matrices(weight, self.structure), full_matrices=False)
+        if self._svd is not None and weight is self._weight:  # the SVD this spectrum came from
+            (u, vh), s = self._svd, self.s
+        else:
+            u, s, vh = torch.linalg.svd(_matrices(weight, self.structure), full_matrices=False)
         cov = cov.double()
         dw = weight.detach().double().reshape(self.shape[0], -1).clone()
         dws = dw @ cov
