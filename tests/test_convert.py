@@ -289,3 +289,18 @@ def test_auto_trials_predict_the_built_models_output_error(input_statistics):
             single = convert(net, method=structure, budget=budget, example_input=x,
                              input_statistics=input_statistics)[1].output_error
             assert float(errors[structure]) == pytest.approx(single, rel=2e-3), (structure, report.message)
+
+
+def test_auto_accuracy_on_digits_is_at_least_the_best_single_structures(trained_digits_cnn, digits):
+    """At 50% of the MACs, data-free auto (its example: 64 training images) classifies the test
+    digits at least as well as the best single structure under the same budget."""
+    x_train = digits[0].tensors()[0][:64]
+    x, y = digits[1].tensors()
+
+    def accuracy(method):
+        model, _ = convert(trained_digits_cnn, method=method, budget=0.5, example_input=x_train)
+        with torch.no_grad():
+            return float((model(x).argmax(1) == y).float().mean())
+
+    singles = {m: accuracy(m) for m in ("depthwise", "blueprint", "spatial")}
+    assert accuracy("auto") >= max(singles.values()), singles
