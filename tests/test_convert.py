@@ -304,3 +304,26 @@ def test_auto_accuracy_on_digits_is_at_least_the_best_single_structures(trained_
 
     singles = {m: accuracy(m) for m in ("depthwise", "blueprint", "spatial")}
     assert accuracy("auto") >= max(singles.values()), singles
+
+
+@pytest.mark.parametrize("arch,budgets", [("resnet_basic", (0.5, 0.33)), ("resnet_bottleneck", (0.5, 0.35)),
+                                           ("mobilenet_v2", (0.95, 0.9)), ("vgg_bn", (0.5, 0.33)),
+                                           ("se_net", (0.5, 0.33))])
+def test_auto_is_never_worse_than_a_single_structure_on_real_architectures(arch, budgets):
+    """Data-free auto on the torchvision-style architectures (random weights, randomized BatchNorm
+    statistics; MobileNetV2's MACs are mostly in 1x1 convs, hence its budgets): its output error on
+    the example is at most the best single structure's under the same budget."""
+    import architectures
+
+    torch.manual_seed(0)
+    net = architectures.randomize_batchnorm(getattr(architectures, arch)()).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for budget in budgets:
+        _, auto = convert(net, budget=budget, example_input=x)
+        singles = {}
+        for m in ("depthwise", "blueprint", "spatial"):
+            try:
+                singles[m] = convert(net, method=m, budget=budget, example_input=x)[1].output_error
+            except ValueError as exc:  # this structure alone cannot reach the budget
+                assert str(exc).startswith("budget: expected at least "), exc
+        assert singles and auto.output_error <= min(singles.values()) * (1 + 1e-4), (budget, singles, auto.message)
