@@ -17,7 +17,7 @@ average is recorded too). Tasks, with the targets set for them:
 The models are ``tests/architectures.py``'s torchvision-faithful ``resnet18/50/152`` (random weights,
 randomized BatchNorm statistics). Writes convert_time.{json,md} to benchmarks/results/latest/ (not
 tracked by git) or to ``--output DIR``; ``--update-results`` writes benchmarks/results/ instead
-(the README quotes no table of this script).
+and copies the table into the README.
 """
 
 import argparse
@@ -153,6 +153,10 @@ def main(argv=None) -> int:
         print(f"  {task}: {r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"load {r['load_before']:.1f}", flush=True)
     write_results(out, "convert_time", dict(meta=meta, rows=rows), markdown(meta, rows))
+    if args.update_results:
+        import update_readme
+
+        update_readme.main(["--update-results"])
     return 0
 
 

@@ -9,7 +9,8 @@ for CI). ``--update-results`` writes README.md. ``benchmarks/speed.py --update-r
 
 The README's tables are therefore always those of a real run, never edited by hand. The layer
 table of speed.md is long; the README keeps its summary (targets, MobileNetV1, filters) and links
-to the full file.
+to the full file. conversion_speed.md and convert_time.md are copied whole where they exist in the
+results folder (each between its own markers).
 """
 
 import argparse
@@ -22,6 +23,9 @@ from sepconv._io import write_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "..", "README.md")
+
+
+OPTIONAL = ("conversion_speed", "convert_time")  # tables of benchmarks whose tracked results may not exist yet
 
 
 def section(text: str, start: str, end: str = None) -> str:
@@ -38,7 +42,13 @@ def updated_readme(results: str, readme: str) -> str:
         speed_md = f.read()
     speed = (speed_md.splitlines()[0] + "\n\n" + section(speed_md, "Targets") +
              "\nPer layer shape, batch and thread count: [benchmarks/results/speed.md](benchmarks/results/speed.md).\n")
-    for name, body in (("conversion", conversion), ("speed", speed)):
+    tables = [("conversion", conversion), ("speed", speed)]
+    for name in OPTIONAL:  # copied whole where the tracked results have them
+        path = os.path.join(results, f"{name}.md")
+        if os.path.exists(path):
+            with open(path) as f:
+                tables.append((name, f.read().strip() + "\n"))
+    for name, body in tables:
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> markers")

@@ -327,3 +327,16 @@ def test_auto_is_never_worse_than_a_single_structure_on_real_architectures(arch,
             except ValueError as exc:  # this structure alone cannot reach the budget
                 assert str(exc).startswith("budget: expected at least "), exc
         assert singles and auto.output_error <= min(singles.values()) * (1 + 1e-4), (budget, singles, auto.message)
+
+
+def test_calibrated_conversion_logs_its_refits(caplog):
+    """Refitting says what it does on the ``sepconv.convert`` logger, at INFO (the CLI prints it)."""
+    import logging
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    caplog.set_level(logging.INFO, logger="sepconv")
+    _, report = convert(net, method="depthwise", rank=1, calibration_data=torch.randn(6, 3, 8, 8))
+    assert [r.name for r in caplog.records] == ["sepconv.convert"] * 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "refitting 2 converted layers on 6 samples (least squares, layer by layer)",
+        "refitting layer 1/2", "refitting layer 2/2"]

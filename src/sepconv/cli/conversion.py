@@ -228,8 +228,7 @@ def _convert(args, model, example, calibration, stages):
 
     convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
     stages(f"converting: choosing a structure and rank for each of the {convs} convolutions")
-    refits = stages.refits(len(calibration)) if calibration is not None else contextlib.nullcontext()
-    with refits:
+    with stages.library_lines():
         return convert(model, method=args.method, budget=args.budget, rank=args.rank, tolerance=args.tolerance,
                        example_input=example, cost=args.cost,
                        calibration_data=None if calibration is None else list(calibration.split(64)))

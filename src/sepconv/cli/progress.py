@@ -6,6 +6,7 @@ long conversion shows where it is.
 """
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -23,27 +24,22 @@ class Stages:
             print(f"sepconv: [{time.monotonic() - self.start:6.1f} s] {text}", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
-    def refits(self, samples: int) -> Iterator[None]:
-        """Within it, a line per converted layer that :func:`sepconv.convert` refits on the data."""
-        try:
-            from ..convert import api, calibrate
-        except ImportError:  # another layout of the package: no per-layer lines
-            yield
-            return
-        refine, refit_last, count = api._refine, calibrate._refit_last, {"i": 0, "n": 0}
+    def library_lines(self) -> Iterator[None]:
+        """Within it, what the library logs at INFO on the ``sepconv`` logger (e.g. a line per layer
+        that :func:`sepconv.convert` refits on the data) is printed as stage lines."""
+        logger, stages = logging.getLogger("sepconv"), self
 
-        def _refine(target, layers, converted, *rest):
-            count["n"] = sum(converted.get(l.name) is not None and l.weight.dim() <= 4 for l in layers)
-            self(f"refitting {count['n']} converted layers on {samples} samples (least squares, layer by layer)")
-            return refine(target, layers, converted, *rest)
+        class _Lines(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                stages(record.getMessage())
 
-        def _refit(child, *rest):
-            count["i"] += 1
-            self(f"refitting layer {count['i']}/{count['n']}")
-            return refit_last(child, *rest)
-
-        api._refine, calibrate._refit_last = _refine, _refit
+        handler, level, propagate = _Lines(logging.INFO), logger.level, logger.propagate
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # printed here, not also by a handler the user's logging set up
         try:
             yield
         finally:
-            api._refine, calibrate._refit_last = refine, refit_last
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate

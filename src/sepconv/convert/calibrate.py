@@ -2,6 +2,7 @@
 (for output-error allocation), and the closed-form least-squares refit of each converted layer's
 last factor on the converted model's own inputs."""
 
+import logging
 import math
 from collections.abc import Iterable
 from typing import Optional
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 from .. import cost as C
 from .._checks import check_finite
 from .candidates import _Layer
+
+log = logging.getLogger("sepconv.convert")
 
 _MAX_COV = 4096  # largest patch dimension C*K for which an input covariance is accumulated
 _COV_ROWS = 32768  # patch rows (positions) used to estimate it
@@ -197,12 +200,15 @@ def _covariances(layers: list[_Layer], inputs: dict[str, list[Tensor]]) -> None:
 def _refine(target: nn.Module, layers: list[_Layer], converted: dict[str, nn.Module], batches: list[Tensor],
             inputs: dict[str, list[Tensor]]) -> set[str]:
     """Refit each converted layer's last factor to the original layer's outputs, given the converted
-    model's own inputs, layer by layer in order. Returns the names of the layers left unrefit."""
+    model's own inputs, layer by layer in order (a line per layer on the ``sepconv.convert`` logger, at
+    INFO). Returns the names of the layers left unrefit."""
     unrefit: set[str] = set()
-    for l in layers:
-        new = converted.get(l.name)
-        if new is None or l.weight.dim() > 4:
-            continue
+    todo = [l for l in layers if converted.get(l.name) is not None and l.weight.dim() <= 4]
+    log.info("refitting %d converted layers on %d samples (least squares, layer by layer)", len(todo),
+             sum(b.shape[0] for b in batches))
+    for i, l in enumerate(todo, 1):
+        log.info("refitting layer %d/%d", i, len(todo))
+        new = converted[l.name]
         ys = [_dense_apply(l.conv, l.weight, l.bias, x) for x in inputs[l.name]]
         child_name = f"{l.name}.{new._output_factor}"
         child = target.get_submodule(child_name)
