@@ -340,3 +340,21 @@ def test_calibrated_conversion_logs_its_refits(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "refitting 2 converted layers on 6 samples (least squares, layer by layer)",
         "refitting layer 1/2", "refitting layer 2/2"]
+
+
+def test_one_pass_refit_equals_the_layer_by_layer_passes():
+    """One calibration batch is refit in a single forward pass (each layer when the pass reaches it);
+    the same samples in two batches take one pass per layer: the sums, hence the fits, are the same."""
+    from architectures import randomize_batchnorm, resnet_basic
+
+    torch.manual_seed(0)
+    net = randomize_batchnorm(resnet_basic()).eval()
+    x = torch.randn(6, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    one, r1 = convert(net, budget=0.4, example_input=x[:1], calibration_data=x)
+    two, r2 = convert(net, budget=0.4, example_input=x[:1], calibration_data=[x[:4], x[4:]])
+    assert [(a.structure, a.rank) for a in r1.layers] == [(b.structure, b.rank) for b in r2.layers]
+    assert sum(a.structure != "dense" for a in r1.layers) >= 3
+    with torch.no_grad():
+        torch.testing.assert_close(one(x), two(x), rtol=1e-4, atol=1e-5)
+        assert float((one(x) - net(x)).norm()) < float((convert(net, budget=0.4, example_input=x[:1])[0](x)
+                                                        - net(x)).norm())

@@ -201,20 +201,52 @@ def _refine(target: nn.Module, layers: list[_Layer], converted: dict[str, nn.Mod
             inputs: dict[str, list[Tensor]]) -> set[str]:
     """Refit each converted layer's last factor to the original layer's outputs, given the converted
     model's own inputs, layer by layer in order (a line per layer on the ``sepconv.convert`` logger, at
-    INFO). Returns the names of the layers left unrefit."""
+    INFO). Returns the names of the layers left unrefit.
+
+    Where the calibration data is one batch and each converted layer runs once per forward pass,
+    this is one pass: each layer is refit when the pass reaches it (a pre-hook on its last factor)
+    and the pass goes on through the refit layer. Otherwise each layer's inputs are captured by a
+    pass of its own, up to that layer.
+    """
     unrefit: set[str] = set()
     todo = [l for l in layers if converted.get(l.name) is not None and l.weight.dim() <= 4]
     log.info("refitting %d converted layers on %d samples (least squares, layer by layer)", len(todo),
              sum(b.shape[0] for b in batches))
-    for i, l in enumerate(todo, 1):
+    children = {f"{l.name}.{converted[l.name]._output_factor}": l for l in todo}
+
+    def refit(i: int, l: _Layer, child: nn.Module, zs: list[Tensor]) -> None:
         log.info("refitting layer %d/%d", i, len(todo))
-        new = converted[l.name]
         ys = [_dense_apply(l.conv, l.weight, l.bias, x) for x in inputs[l.name]]
-        child_name = f"{l.name}.{new._output_factor}"
-        child = target.get_submodule(child_name)
-        once = len(inputs[l.name]) == len(batches)  # called once per forward: the rest of the model is not needed
-        zs = _capture_inputs(target, [child_name], batches, stop=once)[child_name]
         with torch.no_grad():
             if not _refit_last(child, zs, ys):
                 unrefit.add(l.name)
+
+    if len(batches) == 1 and all(len(inputs[l.name]) == 1 for l in todo):
+        _refit_in_one_pass(target, children, batches[0], refit)
+        return unrefit
+    for i, (child_name, l) in enumerate(children.items(), 1):
+        once = len(inputs[l.name]) == len(batches)  # called once per forward: the rest of the model is not needed
+        zs = _capture_inputs(target, [child_name], batches, stop=once)[child_name]
+        refit(i, l, target.get_submodule(child_name), zs)
     return unrefit
+
+
+def _refit_in_one_pass(target: nn.Module, children: dict[str, _Layer], batch: Tensor, refit) -> None:
+    """Run ``target`` on ``batch`` once, calling ``refit(i, layer, child, [input])`` on each named child
+    (by name, its layer) before it runs, in the order the pass reaches them."""
+    names = {id(target.get_submodule(n)): n for n in children}
+    order = iter(range(1, len(children) + 1))
+
+    def hook(child: nn.Module, args: tuple) -> None:
+        refit(next(order), children[names[id(child)]], child, [args[0].detach()])
+
+    handles = [target.get_submodule(n).register_forward_pre_hook(hook) for n in children]
+    was = target.training
+    target.eval()
+    try:
+        with torch.no_grad():
+            target(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        target.train(was)
