@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .. import _fused
 from .._timing import interleaved
 from .checks import CANDIDATES, check_arguments, reason, relative_error
-from .fused import _ACTS, FusedConv2d, FusedLinear, FusedSeparableConv2d
+from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .module import InferenceModule
 from .rewrite import _fold, _lower
 
@@ -31,12 +31,17 @@ STEM_MAX_K = 64
 
 def _fused_class(m: nn.Module) -> Optional[type]:
     """The fused module class that can replace ``m``, or None."""
-    from ..layers import SeparableConv2d
+    from ..layers import BlueprintSeparableConv2d, SeparableConv2d, _foldable_bn
 
     if (isinstance(m, SeparableConv2d) and m.padding_mode == "zeros"
             and not m._dynamic and all(d == 1 for d in m.dilation) and isinstance(m.norm, nn.Identity)
             and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32):
         return FusedSeparableConv2d
+    if (isinstance(m, BlueprintSeparableConv2d) and m.padding_mode == "zeros" and not m._dynamic
+            and all(d == 1 for d in m.dilation)
+            and (isinstance(m.norm, nn.Identity) or _foldable_bn(m.norm, m.out_channels * m.rank))
+            and type(m.act) in _ACTS and m.depthwise.weight.dtype == torch.float32):
+        return FusedBlueprintConv2d
     if (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and m.weight.dtype == torch.float32
             and 0 < m.weight.numel() and m.weight[0].numel() <= STEM_MAX_K):
         return FusedConv2d
