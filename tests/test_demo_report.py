@@ -191,7 +191,11 @@ def test_explain_names_the_fused_kernels_of_a_faster_row():
     fast["backend"] = "fused+torchscript"
     assert explain(fast, original, 64) == (
         "2.00x faster than the optimized original with 2.0x fewer MACs (fused+torchscript path, 2 layers on the fused "
-        "blueprint kernel and 1 layer on the fused stem-conv kernel).")
+        "blueprint kernel).")
+    fast["kernels"]["fused depthwise + pointwise kernel"] = 1
+    assert explain(fast, original, 64).endswith(
+        "(fused+torchscript path, 2 layers on the fused blueprint kernel and 1 layer on the fused depthwise + pointwise "
+        "kernel).")
 
 
 def test_fused_layers_counts_kernels_in_modules_and_torchscript_graphs():

@@ -82,9 +82,14 @@ def fused_layers(model: nn.Module) -> dict:
     return counts
 
 
+SEPARABLE_KERNELS = ("fused depthwise + pointwise kernel", "fused blueprint kernel")
+
+
 def kernels_phrase(counts: dict) -> str:
-    """``counts`` (:func:`fused_layers`) in words, e.g. ``', 2 layers on the fused blueprint kernel'``."""
-    parts = [f"{n} layer{'s' if n > 1 else ''} on the {name}" for name, n in counts.items()]
+    """The separable layers' kernels of ``counts`` (:func:`fused_layers`) in words, e.g.
+    ``', 2 layers on the fused blueprint kernel'`` (the stem and classifier kernels, which the
+    original can use too, are left out)."""
+    parts = [f"{n} layer{'s' if n > 1 else ''} on the {name}" for name, n in counts.items() if name in SEPARABLE_KERNELS]
     return f", {' and '.join(parts)}" if parts else ""
 
 
