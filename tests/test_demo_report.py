@@ -179,6 +179,11 @@ def test_explain_says_faster_or_slower_and_why():
     assert explain(slow, original, 64) == (
         "1.50x slower than the optimized original despite 4.0x fewer MACs: features.7 (blueprint@4) alone takes "
         "6.00 ms (optimized) against 1.00 ms for the dense convolution it replaced, because it is grouped.")
+    slow["slowest"].update(new_ms=1.05)  # within 10% of the dense layer: the row says none saves much
+    assert explain(slow, original, 64) == (
+        "1.50x slower than the optimized original despite 4.0x fewer MACs: no converted layer is clearly slower than "
+        "the dense one it replaced, but none saves much: features.7 (blueprint@4) alone takes 1.05 ms (optimized) "
+        "against 1.00 ms for the dense convolution it replaced, because it is grouped.")
     slow["slowest"] = None
     assert explain(slow, original, 64).endswith(
         ": its 5 convolutions (the original: 5) and the tensors between the factors cost more than the saved MACs at "
@@ -264,3 +269,28 @@ def test_latency_lines_show_every_row_with_its_sentence_and_the_accuracy_view():
     assert "The machine's load average was 3.5 on 2 cores while timing." in text
     assert "| auto 50% | 6,000,000 | 1.200 | 40.00 | 20.00 | eager | 1.50x | Faster. |" in text
     assert "| auto 25% | 3,000,000 | 97.70% | 0.1000 | 5.00 | 6.00x |" in text
+
+
+def test_slowest_layer_times_the_optimized_layers_and_says_why(monkeypatch):
+    """The converted layer is compared with the dense conv it replaced as the optimized rows run them
+    (both through optimize_for_inference), with its share of the dense MACs and the reason."""
+    from sepconv import _demo_latency as L
+    from sepconv.layers import BlueprintSeparableConv2d as Blueprint
+
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval()
+    converted = nn.Sequential(Blueprint.from_dense(original[0], rank=2), nn.ReLU()).eval()
+    timed = []
+
+    def stub(calls, rounds, warmup=1):
+        timed.extend(calls)
+        return {key: (2.0 if key[1] == "new" else 1.0) for key in calls}
+
+    monkeypatch.setattr(L, "interleaved", stub)
+    layers = [dict(name="0", structure="blueprint", rank=2)]
+    slow = L.slowest_layer(original, converted, layers, torch.randn(4, 8, 10, 10), rounds=1)
+    assert timed == [("0", "dense"), ("0", "new")]
+    assert (slow["name"], slow["dense_ms"], slow["new_ms"]) == ("0", 1.0, 2.0)
+    share = (8 * 32 + 16 * 2 * 9) / (16 * 8 * 9)  # pointwise 8 -> 32, grouped 3x3 with 2 inputs, vs dense 8 -> 16
+    assert slow["why"].startswith(f"at blueprint@2 it keeps {share:.0%} of the dense convolution's MACs, and ")
+    assert L.slowest_layer(original, original, [dict(name="0", structure="dense", rank=None)], torch.randn(2, 8, 6, 6), 1) is None
