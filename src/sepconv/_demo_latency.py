@@ -219,13 +219,18 @@ def explain(row: dict, original: dict, batch: int) -> str:
     else:
         text = f"{1 / speedup:.2f}x slower than the optimized original despite {fewer:.1f}x fewer MACs"
         slow = row.get("slowest")
-        if slow:
-            rank = "" if slow["rank"] is None else f"@{slow['rank']}"
-            if slow["new_ms"] <= SLOWER * slow["dense_ms"]:  # no layer clearly slower: none much faster either
-                text += ": no converted layer is clearly slower than the dense one it replaced, but none saves much"
+        rank = "" if not slow or slow["rank"] is None else f"@{slow['rank']}"
+        if slow and slow["new_ms"] > SLOWER * slow["dense_ms"]:
             text += (f": {slow['name']} ({slow['structure']}{rank}) alone takes {slow['new_ms']:.2f} ms (optimized) against "
                      f"{slow['dense_ms']:.2f} ms for the dense convolution it replaced")
             text += f", because {slow['why']}" if slow["why"] else ""
+        elif slow:  # each layer alone saves little or nothing: the loss is between the layers
+            text += (f": no converted layer alone is clearly slower than the dense one it replaced, and the one saving "
+                     f"least, {slow['name']} ({slow['structure']}{rank}), takes {slow['new_ms']:.2f} ms (optimized) against "
+                     f"{slow['dense_ms']:.2f} ms" + (f" ({slow['why']})" if slow["why"] else "") +
+                     f"; the rest is lost between the layers: its {row['convs']} convolutions (the original: "
+                     f"{original['convs']}) and the tensors between the factors cost more than the saved MACs at this "
+                     "batch size")
         else:
             text += (f": its {row['convs']} convolutions (the original: {original['convs']}) and the tensors between "
                      "the factors cost more than the saved MACs at this batch size")
