@@ -1,6 +1,7 @@
 """The demo's figures, best-conversion choice and words, on synthetic results (fast, no training)."""
 
 import pytest
+import torch
 from torch import nn
 
 pytest.importorskip("matplotlib")
@@ -177,11 +178,76 @@ def test_explain_says_faster_or_slower_and_why():
         name="features.7", structure="blueprint", rank=4, dense_ms=1.0, new_ms=6.0, why="it is grouped"))
     assert explain(slow, original, 64) == (
         "1.50x slower than the optimized original despite 4.0x fewer MACs: features.7 (blueprint@4) alone takes "
-        "6.00 ms (eager) against 1.00 ms for the dense convolution it replaced, because it is grouped.")
+        "6.00 ms (optimized) against 1.00 ms for the dense convolution it replaced, because it is grouped.")
+    slow["slowest"].update(new_ms=1.05)  # within 10% of the dense layer: the row says none saves much
+    assert explain(slow, original, 64) == (
+        "1.50x slower than the optimized original despite 4.0x fewer MACs: no converted layer alone is clearly slower "
+        "than the dense one it replaced, and the one saving least, features.7 (blueprint@4), takes 1.05 ms (optimized) "
+        "against 1.00 ms (it is grouped); the rest is lost between the layers: its 5 convolutions (the original: 5) and "
+        "the tensors between the factors cost more than the saved MACs at this batch size.")
     slow["slowest"] = None
     assert explain(slow, original, 64).endswith(
         ": its 5 convolutions (the original: 5) and the tensors between the factors cost more than the saved MACs at "
         "this batch size.")
+
+
+def test_explain_names_the_fused_kernels_of_a_faster_row():
+    original = _lat("original", 12_000_000, 30.0, 1.0)
+    fast = _lat("blueprint 50%", 6_000_000, 15.0, 0.9, kernels={"fused blueprint kernel": 2, "fused stem-conv kernel": 1})
+    fast["backend"] = "fused+torchscript"
+    assert explain(fast, original, 64) == (
+        "2.00x faster than the optimized original with 2.0x fewer MACs (fused+torchscript path, 2 layers on the fused "
+        "blueprint kernel).")
+    fast["kernels"]["fused depthwise + pointwise kernel"] = 1
+    assert explain(fast, original, 64).endswith(
+        "(fused+torchscript path, 2 layers on the fused blueprint kernel and 1 layer on the fused depthwise + pointwise "
+        "kernel).")
+
+
+def test_fused_layers_counts_kernels_in_modules_and_torchscript_graphs():
+    from sepconv._demo_latency import fused_layers
+
+    from sepconv import _fused
+
+    if _fused.load() is None:
+        pytest.skip("the C++ kernels are not available here")
+    from sepconv.optimize import FusedBlueprintConv2d, FusedSeparableConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(FusedBlueprintConv2d(BlueprintSeparableConv2d(8, 8, 3, padding=1, rank=2).eval(), 1),
+                          FusedSeparableConv2d(SeparableConv2d(8, 8, 3, padding=1).eval(), 0),
+                          FusedBlueprintConv2d(BlueprintSeparableConv2d(8, 8, 3, padding=1, rank=3).eval(), 0))
+    expected = {"fused depthwise + pointwise kernel": 1, "fused blueprint kernel": 2}
+    assert fused_layers(model) == expected
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(model.eval(), torch.randn(1, 8, 6, 6)))
+    assert fused_layers(traced) == expected
+    assert fused_layers(nn.Sequential(nn.Conv2d(3, 3, 3))) == {}
+
+
+def test_slow_reason_says_what_the_optimized_layer_runs_on():
+    from sepconv._demo_latency import slow_reason
+
+    row = dict(structure="blueprint", rank=4)
+    layer = BlueprintSeparableConv2d(32, 32, 3, rank=4)
+    assert slow_reason(row, layer, layer, 0.61) == (
+        "at blueprint@4 it keeps 61% of the dense convolution's MACs, and its 128->32 stage is a grouped convolution "
+        "summing 4 channels per group, for which PyTorch has no fast kernel on this CPU")
+    spatial = dict(structure="spatial", rank=20)
+    from sepconv.layers import SpatiallySeparableConv2d
+
+    sp = SpatiallySeparableConv2d(32, 32, 3, rank=20)
+    assert slow_reason(spatial, sp, sp, 0.83) == (
+        "at spatial@20 it keeps 83% of the dense convolution's MACs, in 2 convolution calls instead of one")
+
+
+def test_layer_macs_counts_every_convolution_of_a_layer():
+    from sepconv._demo_latency import layer_macs
+
+    x = torch.randn(4, 8, 10, 10)
+    assert layer_macs(nn.Conv2d(8, 16, 3, padding=1), x) == 16 * 8 * 9 * 100
+    # pointwise 8 -> 32 on 100 pixels, then the grouped 3x3 (2 inputs per output) on 64 pixels
+    assert layer_macs(BlueprintSeparableConv2d(8, 16, 3, rank=2), x) == 32 * 8 * 100 + 16 * 2 * 9 * 64
 
 
 def test_grouped_stage_names_the_slow_grouped_convolutions_only():
@@ -204,3 +270,28 @@ def test_latency_lines_show_every_row_with_its_sentence_and_the_accuracy_view():
     assert "The machine's load average was 3.5 on 2 cores while timing." in text
     assert "| auto 50% | 6,000,000 | 1.200 | 40.00 | 20.00 | eager | 1.50x | Faster. |" in text
     assert "| auto 25% | 3,000,000 | 97.70% | 0.1000 | 5.00 | 6.00x |" in text
+
+
+def test_slowest_layer_times_the_optimized_layers_and_says_why(monkeypatch):
+    """The converted layer is compared with the dense conv it replaced as the optimized rows run them
+    (both through optimize_for_inference), with its share of the dense MACs and the reason."""
+    from sepconv import _demo_latency as L
+    from sepconv.layers import BlueprintSeparableConv2d as Blueprint
+
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval()
+    converted = nn.Sequential(Blueprint.from_dense(original[0], rank=2), nn.ReLU()).eval()
+    timed = []
+
+    def stub(calls, rounds, warmup=1):
+        timed.extend(calls)
+        return {key: (2.0 if key[1] == "new" else 1.0) for key in calls}
+
+    monkeypatch.setattr(L, "interleaved", stub)
+    layers = [dict(name="0", structure="blueprint", rank=2)]
+    slow = L.slowest_layer(original, converted, layers, torch.randn(4, 8, 10, 10), rounds=1)
+    assert timed == [("0", "dense"), ("0", "new")]
+    assert (slow["name"], slow["dense_ms"], slow["new_ms"]) == ("0", 1.0, 2.0)
+    share = (8 * 32 + 16 * 2 * 9) / (16 * 8 * 9)  # pointwise 8 -> 32, grouped 3x3 with 2 inputs, vs dense 8 -> 16
+    assert slow["why"].startswith(f"at blueprint@2 it keeps {share:.0%} of the dense convolution's MACs, and ")
+    assert L.slowest_layer(original, original, [dict(name="0", structure="dense", rank=None)], torch.randn(2, 8, 6, 6), 1) is None

@@ -38,6 +38,13 @@ def _dwpw_args() -> dict:
                 pw_bias=torch.randn(16), n_out=10, act_out=2, kh=3, kw=3, sh=1, sw=1, pt=1, pb=1, pl=1, pr=1, tile_bytes=4096)
 
 
+def _blueprint_args() -> dict:
+    """Valid blueprint_pwdw arguments: 8 channels, 10 outputs of rank 2 (20 intermediate: two
+    packed panels), 3x3, pads 1."""
+    return dict(x=torch.randn(2, 8, 6, 6), pw=torch.randn(2, 8, 16), pw_bias=torch.randn(32), act_mid=1, dw=torch.randn(9, 2, 10),
+                dw_bias=torch.randn(10), act_out=2, kh=3, kw=3, sh=1, sw=1, pt=1, pb=1, pl=1, pr=1, tile_bytes=4096)
+
+
 def _conv_args() -> dict:
     """Valid conv2d_gemm arguments: 3 channels, 10 outputs, 3x3 (K = 27), pads 1."""
     return dict(x=torch.randn(2, 3, 6, 6), w=torch.randn(1, 27, 16), bias=torch.randn(16), n_out=10, act=1, kh=3, kw=3, sh=1, sw=1,
@@ -92,6 +99,41 @@ BAD = [
      "fused_dwpw: input height 2 padded to 2 is smaller than the kernel's extent 3"),
     ("fused_dwpw", dict(x=torch.randn(1, 8, 6, 1), sw=2, pl=0, pr=1),
      "fused_dwpw: input width 1 padded to 2 is smaller than the kernel's extent 3"),
+    # blueprint_pwdw
+    ("blueprint_pwdw", dict(x=torch.randn(8, 6, 6)), "blueprint_pwdw: x: expected a 4-D float32 CPU tensor, got 3-D Float on cpu"),
+    ("blueprint_pwdw", dict(x=torch.randn(2, 8, 6, 6).double()),
+     "blueprint_pwdw: x: expected a 4-D float32 CPU tensor, got 4-D Double on cpu"),
+    ("blueprint_pwdw", dict(x=torch.randn(2, 0, 6, 6)), "blueprint_pwdw: x: expected at least one channel, got shape [2, 0, 6, 6]"),
+    ("blueprint_pwdw", dict(x=torch.randn(2, 7, 6, 6)),
+     "blueprint_pwdw: pw: expected packed (ceil(R*N/16) = 2, C = 7, 16), got [2, 8, 16]"),
+    ("blueprint_pwdw", dict(pw=torch.randn(1, 8, 16)), "blueprint_pwdw: pw: expected packed (ceil(R*N/16) = 2, C = 8, 16), got [1, 8, 16]"),
+    ("blueprint_pwdw", dict(pw=torch.randn(2, 8, 8)), "blueprint_pwdw: pw: expected packed (ceil(R*N/16) = 2, C = 8, 16), got [2, 8, 8]"),
+    ("blueprint_pwdw", dict(pw=torch.randn(8, 16)), "blueprint_pwdw: pw: expected a 3-D float32 CPU tensor, got 2-D Float on cpu"),
+    ("blueprint_pwdw", dict(pw_bias=torch.randn(20)), "blueprint_pwdw: pw_bias: expected 0 or ceil(R*N/16)*16 = 32 elements, got 20"),
+    ("blueprint_pwdw", dict(pw_bias=torch.randn(32).double()),
+     "blueprint_pwdw: pw_bias: expected a 1-D float32 CPU tensor, got 1-D Double on cpu"),
+    ("blueprint_pwdw", dict(dw=torch.randn(9, 20)), "blueprint_pwdw: dw: expected a 3-D float32 CPU tensor, got 2-D Float on cpu"),
+    ("blueprint_pwdw", dict(dw=torch.randn(8, 2, 10)), "blueprint_pwdw: dw: expected (kh*kw = 9, R >= 1, N >= 1), got [8, 2, 10]"),
+    ("blueprint_pwdw", dict(dw=torch.randn(9, 0, 10)), "blueprint_pwdw: dw: expected (kh*kw = 9, R >= 1, N >= 1), got [9, 0, 10]"),
+    ("blueprint_pwdw", dict(dw=torch.randn(9, 2, 0)), "blueprint_pwdw: dw: expected (kh*kw = 9, R >= 1, N >= 1), got [9, 2, 0]"),
+    ("blueprint_pwdw", dict(dw=torch.randn(9, 4, 10)), "blueprint_pwdw: pw: expected packed (ceil(R*N/16) = 3, C = 8, 16), got [2, 8, 16]"),
+    ("blueprint_pwdw", dict(dw_bias=torch.randn(20)), "blueprint_pwdw: dw_bias: expected 0 or N = 10 elements, got 20"),
+    ("blueprint_pwdw", dict(dw_bias=torch.randn(1, 10)), "blueprint_pwdw: dw_bias: expected a 1-D float32 CPU tensor, got 2-D Float on cpu"),
+    ("blueprint_pwdw", dict(act_mid=3), "blueprint_pwdw: act_mid: expected 0 (none), 1 (ReLU) or 2 (ReLU6), got 3"),
+    ("blueprint_pwdw", dict(act_out=-1), "blueprint_pwdw: act_out: expected 0 (none), 1 (ReLU) or 2 (ReLU6), got -1"),
+    ("blueprint_pwdw", dict(kh=0), "blueprint_pwdw: " + _range("kh", 0)),
+    ("blueprint_pwdw", dict(kw=2 ** 31), "blueprint_pwdw: " + _range("kw", 2 ** 31)),
+    ("blueprint_pwdw", dict(sh=0), "blueprint_pwdw: " + _range("sh", 0)),
+    ("blueprint_pwdw", dict(sw=-1), "blueprint_pwdw: " + _range("sw", -1)),
+    ("blueprint_pwdw", dict(pt=-1), "blueprint_pwdw: " + _range("pt", -1, 0)),
+    ("blueprint_pwdw", dict(pb=-1), "blueprint_pwdw: " + _range("pb", -1, 0)),
+    ("blueprint_pwdw", dict(pl=-1), "blueprint_pwdw: " + _range("pl", -1, 0)),
+    ("blueprint_pwdw", dict(pr=2 ** 40), "blueprint_pwdw: " + _range("pr", 2 ** 40, 0)),
+    ("blueprint_pwdw", dict(tile_bytes=0), "blueprint_pwdw: " + _range("tile_bytes", 0)),
+    ("blueprint_pwdw", dict(x=torch.randn(1, 8, 2, 2), sh=2, sw=2, pt=0, pb=0, pl=0, pr=0),
+     "blueprint_pwdw: input height 2 padded to 2 is smaller than the kernel's extent 3"),
+    ("blueprint_pwdw", dict(x=torch.randn(1, 8, 6, 1), sw=2, pl=0, pr=1),
+     "blueprint_pwdw: input width 1 padded to 2 is smaller than the kernel's extent 3"),
     # conv2d_gemm
     ("conv2d_gemm", dict(x=torch.randn(3, 6, 6)), "conv2d_gemm: x: expected a 4-D float32 CPU tensor, got 3-D Float on cpu"),
     ("conv2d_gemm", dict(x=torch.ones(2, 3, 6, 6, dtype=torch.uint8)), "conv2d_gemm: x: expected a 4-D float32 CPU tensor, got 4-D Byte on cpu"),
@@ -159,7 +201,7 @@ BAD = [
 
 @pytest.mark.parametrize("op,change,message", BAD, ids=[f"{op}-{'-'.join(c)}-{i}" for i, (op, c, _) in enumerate(BAD)])
 def test_kernel_refuses_bad_arguments(ext, op, change, message):
-    base = {"fused_dwpw": _dwpw_args, "conv2d_gemm": _conv_args, "linear_gemm": _linear_args, "separable_filter2d": _filter_args}[op]()
+    base = {"fused_dwpw": _dwpw_args, "blueprint_pwdw": _blueprint_args, "conv2d_gemm": _conv_args, "linear_gemm": _linear_args, "separable_filter2d": _filter_args}[op]()
     _call(op, base, {})  # the base arguments are valid
     with pytest.raises(RuntimeError, match=re.escape(message)):
         _call(op, base, change)
@@ -319,6 +361,32 @@ def test_fused_separable_propagates_nan_and_inf(ext, isa, cin, cout, k, stride, 
     _assert_same_specials(out, eager, ref64)
 
 
+@pytest.mark.parametrize("cin,cout,k,stride,rank,act_mid,act_out", [
+    (3, 10, 3, 1, 2, nn.ReLU, 1),      # intermediate 20: a 16-channel block + scalar tail
+    (13, 17, 3, 2, 3, nn.ReLU6, 2),    # N = 17: 16 + 1 output channels, stride 2
+    (24, 40, 5, 1, 1, None, 2),        # rank 1, 5x5
+    (16, 24, 4, 1, 2, nn.ReLU, 0),     # any kernel size (per-pixel path), only the middle ReLU
+])
+def test_fused_blueprint_propagates_nan_and_inf(ext, isa, cin, cout, k, stride, rank, act_mid, act_out):
+    """Blueprint layers: NaN / Inf through the pointwise GEMM into the grouped conv's sums, where
+    the eager model puts them."""
+    from sepconv.optimize import FusedBlueprintConv2d
+
+    torch.manual_seed(cin)
+    layer = sepconv.BlueprintSeparableConv2d(cin, cout, k, stride, k // 2, rank=rank, act_layer=act_mid).eval()
+    with torch.no_grad():
+        layer.depthwise.bias.normal_()
+    act = {0: nn.Identity(), 1: nn.ReLU(), 2: nn.ReLU6()}[act_out]
+    fused = FusedBlueprintConv2d(layer, act_out)
+    x = _with_specials((2, cin, 12, 13), cin, IMAGE_SPOTS)
+    with torch.inference_mode():
+        out = fused(x)
+        eager = act(layer(x))
+    ref64 = act(copy.deepcopy(layer).double()(x.double()))
+    assert out.isnan().any()
+    _assert_same_specials(out, eager, ref64)
+
+
 @pytest.mark.parametrize("cin,cout,stride,act", [(3, 20, 2, 2), (3, 16, 1, 1), (5, 33, 1, 2)])
 def test_fused_conv_propagates_nan_and_inf(ext, isa, cin, cout, stride, act):
     """Stem convs: NaN/Inf in the gathered border patches and in the patches read in place."""
@@ -380,6 +448,7 @@ def test_activations_of_special_values_match_pytorch(ext, isa):
 
 @pytest.mark.parametrize("op,base,change", [
     ("fused_dwpw", _dwpw_args, dict(x=torch.randn(1, 8, 2, 2), sh=2, sw=2, pt=0, pb=0, pl=0, pr=0)),
+    ("blueprint_pwdw", _blueprint_args, dict(x=torch.randn(1, 8, 2, 2), sh=2, sw=2, pt=0, pb=0, pl=0, pr=0)),
     ("conv2d_gemm", _conv_args, dict(x=torch.randn(1, 3, 1, 6), dh=2, pt=0, pb=0)),
     ("separable_filter2d", _filter_args, dict(x=torch.randn(1, 2, 1, 8), pt=0, pb=0)),
 ])

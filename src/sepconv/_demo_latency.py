@@ -27,6 +27,7 @@ from .optimize import optimize_for_inference
 
 
 SLOWER = 1.1  # a converted layer is named as the cause only if it is clearly (10%) slower than the dense one
+DISPATCH_ROUNDS = 7  # optimize_for_inference's timing rounds: with fewer, a loaded machine made it pick a slow path
 
 
 @contextmanager
@@ -51,6 +52,45 @@ def load_average() -> Optional[float]:
 def conv_count(model: nn.Module) -> int:
     """How many convolutions a forward pass calls (each is at least one kernel launch)."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+# the fused kernels optimize_for_inference can put in a model (as modules, or as ops in a TorchScript
+# graph), as a reader knows them
+KERNELS = {"fused_dwpw": ("FusedSeparableConv2d", "fused depthwise + pointwise kernel"),
+           "blueprint_pwdw": ("FusedBlueprintConv2d", "fused blueprint kernel"),
+           "conv2d_gemm": ("FusedConv2d", "fused stem-conv kernel"),
+           "linear_gemm": ("FusedLinear", "prepacked linear kernel")}
+
+
+def fused_layers(model: nn.Module) -> dict:
+    """How many layers of ``model`` (an optimized one: modules, or a TorchScript graph) run on each
+    fused kernel, by kernel name (:data:`KERNELS`)."""
+    counts: dict = {}
+    if isinstance(model, torch.jit.ScriptModule):
+        graph = str(model.graph)
+        found = {name: graph.count(f"sepconv::{op}(") for op, (_, name) in KERNELS.items()}
+    else:
+        by_class = {cls: name for cls, name in KERNELS.values()}
+        found = {}
+        for m in model.modules():
+            name = by_class.get(type(m).__name__)
+            if name:
+                found[name] = found.get(name, 0) + 1
+    for _, name in KERNELS.values():  # in a fixed order
+        if found.get(name):
+            counts[name] = found[name]
+    return counts
+
+
+SEPARABLE_KERNELS = ("fused depthwise + pointwise kernel", "fused blueprint kernel")
+
+
+def kernels_phrase(counts: dict) -> str:
+    """The separable layers' kernels of ``counts`` (:func:`fused_layers`) in words, e.g.
+    ``', 2 layers on the fused blueprint kernel'`` (the stem and classifier kernels, which the
+    original can use too, are left out)."""
+    parts = [f"{n} layer{'s' if n > 1 else ''} on the {name}" for name, n in counts.items() if name in SEPARABLE_KERNELS]
+    return f", {' and '.join(parts)}" if parts else ""
 
 
 def grouped_stage(module: nn.Module) -> str:
@@ -87,8 +127,8 @@ def measure(entries: list, x: Tensor, batch: int, rounds: int) -> list:
     eager, fast, fast1 = {}, {}, {}
     for e in entries:
         eager[e["model"]] = copy.deepcopy(e["module"]).eval()
-        fast[e["model"]] = optimize_for_inference(e["module"], xb, rounds=3)
-        fast1[e["model"]] = optimize_for_inference(e["module"], x1, rounds=3)
+        fast[e["model"]] = optimize_for_inference(e["module"], xb, rounds=DISPATCH_ROUNDS)
+        fast1[e["model"]] = optimize_for_inference(e["module"], x1, rounds=DISPATCH_ROUNDS)
     calls = {f"{k} eager": (lambda m=m: m(xb)) for k, m in eager.items()}
     calls.update({f"{k} optimized": (lambda m=m: m(xb)) for k, m in fast.items()})
     t = interleaved(calls, rounds, warmup=1)
@@ -97,14 +137,47 @@ def measure(entries: list, x: Tensor, batch: int, rounds: int) -> list:
     for e in entries:
         k = e["model"]
         rows.append(dict(e, eager=t[f"{k} eager"], optimized=t[f"{k} optimized"], backend=fast[k].backend,
-                         batch1=t1[k], convs=conv_count(e["module"])))
+                         batch1=t1[k], convs=conv_count(e["module"]), kernels=fused_layers(fast[k].module)))
     return rows
 
 
+def layer_macs(module: nn.Module, x: Tensor) -> int:
+    """Multiply-accumulates per image of the convolutions in ``module`` on the input ``x``."""
+    total = 0
+
+    def count(m: nn.Module, args: tuple, out: Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * m.weight[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            module(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def slow_reason(row: dict, layer: nn.Module, fast: nn.Module, share: float) -> str:
+    """Why a converted layer (report row ``row``) runs slower than the dense conv it replaced, after
+    optimization (``fast``), keeping ``share`` of its MACs."""
+    kept = f"at {row['structure']}@{row['rank']} it keeps {share:.0%} of the dense convolution's MACs"
+    kernels = fused_layers(fast)
+    if kernels:
+        return (f"{kept}, and on the {next(iter(kernels))} its depthwise stage, which reads memory for every few "
+                "multiply-adds, runs less efficiently per MAC than the dense convolution")
+    grouped = grouped_stage(layer)
+    if grouped:
+        return f"{kept}, and {grouped}"
+    return f"{kept}, in {conv_count(layer)} convolution calls instead of one"
+
+
 def slowest_layer(original: nn.Module, converted: nn.Module, layers: list, x: Tensor, rounds: int) -> Optional[dict]:
-    """Each converted layer timed alone against the dense conv it replaced, on the original
-    model's own input to that layer (eager, channels_last, interleaved); the layer losing most,
-    or ``None`` if none is more than 10% slower than the dense conv it replaced."""
+    """Each converted layer against the dense conv it replaced, both after ``optimize_for_inference``
+    on the original model's own input to that layer (as the optimized rows run them; interleaved):
+    the layer losing most (or gaining least), with its times, MAC share and the reason, or ``None``
+    if no layer was converted."""
     names = [r["name"] for r in layers if r["structure"] != "dense"]
     inputs: dict = {}
     hooks = [original.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0]))
@@ -115,19 +188,21 @@ def slowest_layer(original: nn.Module, converted: nn.Module, layers: list, x: Te
     finally:
         for h in hooks:
             h.remove()
-    calls = {}
+    calls, fast = {}, {}
     for n in names:
         xi = inputs[n].contiguous(memory_format=torch.channels_last)
         for tag, root in (("dense", original), ("new", converted)):
-            m = copy.deepcopy(root.get_submodule(n)).eval().to(memory_format=torch.channels_last)
+            fast[(n, tag)] = m = optimize_for_inference(root.get_submodule(n), xi, rounds=DISPATCH_ROUNDS)
             calls[(n, tag)] = lambda m=m, xi=xi: m(xi)
     t = interleaved(calls, rounds, warmup=1)
     worst = max(names, key=lambda n: t[(n, "new")] - t[(n, "dense")], default=None)
-    if worst is None or t[(worst, "new")] <= SLOWER * t[(worst, "dense")]:
+    if worst is None:
         return None
     row = next(r for r in layers if r["name"] == worst)
+    layer, xi = converted.get_submodule(worst), inputs[worst]
+    share = layer_macs(layer, xi) / max(1, layer_macs(original.get_submodule(worst), xi))
     return dict(row, dense_ms=t[(worst, "dense")], new_ms=t[(worst, "new")],
-                why=grouped_stage(converted.get_submodule(worst)))
+                why=slow_reason(row, layer, fast[(worst, "new")].module, share))
 
 
 def explain(row: dict, original: dict, batch: int) -> str:
@@ -139,15 +214,23 @@ def explain(row: dict, original: dict, batch: int) -> str:
                 f"costs {per_image:.1f}x its share of a batch, the rest being per-call overhead.")
     speedup, fewer = original["optimized"] / row["optimized"], original["macs"] / row["macs"]
     if speedup >= 1:
-        text = f"{speedup:.2f}x faster than the optimized original with {fewer:.1f}x fewer MACs ({row['backend']} path)"
+        text = (f"{speedup:.2f}x faster than the optimized original with {fewer:.1f}x fewer MACs ({row['backend']} path"
+                f"{kernels_phrase(row.get('kernels', {}))})")
     else:
         text = f"{1 / speedup:.2f}x slower than the optimized original despite {fewer:.1f}x fewer MACs"
         slow = row.get("slowest")
-        if slow:
-            rank = "" if slow["rank"] is None else f"@{slow['rank']}"
-            text += (f": {slow['name']} ({slow['structure']}{rank}) alone takes {slow['new_ms']:.2f} ms (eager) against "
+        rank = "" if not slow or slow["rank"] is None else f"@{slow['rank']}"
+        if slow and slow["new_ms"] > SLOWER * slow["dense_ms"]:
+            text += (f": {slow['name']} ({slow['structure']}{rank}) alone takes {slow['new_ms']:.2f} ms (optimized) against "
                      f"{slow['dense_ms']:.2f} ms for the dense convolution it replaced")
             text += f", because {slow['why']}" if slow["why"] else ""
+        elif slow:  # each layer alone saves little or nothing: the loss is between the layers
+            text += (f": no converted layer alone is clearly slower than the dense one it replaced, and the one saving "
+                     f"least, {slow['name']} ({slow['structure']}{rank}), takes {slow['new_ms']:.2f} ms (optimized) against "
+                     f"{slow['dense_ms']:.2f} ms" + (f" ({slow['why']})" if slow["why"] else "") +
+                     f"; the rest is lost between the layers: its {row['convs']} convolutions (the original: "
+                     f"{original['convs']}) and the tensors between the factors cost more than the saved MACs at this "
+                     "batch size")
         else:
             text += (f": its {row['convs']} convolutions (the original: {original['convs']}) and the tensors between "
                      "the factors cost more than the saved MACs at this batch size")

@@ -1,5 +1,6 @@
 """The C++ kernels, compiled on first use: the fused depthwise + pointwise convolution
-(``csrc/fused_dwpw.cpp``, ``torch.ops.sepconv.fused_dwpw``), dense convolution with few inputs
+(``csrc/fused_dwpw.cpp``, ``torch.ops.sepconv.fused_dwpw``), the fused blueprint separable
+convolution (``csrc/blueprint.cpp``, ``blueprint_pwdw``), dense convolution with few inputs
 per output and linear layers on the same GEMM (``csrc/dense.cpp``, ``conv2d_gemm``,
 ``linear_gemm``) and the strip-wise separable filter (``csrc/separable_filter.cpp``,
 ``torch.ops.sepconv.separable_filter2d``).
@@ -37,7 +38,7 @@ from typing import Optional
 
 _lock = threading.Lock()
 _state: dict = {}
-SOURCES = ("fused_dwpw.cpp", "separable_filter.cpp", "dense.cpp", "isa.cpp", "isa_avx512.cpp", "isa_avx2.cpp",
+SOURCES = ("fused_dwpw.cpp", "blueprint.cpp", "separable_filter.cpp", "dense.cpp", "isa.cpp", "isa_avx512.cpp", "isa_avx2.cpp",
            "isa_generic.cpp")
 HEADERS = ("common.h", "gemm.h", "kernels.h", "isa_impl.h")
 ISA_ENV = "SEPCONV_ISA"  # forces an instruction set's kernels: avx512, avx2 or generic
@@ -235,6 +236,12 @@ def _register_fake() -> None:
         ho = _out_size("fused_dwpw", "height", x.shape[2], pt, pb, kh, sh)
         wo = _out_size("fused_dwpw", "width", x.shape[3], pl, pr, kw, sw)
         return x.new_empty((x.shape[0], n_out, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("sepconv::blueprint_pwdw")
+    def _(x, pw, pw_bias, act_mid, dw, dw_bias, act_out, kh, kw, sh, sw, pt, pb, pl, pr, tile_bytes):
+        ho = _out_size("blueprint_pwdw", "height", x.shape[2], pt, pb, kh, sh)
+        wo = _out_size("blueprint_pwdw", "width", x.shape[3], pl, pr, kw, sw)
+        return x.new_empty((x.shape[0], dw.shape[2], ho, wo)).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("sepconv::conv2d_gemm")
     def _(x, w, bias, n_out, act, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr):

@@ -73,7 +73,7 @@ static Geometry checked_geometry(const torch::Tensor& x, const torch::Tensor& dw
   TORCH_CHECK(pw_bias.numel() == 0 || pw_bias.size(0) == pw.size(0) * NB, fn, ": pw_bias: expected 0 or ceil(n_out/16)*16 = ",
               pw.size(0) * NB, " elements, got ", pw_bias.numel());
   const int64_t Ho = conv_out_size(fn, "height", H, pt, pb, kh, sh, 1), Wo = conv_out_size(fn, "width", W, pl, pr, kw, sw, 1);
-  return Geometry{H, W, C, K, Ho, Wo, kh, kw, sh, sw, pt, pl};
+  return Geometry{H, W, C, K, Ho, Wo, kh, kw, sh, sw, pt, pl, C, 1};
 }
 
 torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bias, int64_t act_mid, torch::Tensor pw,

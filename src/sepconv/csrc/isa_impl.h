@@ -217,16 +217,23 @@ __attribute__((noinline)) static void conv_row(const float* a, i64 count, i64 pi
 template <class T> static inline void opaque(T*& p) { asm("" : "+r"(p)); }
 
 // The interior (no padding taps) of one output row for nblk blocks of V vectors (of type T) from
-// the block start: `count` pixels, the first one's top-left tap at `in`, outputs at stride oC. Four
-// pixels at a time share each weight load, giving 4 x V independent FMA chains.
-template <class T, int KH, int KW, int V>
-static inline void dw_interior(const float* in, i64 rowC, i64 C, i64 sC, const float* w, const float* db, i64 act, float* out,
-                               i64 oC, i64 count, i64 nblk, i64 nrows) {
+// the block start: `count` pixels, the first one's top-left tap at `in` (the next tap xs floats
+// on), outputs at stride oC. Four pixels at a time share each weight load, giving 4 x V
+// independent FMA chains. SUM: each output channel sums R inputs (channels g C + c, g < R), weights
+// (taps, R, C); otherwise R = 1.
+template <class T, int KH, int KW, int V, bool SUM>
+static inline void dw_interior(const float* in, i64 rowC, i64 C, i64 xs, i64 R, i64 sC, const float* w, const float* db, i64 act,
+                               float* out, i64 oC, i64 count, i64 nblk, i64 nrows) {
   typedef typename T::vec v_t;
   constexpr int L = T::VL;
   const i64 s2 = 2 * sC, s3 = 3 * sC;
-  i64 q = 0;
-  for (; q + 4 <= count; q += 4) {
+  // steps of four pixels; a run of 4 or more whose length is not a multiple of 4 ends with a step
+  // over its last four pixels, overlapping the previous step (its outputs are stored, not added, so
+  // computing them twice is harmless): the per-pixel loop below, several times slower per pixel, was
+  // 1-3 pixels of every 6-14 in the rows of 8x8 and 16x16 images
+  const i64 steps_end = count >= 4 ? count : 0;
+  for (i64 s4 = 0; s4 < steps_end; s4 += 4) {
+    const i64 q = imin(s4, count - 4);
     for (i64 cb = 0; cb < nblk; ++cb) {
       const i64 co = cb * V * L;
       v_t a0[V], a1[V], a2[V], a3[V];
@@ -239,16 +246,29 @@ static inline void dw_interior(const float* in, i64 rowC, i64 C, i64 sC, const f
         const float* r = row;
 #pragma GCC unroll 16
         for (int j = 0; j < KW; ++j) {
-          for (int v = 0; v < V; ++v) {
-            const v_t wv = load<v_t>(wr + v * L);
-            a0[v] += load<v_t>(r + v * L) * wv;
-            a1[v] += load<v_t>(r + sC + v * L) * wv;
-            a2[v] += load<v_t>(r + s2 + v * L) * wv;
-            a3[v] += load<v_t>(r + s3 + v * L) * wv;
+          if constexpr (SUM) {
+            for (i64 gg = 0; gg < R; ++gg)
+              for (int v = 0; v < V; ++v) {
+                const i64 o = gg * C + v * L;
+                const v_t wv = load<v_t>(wr + o);
+                a0[v] += load<v_t>(r + o) * wv;
+                a1[v] += load<v_t>(r + sC + o) * wv;
+                a2[v] += load<v_t>(r + s2 + o) * wv;
+                a3[v] += load<v_t>(r + s3 + o) * wv;
+              }
+            wr += R * C;
+          } else {
+            for (int v = 0; v < V; ++v) {
+              const v_t wv = load<v_t>(wr + v * L);
+              a0[v] += load<v_t>(r + v * L) * wv;
+              a1[v] += load<v_t>(r + sC + v * L) * wv;
+              a2[v] += load<v_t>(r + s2 + v * L) * wv;
+              a3[v] += load<v_t>(r + s3 + v * L) * wv;
+            }
+            wr += C;
           }
-          wr += C;
           opaque(wr);
-          r += C;
+          r += xs;
           opaque(r);
         }
         row += rowC;
@@ -263,7 +283,7 @@ static inline void dw_interior(const float* in, i64 rowC, i64 C, i64 sC, const f
       }
     }
   }
-  for (; q < count; ++q)
+  for (i64 q = steps_end; q < count; ++q)
     for (i64 cb = 0; cb < nblk; ++cb) {
       const i64 co = cb * V * L;
       v_t a[V];
@@ -271,8 +291,10 @@ static inline void dw_interior(const float* in, i64 rowC, i64 C, i64 sC, const f
       const float* p = in + q * sC + co;
       for (int i = 0; i < nrows; ++i)
         for (int j = 0; j < KW; ++j)
-          for (int v = 0; v < V; ++v)
-            a[v] += load<v_t>(p + i * rowC + j * C + v * L) * load<v_t>(w + co + (i * KW + j) * C + v * L);
+          for (i64 gg = 0; gg < (SUM ? R : 1); ++gg)
+            for (int v = 0; v < V; ++v)
+              a[v] += load<v_t>(p + i * rowC + j * xs + gg * C + v * L) *
+                      load<v_t>(w + co + ((i * KW + j) * (SUM ? R : 1) + gg) * C + v * L);
       for (int v = 0; v < V; ++v) store(out + co + q * oC + v * L, act_vec(a[v], act));
     }
 }
@@ -290,22 +312,23 @@ static inline void dw_edge(const float* xb, const float* dw, const float* db, i6
   v_t a[V];
   for (int v = 0; v < V; ++v) a[v] = db ? load<v_t>(db + c0 + v * L) : splat<v_t>(0.f);
   for (i64 i = i0; i < i1; ++i)
-    for (i64 j = j0; j < j1; ++j) {
-      const float* x = xb + ((ih0 + i) * g.W + iw0 + j) * g.C + c0;
-      const float* w = dw + (i * g.kw + j) * g.C + c0;
-      for (int v = 0; v < V; ++v) a[v] += load<v_t>(x + v * L) * load<v_t>(w + v * L);
-    }
+    for (i64 j = j0; j < j1; ++j)
+      for (i64 gg = 0; gg < g.R; ++gg) {
+        const float* x = xb + ((ih0 + i) * g.W + iw0 + j) * g.xs + gg * g.C + c0;
+        const float* w = dw + ((i * g.kw + j) * g.R + gg) * g.C + c0;
+        for (int v = 0; v < V; ++v) a[v] += load<v_t>(x + v * L) * load<v_t>(w + v * L);
+      }
   for (int v = 0; v < V; ++v) store(out + v * L, act_vec(a[v], act));
 }
 
 // nblk blocks of V vectors [c0, c0 + V L nblk) of the depthwise conv over the output pixels
 // [p0, p1) of one image, into t[(p - p0) * tC + c]: border pixels by dw_edge, each row's interior
 // run by dw_interior. KH = KW = 0: any kernel size, all pixels by dw_edge.
-template <class T, int KH, int KW, int V>
+template <class T, int KH, int KW, int V, bool SUM>
 static void dw_block(const float* xb, const float* dw, const float* db, i64 act, const Geometry& g, i64 p0, i64 p1, i64 c0,
                      float* t, i64 nblk) {
   constexpr int L = T::VL;
-  const i64 C = g.C, tC = g.tC, W = g.W;
+  const i64 C = g.C, tC = g.tC, W = g.W, xs = g.xs, R = g.R;
   const i64 ow_lo = imin(g.Wo, (g.pl + g.sw - 1) / g.sw);
   // floor: with W + pl < kw (only right padding completes a pixel's taps) no column is interior
   const i64 ow_hi = imax(ow_lo, imin(g.Wo, floor_div(W + g.pl - g.kw, g.sw) + 1));
@@ -328,20 +351,27 @@ static void dw_block(const float* xb, const float* dw, const float* db, i64 act,
       for (i64 ow = hi; ow < ow_end; ++ow) dw_edge<T, V>(xb, dw, db, act, g, oh, ow, cc, trow + ow * tC + cb * V * L);
     }
     if (KH > 0 && hi > lo)
-      dw_interior<T, (KH > 0 ? KH : 1), (KW > 0 ? KW : 1), V>(xb + ((ih0 + i0) * W + lo * g.sw - g.pl) * C + c0, W * C, C,
-                                                                 g.sw * C, dw + i0 * g.kw * C + c0, db ? db + c0 : nullptr, act,
-                                                                 trow + lo * tC, tC, hi - lo, nblk, i1 - i0);
+      dw_interior<T, (KH > 0 ? KH : 1), (KW > 0 ? KW : 1), V, SUM>(
+          xb + ((ih0 + i0) * W + lo * g.sw - g.pl) * xs + c0, W * xs, C, xs, R, g.sw * xs, dw + i0 * g.kw * R * C + c0,
+          db ? db + c0 : nullptr, act, trow + lo * tC, tC, hi - lo, nblk, i1 - i0);
     p += ow_end - ow_begin;
   }
 }
 
-// dw_block with the fixed-size paths of 3x3 and 5x5 kernels
+// dw_block with the fixed-size paths of 3x3 and 5x5 kernels (and of sums over R > 1 inputs)
+template <class T, int V, bool SUM>
+static void dw_blocks_(const float* xb, const float* dw, const float* db, i64 act, const Geometry& g, i64 p0, i64 p1, i64 c0,
+                       float* t, i64 nblk) {
+  if (g.kh == 3 && g.kw == 3) dw_block<T, 3, 3, V, SUM>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
+  else if (g.kh == 5 && g.kw == 5) dw_block<T, 5, 5, V, SUM>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
+  else dw_block<T, 0, 0, V, SUM>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
+}
+
 template <class T, int V>
 static void dw_blocks(const float* xb, const float* dw, const float* db, i64 act, const Geometry& g, i64 p0, i64 p1, i64 c0,
                       float* t, i64 nblk) {
-  if (g.kh == 3 && g.kw == 3) dw_block<T, 3, 3, V>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
-  else if (g.kh == 5 && g.kw == 5) dw_block<T, 5, 5, V>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
-  else dw_block<T, 0, 0, V>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
+  if (g.R > 1) dw_blocks_<T, V, true>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
+  else dw_blocks_<T, V, false>(xb, dw, db, act, g, p0, p1, c0, t, nblk);
 }
 
 // The channels [c0, c0 + NC) left over by the 8-channel vectors (fewer than 8), pixel by pixel
@@ -357,11 +387,12 @@ static void dw_scalar(const float* xb, const float* dw, const float* db, i64 act
     const i64 j0 = imax(0, -iw0), j1 = imin(g.kw, g.W - iw0);
     for (i64 c = 0; c < NC; ++c) a[c] = db ? db[c0 + c] : 0.f;
     for (i64 i = i0; i < i1; ++i)
-      for (i64 j = j0; j < j1; ++j) {
-        const float* x = xb + ((ih0 + i) * g.W + iw0 + j) * g.C + c0;
-        const float* w = dw + (i * g.kw + j) * g.C + c0;
-        for (i64 c = 0; c < NC; ++c) a[c] += x[c] * w[c];
-      }
+      for (i64 j = j0; j < j1; ++j)
+        for (i64 gg = 0; gg < g.R; ++gg) {
+          const float* x = xb + ((ih0 + i) * g.W + iw0 + j) * g.xs + gg * g.C + c0;
+          const float* w = dw + ((i * g.kw + j) * g.R + gg) * g.C + c0;
+          for (i64 c = 0; c < NC; ++c) a[c] += x[c] * w[c];
+        }
     float* o = t + (p - p0) * g.tC + c0;
     for (i64 c = 0; c < NC; ++c) o[c] = act_scalar(a[c], act);
     if (++ow == g.Wo) { ow = 0; ++oh; }

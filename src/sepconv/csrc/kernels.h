@@ -11,10 +11,12 @@
 
 namespace sepconv {
 
-// C: input channels (and the stride of the depthwise weights); tC: the tile buffer's row stride
-// (C x depth multiplier)
+// C: the channels a depthwise pass produces (and the stride of its weights); tC: the output's row
+// stride (C x depth multiplier in the fused kernel's tile); xs: the input's pixel stride (C for a
+// plain depthwise conv); R: inputs summed per output channel (channels g C + c, g < R, of the
+// input; weights (kh x kw, R, C)): 1 for a depthwise conv, > 1 for a blueprint layer's grouped conv
 struct Geometry {
-  int64_t H, W, C, tC, Ho, Wo, kh, kw, sh, sw, pt, pl;
+  int64_t H, W, C, tC, Ho, Wo, kh, kw, sh, sw, pt, pl, xs, R;
 };
 
 // One instruction set's kernels and register blocking (the GEMM weights are packed as
@@ -24,7 +26,8 @@ struct Kernels {
   int vl;            // floats per vector
   int mr;            // GEMM rows per register block
   int cols;          // GEMM output columns per register block (16 x panels per block)
-  // the depthwise conv of output pixels [p0, p1) of one image into t (rows at stride g.tC)
+  // the depthwise conv of output pixels [p0, p1) of one image into t (rows at stride g.tC); with
+  // g.R > 1, each output channel sums R of them (see Geometry)
   void (*depthwise)(const float* xb, const float* dw, const float* db, int64_t act, const Geometry& g, int64_t p0,
                     int64_t p1, float* t);
   // out[p, n] = act(bias[n] + sum_c t[p, c] w[c, n]), p < P (rows of t at stride lda), n in the

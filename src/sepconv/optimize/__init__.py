@@ -17,14 +17,20 @@
    (folded), ReLU/ReLU6 between and after the factors are fused. Chosen **per layer** by a
    measured dispatch on the layer's own input (interleaved medians): it replaces the PyTorch
    path only where it is faster. Its large outputs come from a small caching allocator (see
-   :func:`release_buffers`). The same dispatch tries the kernel's GEMM for a dense conv with few
+   :func:`release_buffers`). Blueprint separable layers (pointwise, then a grouped conv summing
+   ``rank`` channels per output, which PyTorch runs several times slower than the dense conv they
+   replace) get the same treatment (``csrc/blueprint.cpp``, :class:`FusedBlueprintConv2d`): per
+   band of output rows the pointwise result goes to an L2-sized buffer, from which the grouped
+   conv reads it. The same dispatch tries the kernel's GEMM for a dense conv with few
    inputs per output (:class:`FusedConv2d`: a network's stem on RGB input, patches read in place,
    ReLU fused) and for linear layers (:class:`FusedLinear`: weights packed once; the BLAS path
    repacks them on every call).
 5. **Execution path**, chosen once by a measured dispatch on ``example_input`` (medians of
    interleaved runs): eager PyTorch on channels_last, eager with fused layers, a traced, frozen
    TorchScript graph run through ``torch.jit.optimize_for_inference`` (oneDNN with conv + ReLU
-   fused and weights prepacked), or (opt-in) inductor with freezing. The chosen path must match
+   fused and weights prepacked; with fused layers, the graph of the model with only its separable
+   layers fused if that is faster: oneDNN keeps the stem and classifier in its own layouts), or
+   (opt-in) inductor with freezing. The chosen path must match
    the reference output (relative error <= 1e-4 in float32) or the next best is used; eager
    channels_last always works and is the fallback, also when the kernel cannot be compiled.
 
@@ -36,7 +42,7 @@ output comparison; :mod:`.dispatch` the candidate paths, their checks and the me
 """
 
 from .dispatch import BACKENDS, CANDIDATES, STEM_MAX_K, TIE, _fuse, _fused_class, optimize_for_inference
-from .fused import _ACTS, FusedConv2d, FusedLinear, FusedSeparableConv2d, release_buffers
+from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d, release_buffers
 from .module import InferenceModule
 from .rewrite import _CONVS, _inplace_activations, _lower, fold_batchnorms
 

@@ -1,4 +1,5 @@
-"""The fused inference modules: depthwise + pointwise (``fused_dwpw``), dense convs with few
+"""The fused inference modules: depthwise + pointwise (``fused_dwpw``), blueprint separable
+(``blueprint_pwdw``), dense convs with few
 inputs per output (``conv2d_gemm``) and linear layers (``linear_gemm``) on the compiled kernels
 of :mod:`sepconv._fused`, each falling back to the layer it replaces."""
 
@@ -98,6 +99,53 @@ class FusedSeparableConv2d(nn.Module):
         b = self._buffers
         return torch.ops.sepconv.fused_dwpw(x, b["dw_weight"], b["dw_bias"], self.act_mid, b["pw_weight"], b["pw_bias"],
                                             self.n, self.act_out, *self.geometry, self.tile_bytes)
+
+
+class FusedBlueprintConv2d(nn.Module):
+    """Inference-only blueprint separable conv in one pass (``csrc/blueprint.cpp``), float32 NHWC.
+
+    Built by :func:`optimize_for_inference` from a BatchNorm-folded
+    :class:`~sepconv.BlueprintSeparableConv2d` of any rank (and the ReLU/ReLU6 after it, fused;
+    an eval-mode BatchNorm and ReLU/ReLU6 between the factors too): per band of output rows, the
+    pointwise result is computed into an L2-sized buffer and the grouped ``k x k`` conv (``rank``
+    inputs per output channel, which PyTorch runs several times slower than a depthwise conv)
+    reads it from there. Any other input runs the original layer (``reference``). The kernel is
+    the dispatcher op ``torch.ops.sepconv.blueprint_pwdw``.
+    """
+
+    def __init__(self, layer: nn.Module, act_out: int) -> None:
+        super().__init__()
+        from ..layers import _bn_affine
+
+        pw, dw = layer.pointwise, layer.depthwise
+        c, n, r = layer.in_channels, layer.out_channels, layer.rank
+        kh, kw = layer.kernel_size
+        self.reference = layer
+        self.act_mid = _ACTS[type(layer.act)]
+        self.act_out = act_out
+        self.geometry = (kh, kw, *layer.stride, layer._fpad[2], layer._fpad[3], layer._fpad[0], layer._fpad[1])
+        self.least = _min_input(c, (kh, kw), self.geometry[4:])
+        weight, bias = pw.weight.detach().float().reshape(n * r, c), None
+        if not isinstance(layer.norm, nn.Identity):  # an eval-mode BatchNorm: zero padding applies after it
+            scale, shift = (t.detach().float() for t in _bn_affine(layer.norm))
+            weight, bias = weight * scale[:, None], shift
+        # PyTorch's intermediate channel n * r + j feeds output n; the kernel's order is j * N + n
+        order = torch.arange(n * r).reshape(n, r).t().reshape(-1)
+        packed, packed_bias = _pack_panels(weight[order], None if bias is None else bias[order])
+        self.register_buffer("pw_weight", packed)
+        self.register_buffer("pw_bias", packed_bias)
+        taps = dw.weight.detach().float().reshape(n, r, kh * kw)
+        self.register_buffer("dw_weight", taps.permute(2, 1, 0).contiguous())  # (kh * kw, r, n)
+        self.register_buffer("dw_bias", dw.bias.detach().float().contiguous() if dw.bias is not None else torch.zeros(0))
+        # a band's intermediate in 3/16 of L2, as the depthwise + pointwise kernel's tile
+        self.tile_bytes = max(_fused.l2_bytes() * 3 // 16, 4 * kh * n * r)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or not _fits(x, self.least) or _needs_reference(x):
+            return _activation(self.reference(x), self.act_out)
+        b = self._buffers
+        return torch.ops.sepconv.blueprint_pwdw(x, b["pw_weight"], b["pw_bias"], self.act_mid, b["dw_weight"], b["dw_bias"],
+                                                self.act_out, *self.geometry, self.tile_bytes)
 
 
 class FusedConv2d(nn.Module):

@@ -10,7 +10,7 @@ from ..fold import fold_batchnorm
 from ..graph import fold_conv_bn
 from ..layers import _foldable_bn as _foldable
 from ..layers import _SeparableConvNd
-from .fused import FusedConv2d, FusedLinear, FusedSeparableConv2d
+from .fused import FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .._checks import check_module
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -90,7 +90,7 @@ def _inplace_activations(model: nn.Module) -> None:
     """Make a ReLU / ReLU6 that directly follows a conv (identities skipped) in an
     ``nn.Sequential`` work in place: the conv's output is a fresh tensor nobody else sees, so
     this saves an allocation and a pass over memory. Modifies ``model``."""
-    producers = (*_CONVS, nn.Linear, FusedSeparableConv2d, FusedConv2d, FusedLinear)
+    producers = (*_CONVS, nn.Linear, FusedSeparableConv2d, FusedBlueprintConv2d, FusedConv2d, FusedLinear)
 
     def produces(m: Optional[nn.Module]) -> bool:  # a fresh output: a producer, or a Sequential ending in one
         if isinstance(m, nn.Sequential):
