@@ -295,3 +295,12 @@ def test_slowest_layer_times_the_optimized_layers_and_says_why(monkeypatch):
     share = (8 * 32 + 16 * 2 * 9) / (16 * 8 * 9)  # pointwise 8 -> 32, grouped 3x3 with 2 inputs, vs dense 8 -> 16
     assert slow["why"].startswith(f"at blueprint@2 it keeps {share:.0%} of the dense convolution's MACs, and ")
     assert L.slowest_layer(original, original, [dict(name="0", structure="dense", rank=None)], torch.randn(2, 8, 6, 6), 1) is None
+
+
+def test_explain_names_the_layers_run_as_their_dense_convolution():
+    original = _lat("original", 12_000_000, 30.0, 1.0)
+    row = _lat("depthwise 50%", 6_000_000, 25.0, 0.9, densified=["features.3"])
+    assert explain(row, original, 64) == (
+        "1.20x faster than the optimized original with 2.0x fewer MACs (eager path); 1 of its separable layers runs as "
+        "the dense convolution its factors compose to (features.3: the same outputs, measured faster here than the "
+        "factors).")

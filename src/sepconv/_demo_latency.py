@@ -121,7 +121,8 @@ def measure(entries: list, x: Tensor, batch: int, rounds: int) -> list:
 
     Returns:
         One row per entry: the entry's fields plus ``eager``, ``optimized``, ``backend``,
-        ``batch1``, ``convs`` (ms are medians).
+        ``batch1``, ``convs``, ``kernels`` and ``densified`` (the layers the optimized model runs as
+        their dense convolution; ms are medians).
     """
     xb, x1 = x[:batch], x[:1]
     eager, fast, fast1 = {}, {}, {}
@@ -137,7 +138,8 @@ def measure(entries: list, x: Tensor, batch: int, rounds: int) -> list:
     for e in entries:
         k = e["model"]
         rows.append(dict(e, eager=t[f"{k} eager"], optimized=t[f"{k} optimized"], backend=fast[k].backend,
-                         batch1=t1[k], convs=conv_count(e["module"]), kernels=fused_layers(fast[k].module)))
+                         batch1=t1[k], convs=conv_count(e["module"]), kernels=fused_layers(fast[k].module),
+                         densified=list(fast[k].densified)))
     return rows
 
 
@@ -234,6 +236,10 @@ def explain(row: dict, original: dict, batch: int) -> str:
         else:
             text += (f": its {row['convs']} convolutions (the original: {original['convs']}) and the tensors between "
                      "the factors cost more than the saved MACs at this batch size")
+    if row.get("densified"):
+        n = len(row["densified"])
+        text += (f"; {n} of its separable layers {'runs' if n == 1 else 'run'} as the dense convolution its factors "
+                 f"compose to ({', '.join(row['densified'])}: the same outputs, measured faster here than the factors)")
     ratio1 = row["batch1"] / original["batch1"]
     if ratio1 > 1:
         text += (f"; at batch 1 it takes {ratio1:.2f}x the original's time: one 16x16 image is so little arithmetic "

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .. import _fused
 from .._timing import interleaved
 from .checks import CANDIDATES, check_arguments, reason, relative_error
+from .densify import densify
 from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .module import InferenceModule
 from .rewrite import _fold, _lower
@@ -275,7 +276,10 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
             is preferred: its pooled outputs make it insensitive to the allocator's state). A
             path that cannot be built, raises or differs is dropped and the reason recorded in
             the result's ``rejected``; if none is left, the original model is returned (with a
-            ``RuntimeWarning``). Without an example, the eager channels_last path is used.
+            ``RuntimeWarning``). Before that, each separable layer is timed on its own input as it
+            is, on the fused kernel and as the dense conv it composes to, and runs as the dense
+            conv where that is clearly faster (the result's ``densified`` names them; see
+            :mod:`sepconv.optimize.densify`). Without an example, the eager channels_last path is used.
         rounds: timing rounds for the dispatch, a positive int.
         candidates: paths to consider, a subset of ``('eager', 'fused', 'torchscript', 'compile')``.
             ``'fused'`` replaces each depthwise separable layer by the fused kernel where that
@@ -319,6 +323,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
                          f"({reason(exc)})") from exc
     if not isinstance(reference, Tensor):
         raise TypeError(f"model: expected a module returning one tensor, got {type(reference).__name__}")
+    folded, densified = densify(folded, x, rounds)  # separable layers that run faster as their dense conv
     rejected, archives = {}, {}
     correct = _check(_build(folded, x, four_d, rounds, candidates, rejected, archives), x, reference, rejected)
     timings = _measure(correct, x, rounds, rejected)
@@ -334,6 +339,7 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
     if tied:
         best = min(tied, key=lambda k: timings[k])
     if best in ("eager", "fused"):  # no baked-in sizes: any input size runs this path
-        return InferenceModule(correct[best], best, four_d, timings, rejected=rejected, batchnorms=batchnorms)
+        return InferenceModule(correct[best], best, four_d, timings, rejected=rejected, batchnorms=batchnorms,
+                               densified=densified)
     return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]),
-                           rejected=rejected, archive=archives.get(best), batchnorms=batchnorms)
+                           rejected=rejected, archive=archives.get(best), batchnorms=batchnorms, densified=densified)

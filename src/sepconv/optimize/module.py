@@ -29,12 +29,14 @@ class InferenceModule(nn.Module):
             model's), e.g. ``{'torchscript': 'failed on the example input: RuntimeError: ...'}``.
         batchnorms: each BatchNorm of the model (by qualified name) -> ``"folded into 'conv'"``
             or why it was left alone, e.g. ``{'layer1.0.bn1': "folded into 'layer1.0.conv1'"}``.
+        densified: the separable layers (qualified names) that run as the dense conv they compose
+            to, because that measured clearly faster on this machine (same outputs).
     """
 
     def __init__(self, module: nn.Module, backend: str, channels_last: bool, timings: dict,
                  eager: Optional[nn.Module] = None, shape: Optional[tuple] = None,
                  rejected: Optional[dict] = None, archive: Optional[bytes] = None,
-                 batchnorms: Optional[dict] = None) -> None:
+                 batchnorms: Optional[dict] = None, densified: Optional[list] = None) -> None:
         super().__init__()
         self.module = module
         self.backend = backend
@@ -42,6 +44,7 @@ class InferenceModule(nn.Module):
         self.timings = timings
         self.rejected = dict(rejected or {})
         self.batchnorms = dict(batchnorms or {})
+        self.densified = list(densified or [])
         self._archive = archive  # the frozen TorchScript graph, saved by torch.jit (see __getstate__)
         # a traced graph has the example's sizes baked in (e.g. TF 'same' pads): other sizes run eager
         self.eager = eager
@@ -87,6 +90,7 @@ class InferenceModule(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("batchnorms", {})  # saved before BatchNorm outcomes were recorded
+        self.__dict__.setdefault("densified", [])
         if self._archive is None:
             return
         if "fused" in self.backend and _fused.load() is None:  # the graph calls the kernels' ops
