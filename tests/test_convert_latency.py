@@ -6,6 +6,7 @@ and that the report carries the predicted and measured times.
 """
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -34,12 +35,38 @@ def _fake_times(slow: str, dense_ms: float = 10.0):
     return times
 
 
+def _rank_of(m: nn.Module):
+    return getattr(m, "depth_multiplier", None) or getattr(m, "rank", None)
+
+
+class _Machine:
+    """Times a model as the fake table does (10 ms per dense conv, 1 + 0.2 * rank per separable
+    layer, 5 ms for the rest), but the separable layers really take ``factor`` times the table's
+    time plus ``extra`` ms each: what the table cannot see. Counts the side-by-side runs."""
+
+    def __init__(self, factor: float = 1.0, extra: float = 0.0) -> None:
+        self.factor, self.extra, self.runs = factor, extra, 0
+
+    def ms(self, model: nn.Module) -> float:
+        total = 5.0
+        for name in ("0", "3", "6"):
+            m = model.get_submodule(name)
+            total += 10.0 if type(m) is nn.Conv2d else self.factor * (1.0 + 0.2 * _rank_of(m)) + self.extra
+        return total
+
+    def side_by_side(self, original, converted, x):
+        self.runs += 1
+        return 35.0, self.ms(converted)
+
+
 @pytest.fixture
 def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(timing, "optimized", lambda model, x: model)
     monkeypatch.setattr(timing, "model_ms", lambda fast, x: 35.0)  # 3 x 10 ms of convs + 5 ms of the rest
-    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (35.0, 20.0))
+    machine = _Machine()
+    monkeypatch.setattr(timing, "side_by_side", machine.side_by_side)
+    return machine
 
 
 @pytest.mark.parametrize("slow", ["spatial", "blueprint", "depthwise"])
@@ -49,7 +76,7 @@ def test_the_allocation_honours_the_predicted_time_and_avoids_slow_structures(mo
     x = torch.randn(1, 3, 16, 16)
     small, report = convert(_net(), budget=budget, cost="latency", example_input=x)
     t = report.latency
-    assert t["original_ms"] == 35.0 and t["measured_ms"] == 20.0
+    assert t["original_ms"] == 35.0 and t["measured_ms"] == fake_machine.ms(small) and t["rounds"] == 1
     assert t["predicted_ms"] <= budget * 35.0 + 1e-9
     chosen = {r.structure for r in report.layers}
     assert slow not in chosen
@@ -113,5 +140,96 @@ def test_layer_times_longer_than_the_model_are_scaled_so_a_budget_of_one_is_reac
     monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
     _, report = convert(_net(), budget=1.0, cost="latency", example_input=torch.randn(1, 3, 16, 16))
     expected = 20.0 + sum((1.0 + 0.2 * r.rank - 10.0) * 2 / 3 for r in report.layers if r.structure != "dense")
-    assert report.latency["predicted_ms"] == pytest.approx(expected)
-    assert report.latency["predicted_ms"] <= 20.0
+    assert report.latency["predicted_ratio"] == pytest.approx(expected / 20.0)
+    assert report.latency["predicted_ratio"] <= 1.0
+
+
+def test_a_budget_missed_as_measured_is_corrected_and_allocated_again(monkeypatch, fake_machine):
+    """The separable layers really take 3x the table's time: the first allocation meets its
+    prediction but not the budget as measured; the times are corrected by the measured factor and
+    the second allocation holds, so the loop stops there."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    fake_machine.factor = 3.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the budget is met: no warning
+        small, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    t = report.latency
+    first, second = t["trials"]
+    assert t["rounds"] == 2 and fake_machine.runs == 2
+    assert first["predicted_ratio"] <= 0.6 < first["measured_ratio"]
+    assert second["measured_ratio"] <= 0.6
+    # the kept model is the one measured in the second round, and the correction made its prediction exact
+    assert t["measured_ms"] == fake_machine.ms(small) == pytest.approx(0.6 * 35.0, abs=3.0)
+    assert t["predicted_ratio"] == pytest.approx(t["measured_ratio"])
+    assert "2 allocations measured" in report.to_markdown()
+
+
+def test_a_budget_met_at_once_is_measured_once(monkeypatch, fake_machine):
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    assert report.latency["rounds"] == 1 and fake_machine.runs == 1
+    assert report.latency["predicted_ratio"] == pytest.approx(report.latency["measured_ratio"])
+
+
+def test_a_budget_never_met_as_measured_keeps_the_fastest_and_says_so(monkeypatch, fake_machine):
+    """Every separable layer really costs 9 ms more than the table says (e.g. layout reorders): no
+    allocation reaches 0.5 as measured; at most MAX_ROUNDS models are measured, the fastest is
+    kept, and a warning says by how much the budget was missed."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    fake_machine.extra = 9.0
+    with pytest.warns(RuntimeWarning) as caught:
+        small, report = convert(_net(), budget=0.5, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    t = report.latency
+    assert 1 <= t["rounds"] == fake_machine.runs <= timing.MAX_ROUNDS
+    assert t["measured_ratio"] == min(r["measured_ratio"] for r in t["trials"]) > 0.5
+    assert t["measured_ms"] == fake_machine.ms(small)
+    tried = f"the fastest of {t['rounds']} allocations" if t["rounds"] > 1 else "the allocation"
+    note = (f"the time budget was not reached as measured: {tried} measured "
+            f"{t['measured_ratio']:.3f} of the optimized original's time, budget 0.5 "
+            f"({t['measured_ratio'] / 0.5 - 1:.0%} over)")
+    assert [str(w.message) for w in caught] == [f"convert: {note}"]
+    assert note in report.message
+
+
+def test_a_budget_out_of_reach_once_corrected_keeps_what_was_measured(monkeypatch):
+    """The correction makes the budget unreachable in the allocation's own terms: the loop stops
+    and keeps the measured allocation (the allocation's error is the user's only before anything
+    was measured)."""
+    calls = []
+
+    def choose(ms):
+        calls.append(ms)
+        if len(calls) > 1:
+            raise ValueError("budget: expected at least 0.9, ...")
+        return {}, "first"
+
+    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, 9.0))
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1.0, 2.0))
+    kept, trials = timing.within_budget([], 0.5, 10.0, choose, lambda c: (nn.Identity(), 0.1), nn.Identity(),
+                                        torch.zeros(1))
+    assert len(calls) == 2 and trials == [kept] and kept.message == "first" and kept.ratio == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("history,expected", [
+    ([(2.0, 10.0, -6.0)], 2.0),  # the converted layers took 4 ms where 2 were predicted
+    ([(2.0, 10.0, -6.0), (4.0, 10.0, 2.0)], (2 * 4 + 4 * 12) / (4 + 16)),  # least squares over rounds
+    ([(1.0, 1.0, 1000.0)], 100.0),  # clamped
+    ([], 1.0),
+])
+def test_the_correction_is_the_least_squares_factor_over_the_rounds(history, expected):
+    assert timing.correction(history) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("measured,rounds", [(5.05, 1), (5.2, 2)])
+def test_a_ratio_within_measurement_noise_of_the_budget_meets_it(monkeypatch, measured, rounds):
+    """Two side-by-side runs of one model differ by ~2%: 0.505 meets a budget of 0.5, 0.52 does not."""
+    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, measured))
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1.0, 2.0))
+    choices = iter([{"a": object()}, {"a": object()}, {"a": object()}])
+    kept, trials = timing.within_budget([], 0.5, 10.0, lambda ms: (next(choices), ""), lambda c: (nn.Identity(), 0.1),
+                                        nn.Identity(), torch.zeros(1))
+    assert len(trials) == (1 if rounds == 1 else timing.MAX_ROUNDS)

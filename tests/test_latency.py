@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from sepconv import layers as L
-from sepconv.latency import LatencyTable, _interpolate, candidate_layer, machine_key, sample_ranks
+from sepconv import latency
+from sepconv.latency import LatencyTable, _interpolate, candidate_layer, fastest, machine_key, sample_ranks
 
 
 def test_sample_ranks_keeps_both_ends_and_spreads_geometrically():
@@ -82,4 +83,26 @@ def test_the_machine_key_depends_on_threads_and_forced_isa(monkeypatch):
     plain = machine_key(2)
     assert machine_key(1) != plain
     monkeypatch.setenv("SEPCONV_ISA", "avx2")
+    assert machine_key(2) != plain
+
+
+def test_fastest_keeps_each_functions_least_time_over_the_rounds(monkeypatch):
+    """A busy machine only adds time: of rounds taking 5, 1 and 7 ms (and 4, 4, 40 ms), the table
+    keeps 1 (and 4), where a median would keep 5 (and 4). A fake clock, no real timing."""
+    clock = [0.0]
+    durations = {"a": iter([0, 5, 0, 1, 0, 7]), "b": iter([0, 4, 0, 4, 0, 40])}  # untimed warm call, then timed
+
+    def run(name):
+        def f():
+            clock[0] += next(durations[name]) / 1e3
+        return f
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    assert fastest({"a": run("a"), "b": run("b")}, rounds=3, block=1) == pytest.approx({"a": 1.0, "b": 4.0})
+
+
+def test_the_machine_key_depends_on_how_the_table_is_measured(monkeypatch):
+    """A table measured with another statistic (medians, inflated on a busy machine) is not reused."""
+    plain = machine_key(2)
+    monkeypatch.setattr(latency, "TABLE_FORMAT", latency.TABLE_FORMAT + 1)
     assert machine_key(2) != plain

@@ -10,8 +10,11 @@ Measuring smartly: latency is close to affine in the rank for one structure and 
 few ranks per structure are timed (about ``samples``, spread geometrically over the ranks that
 are cheaper than the dense layer in MACs, always the smallest and the largest) and the others are
 interpolated linearly between them. Every timed candidate of a layer shape is timed in the same
-interleaved run as the dense layer (medians), so the ratios within a layer are fair. The table is
-cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
+interleaved run as the dense layer, so the ratios within a layer are fair; each candidate's time is
+the least over the rounds of a warm block of calls (:func:`fastest`): another process on a shared
+machine only ever adds time, and on 2 busy cores a median can be a multiple of the quiet time (a
+2-thread kernel waits a whole scheduler slice for a descheduled thread), which a cached table would
+then keep. The table is cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
 count, in ``$SEPCONV_CACHE_DIR`` or ``~/.cache/sepconv/latency``; a second conversion of a model
 with the same layer shapes times nothing.
 """
@@ -21,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
@@ -30,9 +35,11 @@ from torch import nn
 
 from . import _fused
 from ._io import write_atomic
-from ._timing import interleaved
+__all__ = ["LatencyTable", "candidate_layer", "fastest", "sample_ranks"]
 
-__all__ = ["LatencyTable", "candidate_layer", "sample_ranks"]
+# how the table's times are measured; part of the cache key, so that a table measured another way
+# (format 1: medians, which a busy machine inflates several-fold) is measured again, not reused
+TABLE_FORMAT = 2
 
 
 def cache_directory() -> str:
@@ -52,7 +59,7 @@ def machine_key(threads: Optional[int] = None) -> str:
     except OSError:
         kernels = "no-kernel-sources"
     text = "\0".join((_fused.cpu_signature(), torch.__version__, __version__, kernels, str(threads),
-                      os.environ.get("SEPCONV_ISA", "")))
+                      os.environ.get("SEPCONV_ISA", ""), f"format {TABLE_FORMAT}"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -87,6 +94,33 @@ def _interpolate(points: dict[int, float], rank: int) -> float:
     raise AssertionError("unreachable")
 
 
+def fastest(fns: dict[str, Callable[[], object]], rounds: int, block: int = 2) -> dict[str, float]:
+    """Least ms per call of each function over ``rounds`` interleaved rounds.
+
+    Each round runs the functions in turn (a fresh, seeded random order), each as one untimed call
+    (warm again after the others) then ``block`` timed calls back to back; a round's time is the
+    block's mean, and the result the least over the rounds. Other work on the machine only adds
+    time, so the least is the best estimate of the time on a quiet machine, where a median taken on
+    a busy one is not (see the module docstring).
+
+    Example:
+        >>> sorted(fastest({"a": lambda: sum(range(100)), "b": lambda: sum(range(1000))}, rounds=2))
+        ['a', 'b']
+    """
+    best = {k: float("inf") for k in fns}
+    names, order = list(fns), random.Random(0)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            order.shuffle(names)
+            for k in names:
+                fns[k]()
+                t = time.perf_counter()
+                for _ in range(block):
+                    fns[k]()
+                best[k] = min(best[k], (time.perf_counter() - t) * 1e3 / block)
+    return best
+
+
 def candidate_layer(structure: str, conv: nn.Module, rank: Optional[int], bias: bool) -> nn.Module:
     """A module with ``conv``'s configuration in ``structure`` at ``rank``, random weights (timing
     does not depend on the values): ``'dense'``, ``'depthwise'``, ``'blueprint'`` or ``'spatial'``."""
@@ -118,7 +152,7 @@ class LatencyTable:
     """Milliseconds per candidate layer on this machine, measured once and cached on disk.
 
     Args:
-        rounds: interleaved timing rounds per layer shape (medians).
+        rounds: interleaved timing rounds per layer shape (the least of each candidate's kept).
         samples: ranks timed per structure; the others are interpolated.
         path: the cache file (default: one per machine key in :func:`cache_directory`); ``None``
             with ``cache=False`` keeps the table in memory only.
@@ -178,7 +212,7 @@ class LatencyTable:
             fast = optimize_for_inference(layer, x, rounds=2, candidates=("eager", "fused"))
             fns[name] = lambda fast=fast: fast(x)
         self.measured += len(fns)
-        return interleaved(fns, self.rounds, warmup=1)
+        return fastest(fns, self.rounds)
 
     def save(self) -> None:
         """Write the table to its cache file (atomically); errors are reported, never raised."""

@@ -1,24 +1,40 @@
-"""``cost="latency"``: each candidate's measured time on this machine, and the model's own.
+"""``cost="latency"``: each candidate's measured time on this machine, the model's own, and the
+loop that makes the budget hold as measured.
 
 The candidates' times come from :class:`sepconv.latency.LatencyTable` (measured through
 ``optimize_for_inference``'s eager and fused paths on an input of the layer's shape, a few ranks
 per structure timed and the rest interpolated, cached on disk per machine). The model's time is
 that of ``optimize_for_inference(model, example_input)``, the path a user deploys; the predicted
 time of a conversion is the model's time with each converted layer's dense time replaced by its
-candidate's (:func:`~sepconv.convert.allocate.predicted_ms`), and after the surgery the converted
-model is optimized and measured side by side with the original (interleaved blocks, medians).
+candidate's (:func:`~sepconv.convert.allocate.predicted_ms`).
+
+A layer timed alone is not the layer inside the optimized model: there the dense convs run in
+oneDNN's fused graph (conv + add + ReLU in one kernel, no layout reorders between them), while
+a separable layer breaks that chain into two convs, or into a fused kernel with reorders around
+it. So the prediction is checked (:func:`within_budget`): the converted model is built, optimized
+and timed side by side with the optimized original (interleaved blocks, medians); where the
+measured ratio exceeds the budget, the converted layers' times are corrected by the factor the
+measurements say (least squares over the rounds so far, :func:`correction`) and the allocation is
+made again, at most :data:`MAX_ROUNDS` models measured. The kept result is the first that met the
+budget as measured, else the fastest measured (and ``convert`` warns by how much it missed).
 """
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
 from .._timing import interleaved
-from ..latency import LatencyTable
+from ..latency import LatencyTable, fastest
+from .allocate import _dense_ms, fit_times, predicted_ms
 from .candidates import _Layer
 
 ROUNDS = 10  # interleaved rounds of whole-model timings
 BLOCK = 3  # back-to-back calls per round
+MAX_ROUNDS = 3  # converted models built and measured, at most, to meet a time budget
+# a measured ratio up to 2% over the budget counts as within it: two side-by-side runs of the same
+# model differ by about that much here (and an all-dense result would otherwise "miss" a budget of 1)
+NOISE = 0.02
 
 
 def attach_latencies(layers: list[_Layer], table: Optional[LatencyTable] = None) -> LatencyTable:
@@ -43,8 +59,10 @@ def optimized(model: nn.Module, x: Tensor) -> nn.Module:
 
 
 def model_ms(fast: nn.Module, x: Tensor) -> float:
-    """Median ms of one call of the optimized model ``fast`` on ``x``."""
-    return interleaved({"model": lambda: fast(x)}, ROUNDS, warmup=2, block=BLOCK)["model"]
+    """Least ms of one call of the optimized model ``fast`` on ``x`` over interleaved rounds of warm
+    blocks: the same statistic as the layers' table (:func:`sepconv.latency.fastest`), so that the
+    layers' and the model's times add up on a busy machine too."""
+    return fastest({"model": lambda: fast(x)}, ROUNDS, block=BLOCK)["model"]
 
 
 def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[float, float]:
@@ -52,3 +70,98 @@ def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[
     t = interleaved({"original": lambda: original(x), "converted": lambda: converted(x)}, ROUNDS, warmup=2,
                     block=BLOCK)
     return t["original"], t["converted"]
+
+
+@dataclass
+class Trial:
+    """One allocation, built and measured side by side with the original."""
+
+    choice: dict  # layer name -> _Candidate
+    message: str  # what the allocation says about itself (auto's comparison), or ""
+    predicted_ratio: float  # predicted time / the original's, with the corrections of its round
+    original_ms: float  # measured side by side (medians)
+    measured_ms: float
+    error: float  # the model output's relative error on the example input
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_ms / self.original_ms
+
+
+def _converted_sums(layers: list[_Layer], choice: dict, base: dict) -> tuple[float, float]:
+    """Uncorrected ms of the chosen candidates of the converted layers, and of those layers dense."""
+    todo = [l for l in layers if choice[l.name].structure != "dense"]
+    return sum(base[id(choice[l.name])] for l in todo), sum(_dense_ms(l) for l in todo)
+
+
+def correction(history: list[tuple[float, float, float]]) -> float:
+    """The factor by which the converted layers' table times fall short, from the measurements.
+
+    Each measured round gives ``(cand, dense, delta)``: the uncorrected predicted ms of its
+    converted layers, what those layers take dense, and the measured converted-minus-original
+    time (in the table's units). The converted layers then really took ``delta + dense``; the
+    factor is the least-squares ``a`` in ``a * cand = delta + dense`` over the rounds, clamped to
+    [0.1, 100].
+
+    Example:
+        >>> correction([(2.0, 10.0, -6.0)])  # 4 ms where 2 were predicted
+        2.0
+    """
+    num = sum(c * (d + n) for c, n, d in history)
+    den = sum(c * c for c, _, _ in history)
+    return 1.0 if den <= 0 else min(max(num / den, 0.1), 100.0)
+
+
+def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float], tuple],
+                  build: Callable[[dict], tuple], original: nn.Module, x: Tensor) -> tuple[Trial, list[Trial]]:
+    """Allocate, build, measure; while the measured ratio exceeds ``budget``, correct and repeat.
+
+    Args:
+        layers: the layers with their candidates' table times (``ms``); corrected in place.
+        budget: the fraction of the original's measured time to reach.
+        latency_ms: the optimized original's time in the table's units (:func:`model_ms`).
+        choose: ``latency_ms -> (choice, message)``, the allocation under the current times
+            (raises ValueError where the budget cannot be reached).
+        build: ``choice -> (converted model, output error)``, the model is not ``layers``' target.
+        original: the optimized original model, timed again side by side with each result.
+        x: the example input.
+
+    Returns:
+        The kept trial (the first within the budget as measured, else the fastest measured) and
+        every trial in order.
+    """
+    fit_times(layers, latency_ms)
+    base = {id(c): c.ms for l in layers for c in l.candidates}
+    trials: list[Trial] = []
+    history: list[tuple[float, float, float]] = []
+    factor = 1.0
+    for round_ in range(MAX_ROUNDS):
+        for l in layers:
+            for c in l.candidates:
+                c.ms = base[id(c)] * (1.0 if c.structure == "dense" else factor)
+        try:
+            choice, message = choose(latency_ms)
+        except ValueError:
+            if not trials:
+                raise  # the budget is out of reach before anything was measured: the user's error
+            break  # out of reach once corrected: keep what was measured
+        if any(all(t.choice[k] is choice[k] for k in choice) for t in trials):
+            break  # the corrections changed nothing: measuring it again tells nothing new
+        predicted = predicted_ms(layers, choice, latency_ms) / latency_ms
+        model, error = build(choice)
+        before, after = side_by_side(original, optimized(model, x), x)
+        trials.append(Trial(choice, message, predicted, before, after, error))
+        if after <= within(budget) * before:
+            break
+        cand, dense = _converted_sums(layers, choice, base)
+        if cand <= 0:
+            break  # nothing converted: no layer's time to correct
+        history.append((cand, dense, (after / before - 1.0) * latency_ms))
+        factor = correction(history)
+    last = trials[-1]  # the loop stops at the first allocation within the budget as measured
+    return (last if last.ratio <= within(budget) else min(trials, key=lambda t: t.ratio)), trials
+
+
+def within(budget: float) -> float:
+    """The largest measured ratio that counts as meeting ``budget`` (:data:`NOISE`)."""
+    return budget * (1.0 + NOISE)
