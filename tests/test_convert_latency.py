@@ -233,3 +233,14 @@ def test_a_ratio_within_measurement_noise_of_the_budget_meets_it(monkeypatch, me
     kept, trials = timing.within_budget([], 0.5, 10.0, lambda ms: (next(choices), ""), lambda c: (nn.Identity(), 0.1),
                                         nn.Identity(), torch.zeros(1))
     assert len(trials) == (1 if rounds == 1 else timing.MAX_ROUNDS)
+
+
+def test_the_models_time_is_the_least_of_two_timings_around_the_table(monkeypatch, fake_machine):
+    """A busy moment inflates the first timing of the original (80 ms): the allocation uses the
+    second one (35 ms), taken after the layers' table."""
+    times = iter([80.0, 35.0])
+    monkeypatch.setattr(timing, "model_ms", lambda fast, x: next(times))
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    with pytest.raises(ValueError, match=re.escape("(predicted 8.600 ms of the optimized model's 35.000 ms on this "
+                                                   "machine), got 0.1")):
+        convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))

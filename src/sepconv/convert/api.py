@@ -129,9 +129,13 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     allocation is built on a copy of ``target``, optimized and timed side by side with the
     optimized original, and corrected where it missed. Sets ``report.latency`` (and warns where
     no allocation met the budget as measured)."""
-    timing.attach_latencies(layers)
     original = timing.optimized(model, probe)
-    latency_ms = timing.model_ms(original, probe)
+    before = timing.model_ms(original, probe)
+    timing.attach_latencies(layers)
+    # timed before and after the layers' table (seconds to minutes apart when it is measured): the
+    # least of the two, so that one busy moment does not shift the budget (the rest of the model's
+    # time is this minus the dense layers' times)
+    latency_ms = min(before, timing.model_ms(original, probe))
     args = (budget, None, None, "global", report.macs_before)
 
     def choose(ms: float) -> tuple[dict, str]:
