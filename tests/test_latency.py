@@ -9,7 +9,7 @@ from torch import nn
 
 from sepconv import layers as L
 from sepconv import latency
-from sepconv.latency import LatencyTable, _interpolate, candidate_layer, fastest, machine_key, sample_ranks
+from sepconv.latency import LatencyTable, _envelope, _interpolate, candidate_layer, fastest, machine_key, sample_ranks
 
 
 def test_sample_ranks_keeps_both_ends_and_spreads_geometrically():
@@ -106,3 +106,15 @@ def test_the_machine_key_depends_on_how_the_table_is_measured(monkeypatch):
     plain = machine_key(2)
     monkeypatch.setattr(latency, "TABLE_FORMAT", latency.TABLE_FORMAT + 1)
     assert machine_key(2) != plain
+
+
+def test_a_smaller_rank_measured_slower_than_a_larger_one_gets_the_larger_ones_time(monkeypatch, tmp_path):
+    """A spike (rank 2 timed at 5.2 ms while a busy neighbour ran, ranks 1 and 4 at 0.6 and 0.7)
+    would make the allocation skip rank 2 and the ranks interpolated next to it."""
+    assert _envelope({1: 0.6, 2: 5.2, 4: 0.7, 8: 1.1}) == {1: 0.6, 2: 0.7, 4: 0.7, 8: 1.1}
+    measured = {"dense": 3.0, "depthwise:1": 0.6, "depthwise:2": 5.2, "depthwise:4": 0.7}
+    monkeypatch.setattr(LatencyTable, "_measure", lambda self, conv, shape, bias, which: {n: measured[n] for n in which})
+    table = LatencyTable(samples=3, path=str(tmp_path / "t.json"))
+    ms = table.times(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), {"depthwise": [1, 2, 3, 4]}, bias=False)
+    assert ms == {("dense", None): 3.0, ("depthwise", 1): 0.6, ("depthwise", 2): 0.7, ("depthwise", 3): 0.7,
+                  ("depthwise", 4): 0.7}

@@ -9,7 +9,8 @@ faster, else PyTorch's channels_last path) and timed on an input of the layer's 
 Measuring smartly: latency is close to affine in the rank for one structure and shape, so only a
 few ranks per structure are timed (about ``samples``, spread geometrically over the ranks that
 are cheaper than the dense layer in MACs, always the smallest and the largest) and the others are
-interpolated linearly between them. Every timed candidate of a layer shape is timed in the same
+interpolated linearly between them (a smaller rank never predicted slower than a larger one:
+:func:`_envelope`). Every timed candidate of a layer shape is timed in the same
 interleaved run as the dense layer, so the ratios within a layer are fair; each candidate's time is
 the least over the rounds of a warm block of calls (:func:`fastest`): another process on a shared
 machine only ever adds time, and on 2 busy cores a median can be a multiple of the quiet time (a
@@ -79,6 +80,22 @@ def sample_ranks(ranks: Sequence[int], samples: int = 6) -> list[int]:
         target = lo * (hi / lo) ** (i / (samples - 1))
         picks.add(min(ranks, key=lambda r: abs(r - target)))
     return sorted(picks)
+
+
+def _envelope(points: dict[int, float]) -> dict[int, float]:
+    """Each rank's time at most that of any larger rank of the same structure: a larger rank does
+    more work, so a smaller rank measured slower was slowed by something else on the machine (a
+    spike that would make the allocation skip a good rank).
+
+    Example:
+        >>> _envelope({1: 0.6, 2: 5.2, 4: 0.7, 8: 1.1})
+        {1: 0.6, 2: 0.7, 4: 0.7, 8: 1.1}
+    """
+    out, least = {}, float("inf")
+    for r in sorted(points, reverse=True):
+        least = min(least, points[r])
+        out[r] = least
+    return dict(sorted(out.items()))
 
 
 def _interpolate(points: dict[int, float], rank: int) -> float:
@@ -195,7 +212,7 @@ class LatencyTable:
             known.update(self._measure(conv, in_shape, bias, {n: wanted[n] for n in missing}))
         out = {("dense", None): known["dense"]}
         for structure, rs in ranks.items():
-            points = {int(n.split(":")[1]): v for n, v in known.items() if n.startswith(structure + ":")}
+            points = _envelope({int(n.split(":")[1]): v for n, v in known.items() if n.startswith(structure + ":")})
             for r in rs:
                 out[(structure, r)] = points[r] if r in points else _interpolate(points, r)
         return out
