@@ -40,7 +40,7 @@ __all__ = ["LatencyTable", "candidate_layer", "fastest", "sample_ranks"]
 
 # how the table's times are measured; part of the cache key, so that a table measured another way
 # (format 1: medians, which a busy machine inflates several-fold) is measured again, not reused
-TABLE_FORMAT = 2
+TABLE_FORMAT = 2  # 2: least times, inputs in channels_last
 
 
 def cache_directory() -> str:
@@ -222,6 +222,9 @@ class LatencyTable:
 
         torch.manual_seed(0)
         x = torch.randn(*in_shape, dtype=conv.weight.dtype)
+        if x.dim() == 4:  # as the layer gets it inside the optimized model (channels_last from its
+            # input on): not a layout copy of its input in every timed call, which the model does not pay
+            x = x.contiguous(memory_format=torch.channels_last)
         fns = {}
         for name, spec in which.items():
             structure, rank = spec if spec is not None else ("dense", None)
