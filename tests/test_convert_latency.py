@@ -244,3 +244,17 @@ def test_the_models_time_is_the_least_of_two_timings_around_the_table(monkeypatc
     with pytest.raises(ValueError, match=re.escape("(predicted 8.600 ms of the optimized model's 35.000 ms on this "
                                                    "machine), got 0.1")):
         convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+
+
+def test_a_busy_machine_while_timing_the_layers_is_said(monkeypatch, fake_machine):
+    def times(self, conv, in_shape, ranks, bias):
+        if in_shape[1] > 3:  # the 2nd and 3rd layers timed while the machine was busy
+            self.busy[repr(in_shape)] = {"dense"}
+        return _fake_times("none")(self, conv, in_shape, ranks, bias)
+
+    monkeypatch.setattr(LatencyTable, "times", times)
+    with pytest.warns(RuntimeWarning, match=re.escape(
+            "convert: the machine was busy while 2 of 3 layers were timed (other work slowed the multi-threaded "
+            "timings); their times were not cached and the predicted latency is less reliable: convert again on a "
+            "quiet machine")):
+        convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))

@@ -15,7 +15,10 @@ interleaved run as the dense layer, so the ratios within a layer are fair; each 
 the least over the rounds of a warm block of calls (:func:`fastest`): another process on a shared
 machine only ever adds time, and on 2 busy cores a median can be a multiple of the quiet time (a
 2-thread kernel waits a whole scheduler slice for a descheduled thread), which a cached table would
-then keep. The table is cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
+then keep. Where even the least is inflated (the first candidate's multi-threaded time well above
+its single-threaded one, :func:`_busy`), the machine is busy: each candidate's time is the least of
+its multi- and single-threaded times, used for this conversion only and not cached (``busy``).
+The table is cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
 count, in ``$SEPCONV_CACHE_DIR`` or ``~/.cache/sepconv/latency``; a second conversion of a model
 with the same layer shapes times nothing.
 """
@@ -165,6 +168,25 @@ def _layer_key(conv: nn.Module, in_shape: Sequence[int], bias: bool) -> str:
                        conv.padding_mode, bool(bias), str(conv.weight.dtype)])
 
 
+def _one_thread(fns: dict, rounds: int) -> dict[str, float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fastest(fns, rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _busy(times: dict[str, float], fns: dict, rounds: int) -> bool:
+    """Whether other work on the machine slowed the multi-threaded timings: the first candidate
+    took more than 1.5x (+ 50 us) its single-threaded time. On a quiet machine more threads are
+    never that much slower; on busy cores every parallel call waits a scheduler slice (several
+    ms) for a descheduled thread, so that even the least of many rounds is inflated (a 256-channel
+    14x14 conv: 16 ms with 2 threads, 1 ms quiet)."""
+    first = next(iter(fns))
+    return times[first] > 1.5 * _one_thread({first: fns[first]}, min(rounds, 3))[first] + 0.05
+
+
 class LatencyTable:
     """Milliseconds per candidate layer on this machine, measured once and cached on disk.
 
@@ -188,6 +210,9 @@ class LatencyTable:
         self.path = path or os.path.join(cache_directory(), f"{machine_key()}.json")
         self.entries: dict[str, dict[str, float]] = {}
         self.measured = 0  # candidates timed by this table (not read from the cache)
+        # layer key -> candidates timed while the machine was busy: used for this conversion (the
+        # least of the 2-thread and 1-thread times), never written to the cache
+        self.busy: dict[str, set] = {}
         if cache:
             try:
                 with open(self.path) as f:
@@ -209,7 +234,10 @@ class LatencyTable:
                 wanted[f"{structure}:{r}"] = (structure, r)
         missing = [name for name in wanted if name not in known]
         if missing:
-            known.update(self._measure(conv, in_shape, bias, {n: wanted[n] for n in missing}))
+            times, busy = self._measure(conv, in_shape, bias, {n: wanted[n] for n in missing})
+            known.update(times)
+            if busy:
+                self.busy.setdefault(key, set()).update(times)
         out = {("dense", None): known["dense"]}
         for structure, rs in ranks.items():
             points = _envelope({int(n.split(":")[1]): v for n, v in known.items() if n.startswith(structure + ":")})
@@ -217,7 +245,8 @@ class LatencyTable:
                 out[(structure, r)] = points[r] if r in points else _interpolate(points, r)
         return out
 
-    def _measure(self, conv, in_shape, bias, which: dict) -> dict[str, float]:
+    def _measure(self, conv, in_shape, bias, which: dict) -> tuple[dict[str, float], bool]:
+        """The candidates' times, and whether the machine was found busy (see :func:`_busy`)."""
         from .optimize import optimize_for_inference
 
         torch.manual_seed(0)
@@ -232,7 +261,12 @@ class LatencyTable:
             fast = optimize_for_inference(layer, x, rounds=2, candidates=("eager", "fused"))
             fns[name] = lambda fast=fast: fast(x)
         self.measured += len(fns)
-        return fastest(fns, self.rounds)
+        times = fastest(fns, self.rounds)
+        threads = torch.get_num_threads()
+        if threads == 1 or not _busy(times, fns, self.rounds):
+            return times, False
+        single = _one_thread(fns, self.rounds)
+        return {k: min(v, single[k]) for k, v in times.items()}, True
 
     def save(self) -> None:
         """Write the table to its cache file (atomically); errors are reported, never raised."""
@@ -240,8 +274,11 @@ class LatencyTable:
             return
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            layers = {k: {n: v for n, v in entry.items() if n not in self.busy.get(k, ())}
+                      for k, entry in self.entries.items()}
             text = json.dumps({"machine": _fused.cpu_signature(), "torch": torch.__version__,
-                               "threads": torch.get_num_threads(), "layers": self.entries}, indent=1)
+                               "threads": torch.get_num_threads(),
+                               "layers": {k: entry for k, entry in layers.items() if entry}}, indent=1)
             write_atomic(self.path, lambda f: f.write(text.encode()))
         except OSError as exc:
             print(f"sepconv: could not cache the latency table in {self.path}: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ made again, at most :data:`MAX_ROUNDS` models measured. The kept result is the f
 budget as measured, else the fastest measured (and ``convert`` warns by how much it missed).
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -49,6 +50,11 @@ def attach_latencies(layers: list[_Layer], table: Optional[LatencyTable] = None)
         for c in l.candidates:
             c.ms = times[(c.structure, c.rank)]
     table.save()
+    if table.busy:
+        warnings.warn(f"convert: the machine was busy while {len(table.busy)} of {len(layers)} layers were timed "
+                      "(other work slowed the multi-threaded timings); their times were not cached and the "
+                      "predicted latency is less reliable: convert again on a quiet machine", RuntimeWarning,
+                      stacklevel=4)
     return table
 
 
