@@ -258,3 +258,16 @@ def test_a_busy_machine_while_timing_the_layers_is_said(monkeypatch, fake_machin
             "timings); their times were not cached and the predicted latency is less reliable: convert again on a "
             "quiet machine")):
         convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+
+
+def test_the_models_time_on_a_busy_machine_is_taken_as_the_tables(monkeypatch, request):
+    """Where 2 threads run 8x slower than 1 (a busy machine), the model's time is the least of both,
+    as the layers' table does, so that the two add up."""
+    from sepconv import latency
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(2)
+    monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {
+        k: {2: 160.0, 1: 20.0}[torch.get_num_threads()] for k in fns})
+    monkeypatch.setattr(timing, "fastest", latency.fastest)
+    assert timing.model_ms(nn.Identity(), torch.zeros(1)) == 20.0

@@ -23,10 +23,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
 
 from .._timing import interleaved
-from ..latency import LatencyTable, fastest
+from ..latency import LatencyTable, _busy, _one_thread, fastest
 from .allocate import _dense_ms, fit_times, predicted_ms
 from .candidates import _Layer
 
@@ -67,8 +68,13 @@ def optimized(model: nn.Module, x: Tensor) -> nn.Module:
 def model_ms(fast: nn.Module, x: Tensor) -> float:
     """Least ms of one call of the optimized model ``fast`` on ``x`` over interleaved rounds of warm
     blocks: the same statistic as the layers' table (:func:`sepconv.latency.fastest`), so that the
-    layers' and the model's times add up on a busy machine too."""
-    return fastest({"model": lambda: fast(x)}, ROUNDS, block=BLOCK)["model"]
+    layers' and the model's times add up on a busy machine too (where busy, the least of the
+    multi- and single-threaded times, as the table's)."""
+    fns = {"model": lambda: fast(x)}
+    ms = fastest(fns, ROUNDS, block=BLOCK)["model"]
+    if torch.get_num_threads() > 1 and _busy({"model": ms}, fns, ROUNDS):  # as the table's layers were
+        ms = min(ms, _one_thread(fns, ROUNDS)["model"])
+    return ms
 
 
 def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[float, float]:
