@@ -136,12 +136,12 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     # least of the two, so that one busy moment does not shift the budget (the rest of the model's
     # time is this minus the dense layers' times)
     latency_ms = min(before, timing.model_ms(original, probe))
-    args = (budget, None, None, "global", report.macs_before)
 
-    def choose(ms: float) -> tuple[dict, str]:
-        choice = _choose(layers, *args, ms)
+    def choose(ms: float, fraction: float) -> tuple[dict, str]:
+        args = (fraction, None, None, "global", report.macs_before, ms)
+        choice = _choose(layers, *args)
         if method == "auto" and batches is None:  # the proxy checked on the example
-            return best_choice(target, layers, choice, found, probe, reference, (*args, ms))
+            return best_choice(target, layers, choice, found, probe, reference, args)
         return choice, ""
 
     def build(choice: dict) -> tuple[nn.Module, float]:

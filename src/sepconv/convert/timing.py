@@ -13,9 +13,8 @@ oneDNN's fused graph (conv + add + ReLU in one kernel, no layout reorders betwee
 a separable layer breaks that chain into two convs, or into a fused kernel with reorders around
 it. So the prediction is checked (:func:`within_budget`): the converted model is built, optimized
 and timed side by side with the optimized original (interleaved blocks, medians); where the
-measured ratio exceeds the budget, the converted layers' times are corrected by the factor the
-measurements say (least squares over the rounds so far, :func:`correction`) and the allocation is
-made again, at most :data:`MAX_ROUNDS` models measured. The kept result is the first that met the
+measured ratio exceeds the budget, every converted layer is charged the overhead the measurements
+say (least squares over the rounds so far, :func:`correction`) and the allocation is made again, at most :data:`MAX_ROUNDS` models measured. The kept result is the first that met the
 budget as measured, else the fastest measured (and ``convert`` warns by how much it missed).
 """
 
@@ -100,31 +99,42 @@ class Trial:
         return self.measured_ms / self.original_ms
 
 
-def _converted_sums(layers: list[_Layer], choice: dict, base: dict) -> tuple[float, float]:
-    """Uncorrected ms of the chosen candidates of the converted layers, and of those layers dense."""
+def _converted_sums(layers: list[_Layer], choice: dict, base: dict) -> tuple[int, float, float]:
+    """How many layers are converted, the uncorrected ms of their chosen candidates, and their dense ms."""
     todo = [l for l in layers if choice[l.name].structure != "dense"]
-    return sum(base[id(choice[l.name])] for l in todo), sum(_dense_ms(l) for l in todo)
+    return len(todo), sum(base[id(choice[l.name])] for l in todo), sum(_dense_ms(l) for l in todo)
 
 
-def correction(history: list[tuple[float, float, float]]) -> float:
-    """The factor by which the converted layers' table times fall short, from the measurements.
+def correction(history: list[tuple[int, float, float, float]]) -> float:
+    """The time each converted layer costs beyond its table time, from the measurements.
 
-    Each measured round gives ``(cand, dense, delta)``: the uncorrected predicted ms of its
-    converted layers, what those layers take dense, and the measured converted-minus-original
-    time (in the table's units). The converted layers then really took ``delta + dense``; the
-    factor is the least-squares ``a`` in ``a * cand = delta + dense`` over the rounds, clamped to
-    [0.1, 100].
+    Each measured round gives ``(n, cand, dense, delta)``: how many layers were converted, their
+    chosen candidates' uncorrected ms, what those layers take dense, and the measured
+    converted-minus-original time (in the table's units). The converted layers then really took
+    ``delta + dense``, ``delta + dense - cand`` more than predicted. What a layer timed alone does
+    not show is paid per converted layer inside the model, whatever the candidate's own time: a
+    layout reorder between backends, a second kernel call and an intermediate tensor, the dense
+    conv's fusion with the residual add and ReLU that the separable layer loses; and on busy cores
+    every kernel call waits a scheduler slice. So the correction is one overhead per converted
+    layer, the least-squares ``b`` in ``n * b = delta + dense - cand`` over the rounds, at least 0.
 
     Example:
-        >>> correction([(2.0, 10.0, -6.0)])  # 4 ms where 2 were predicted
-        2.0
+        >>> correction([(4, 2.0, 10.0, -4.0)])  # 4 layers took 6 ms where 2 were predicted
+        1.0
     """
-    num = sum(c * (d + n) for c, n, d in history)
-    den = sum(c * c for c, _, _ in history)
-    return 1.0 if den <= 0 else min(max(num / den, 0.1), 100.0)
+    num = sum(n * (d + dense - c) for n, c, dense, d in history)
+    den = sum(n * n for n, _, _, _ in history)
+    return 0.0 if den <= 0 else max(num / den, 0.0)
 
 
-def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float], tuple],
+def _fastest_ratio(layers: list[_Layer], latency_ms: float) -> float:
+    """The least predicted ratio any allocation reaches with the current times (the budget
+    ``_allocate_time`` asks for at least)."""
+    fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
+    return (fixed + sum(min(c.ms for c in l.candidates) for l in layers)) / latency_ms
+
+
+def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
                   build: Callable[[dict], tuple], original: nn.Module, x: Tensor) -> tuple[Trial, list[Trial]]:
     """Allocate, build, measure; while the measured ratio exceeds ``budget``, correct and repeat.
 
@@ -132,31 +142,35 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         layers: the layers with their candidates' table times (``ms``); corrected in place.
         budget: the fraction of the original's measured time to reach.
         latency_ms: the optimized original's time in the table's units (:func:`model_ms`).
-        choose: ``latency_ms -> (choice, message)``, the allocation under the current times
-            (raises ValueError where the budget cannot be reached).
+        choose: ``(latency_ms, budget) -> (choice, message)``, the allocation under the current
+            times (raises ValueError where the budget cannot be reached).
         build: ``choice -> (converted model, output error)``, the model is not ``layers``' target.
         original: the optimized original model, timed again side by side with each result.
         x: the example input.
 
     Returns:
         The kept trial (the first within the budget as measured, else the fastest measured) and
-        every trial in order.
+        every trial in order. Where the corrected times say the budget cannot be reached, the
+        fastest allocation they allow is measured instead.
     """
     fit_times(layers, latency_ms)
     base = {id(c): c.ms for l in layers for c in l.candidates}
     trials: list[Trial] = []
-    history: list[tuple[float, float, float]] = []
-    factor = 1.0
-    for round_ in range(MAX_ROUNDS):
+    history: list[tuple[int, float, float, float]] = []
+    overhead = 0.0
+    for _ in range(MAX_ROUNDS):
         for l in layers:
             for c in l.candidates:
-                c.ms = base[id(c)] * (1.0 if c.structure == "dense" else factor)
+                c.ms = base[id(c)] + (0.0 if c.structure == "dense" else overhead)
         try:
-            choice, message = choose(latency_ms)
+            choice, message = choose(latency_ms, budget)
         except ValueError:
             if not trials:
                 raise  # the budget is out of reach before anything was measured: the user's error
-            break  # out of reach once corrected: keep what was measured
+            try:  # out of reach once corrected: the fastest allocation the corrected times allow
+                choice, message = choose(latency_ms, min(_fastest_ratio(layers, latency_ms) * (1 + 1e-9), 1.0))
+            except ValueError:
+                break
         if any(all(t.choice[k] is choice[k] for k in choice) for t in trials):
             break  # the corrections changed nothing: measuring it again tells nothing new
         predicted = predicted_ms(layers, choice, latency_ms) / latency_ms
@@ -165,11 +179,11 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         trials.append(Trial(choice, message, predicted, before, after, error))
         if after <= within(budget) * before:
             break
-        cand, dense = _converted_sums(layers, choice, base)
-        if cand <= 0:
+        n, cand, dense = _converted_sums(layers, choice, base)
+        if n == 0:
             break  # nothing converted: no layer's time to correct
-        history.append((cand, dense, (after / before - 1.0) * latency_ms))
-        factor = correction(history)
+        history.append((n, cand, dense, (after / before - 1.0) * latency_ms))
+        overhead = correction(history)
     last = trials[-1]  # the loop stops at the first allocation within the budget as measured
     return (last if last.ratio <= within(budget) else min(trials, key=lambda t: t.ratio)), trials
 
