@@ -62,8 +62,9 @@ class _Machine:
 @pytest.fixture
 def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
-    monkeypatch.setattr(timing, "model_ms", lambda fast, x: 35.0)  # 3 x 10 ms of convs + 5 ms of the rest
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
+    # 3 x 10 ms of convs + 5 ms of the rest, as deployed and on the layers' paths
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: (35.0, 35.0))
     machine = _Machine()
     monkeypatch.setattr(timing, "side_by_side", machine.side_by_side)
     return machine
@@ -136,7 +137,7 @@ def test_a_real_latency_conversion_measures_and_caches(monkeypatch, tmp_path):
 def test_layer_times_longer_than_the_model_are_scaled_so_a_budget_of_one_is_reachable(monkeypatch, fake_machine):
     """Dense layers timed alone: 3 x 10 ms, but the whole model measures 20 ms (per-call overhead the
     model does not pay): the times are scaled by 2/3, all-dense is predicted at 20 ms, budget 1 works."""
-    monkeypatch.setattr(timing, "model_ms", lambda fast, x: 20.0)
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: (20.0, 20.0))
     monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
     _, report = convert(_net(), budget=1.0, cost="latency", example_input=torch.randn(1, 3, 16, 16))
     expected = 20.0 + sum((1.0 + 0.2 * r.rank - 10.0) * 2 / 3 for r in report.layers if r.structure != "dense")
@@ -203,14 +204,14 @@ def test_a_budget_out_of_reach_once_corrected_keeps_what_was_measured(monkeypatc
             raise ValueError("budget: expected at least 0.9, ...")
         return {}, "first"
 
-    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
     monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, 9.0))
     monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
     monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1, 1.0, 2.0))
     kept, trials = timing.within_budget([], 0.5, 10.0, choose, lambda c: (nn.Identity(), 0.1), nn.Identity(),
                                         torch.zeros(1))
     # the budget, then the fastest the corrected times allow (here none either): what was measured is kept
-    assert calls == [0.5, 0.5, 1.0] and trials == [kept] and kept.message == "first" and kept.ratio == pytest.approx(0.9)
+    assert calls == pytest.approx([0.5, 0.5, 1.0]) and trials == [kept] and kept.message == "first" and kept.ratio == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("history,expected", [
@@ -226,7 +227,7 @@ def test_the_correction_is_the_least_squares_overhead_per_converted_layer_over_t
 @pytest.mark.parametrize("measured,rounds", [(5.05, 1), (5.2, 2)])
 def test_a_ratio_within_measurement_noise_of_the_budget_meets_it(monkeypatch, measured, rounds):
     """Two side-by-side runs of one model differ by ~2%: 0.505 meets a budget of 0.5, 0.52 does not."""
-    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
     monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, measured))
     monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
     monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1, 1.0, 2.0))
@@ -239,8 +240,8 @@ def test_a_ratio_within_measurement_noise_of_the_budget_meets_it(monkeypatch, me
 def test_the_models_time_is_the_least_of_two_timings_around_the_table(monkeypatch, fake_machine):
     """A busy moment inflates the first timing of the original (80 ms): the allocation uses the
     second one (35 ms), taken after the layers' table."""
-    times = iter([80.0, 35.0])
-    monkeypatch.setattr(timing, "model_ms", lambda fast, x: next(times))
+    times = iter([(80.0, 80.0), (35.0, 35.0)])
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: next(times))
     monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
     with pytest.raises(ValueError, match=re.escape("(predicted 8.600 ms of the optimized model's 35.000 ms on this "
                                                    "machine), got 0.1")):
@@ -262,8 +263,8 @@ def test_a_busy_machine_while_timing_the_layers_is_said(monkeypatch, fake_machin
 
 
 def test_the_models_time_on_a_busy_machine_is_taken_as_the_tables(monkeypatch, request):
-    """Where 2 threads run 8x slower than 1 (a busy machine), the model's time is the least of both,
-    as the layers' table does, so that the two add up."""
+    """Where 2 threads run 8x slower than 1 (a busy machine), the model's times are the least of
+    both, as the layers' table does, so that the two add up."""
     from sepconv import latency
 
     request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
@@ -271,4 +272,22 @@ def test_the_models_time_on_a_busy_machine_is_taken_as_the_tables(monkeypatch, r
     monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {
         k: {2: 160.0, 1: 20.0}[torch.get_num_threads()] for k in fns})
     monkeypatch.setattr(timing, "fastest", latency.fastest)
-    assert timing.model_ms(nn.Identity(), torch.zeros(1)) == 20.0
+    assert timing.model_times(nn.Identity(), nn.Identity(), torch.zeros(1)) == (20.0, 20.0)
+
+
+def test_the_budget_is_a_fraction_of_the_deployed_time_predicted_from_the_layers_paths(monkeypatch, fake_machine):
+    """The original deploys at 30 ms (a TorchScript graph fusing its convs with adds and ReLUs) but
+    takes 35 ms on the paths its layers were timed through: a converted model, which cannot keep
+    that fusion, is predicted from the 35 ms and must fit in budget x 30 ms."""
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: (30.0, 35.0))
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (30.0, fake_machine.ms(b)))
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    expected = 35.0 + sum((1.0 + 0.2 * r.rank) - 10.0 for r in report.layers if r.structure != "dense")
+    t = report.latency
+    assert t["predicted_ratio"] == pytest.approx(expected / 30.0) and t["predicted_ratio"] <= 0.6
+    assert t["measured_ratio"] == pytest.approx(t["predicted_ratio"]) and t["rounds"] == 1
+    with pytest.raises(ValueError, match=re.escape("budget: expected at least 0.2867, the fastest candidate of every "
+                                                   "layer (predicted 8.600 ms of the optimized model's 30.000 ms on "
+                                                   "this machine), got 0.1")):
+        convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))

@@ -129,16 +129,17 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     allocation is built on a copy of ``target``, optimized and timed side by side with the
     optimized original, and corrected where it missed. Sets ``report.latency`` (and warns where
     no allocation met the budget as measured)."""
-    original = timing.optimized(model, probe)
-    before = timing.model_ms(original, probe)
+    original = timing.optimized(model, probe)  # as deployed: what the budget is a fraction of
+    path = timing.optimized(model, probe, timing.LAYER_PATHS)  # the paths the layers are timed through
+    before = timing.model_times(original, path, probe)
     timing.attach_latencies(layers)
     # timed before and after the layers' table (seconds to minutes apart when it is measured): the
     # least of the two, so that one busy moment does not shift the budget (the rest of the model's
-    # time is this minus the dense layers' times)
-    latency_ms = min(before, timing.model_ms(original, probe))
+    # time is the path's time minus the dense layers' times)
+    reference_ms, latency_ms = map(min, zip(before, timing.model_times(original, path, probe)))
 
     def choose(ms: float, fraction: float) -> tuple[dict, str]:
-        args = (fraction, None, None, "global", report.macs_before, ms)
+        args = (fraction, None, None, "global", report.macs_before, ms, reference_ms)
         choice = _choose(layers, *args)
         if method == "auto" and batches is None:  # the proxy checked on the example
             return best_choice(target, layers, choice, found, probe, reference, args)
@@ -149,7 +150,7 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
         with torch.no_grad():
             return trial, _rel(trial(probe), reference)
 
-    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe)
+    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, reference_ms)
     report.message = kept.message
     report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
                           measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
