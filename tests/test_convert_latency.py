@@ -65,6 +65,7 @@ def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
     # 3 x 10 ms of convs + 5 ms of the rest, as deployed and on the layers' paths
     monkeypatch.setattr(timing, "model_times", lambda original, path, x: (35.0, 35.0))
+    monkeypatch.setattr(timing, "in_context", lambda path, names, x: (35.0, {}))  # the layers as the table says
     machine = _Machine()
     monkeypatch.setattr(timing, "side_by_side", machine.side_by_side)
     return machine
@@ -138,6 +139,7 @@ def test_layer_times_longer_than_the_model_are_scaled_so_a_budget_of_one_is_reac
     """Dense layers timed alone: 3 x 10 ms, but the whole model measures 20 ms (per-call overhead the
     model does not pay): the times are scaled by 2/3, all-dense is predicted at 20 ms, budget 1 works."""
     monkeypatch.setattr(timing, "model_times", lambda original, path, x: (20.0, 20.0))
+    monkeypatch.setattr(timing, "in_context", lambda path, names, x: (20.0, {}))
     monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
     _, report = convert(_net(), budget=1.0, cost="latency", example_input=torch.randn(1, 3, 16, 16))
     expected = 20.0 + sum((1.0 + 0.2 * r.rank - 10.0) * 2 / 3 for r in report.layers if r.structure != "dense")
@@ -291,3 +293,22 @@ def test_the_budget_is_a_fraction_of_the_deployed_time_predicted_from_the_layers
                                                    "layer (predicted 8.600 ms of the optimized model's 30.000 ms on "
                                                    "this machine), got 0.1")):
         convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+
+
+def test_the_layers_are_timed_inside_the_model_and_their_candidates_scaled(monkeypatch, fake_machine):
+    """Inside the model the second conv takes 5 ms where the table timed it alone at 10: its every
+    candidate is scaled by 1/2 (the table gives the candidates' times relative to the dense
+    layer's), the others stay; the prediction starts from the model's time of the same calls."""
+    monkeypatch.setattr(timing, "in_context", lambda path, names, x: (30.0, {"3": 5.0}))
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    scale = {"0": 1.0, "3": 0.5, "6": 1.0}
+    expected = 30.0 + sum(((1.0 + 0.2 * r.rank) - 10.0) * scale[r.name] for r in report.layers if r.structure != "dense")
+    assert report.latency["trials"][0]["predicted_ratio"] == pytest.approx(expected / 30.0)
+
+
+def test_in_context_times_each_named_layer_inside_the_model():
+    net = _net()
+    whole, inside = timing.in_context(net, ["0", "3", "missing"], torch.randn(1, 3, 16, 16))
+    assert set(inside) == {"0", "3"} and whole > 0 and all(v > 0 for v in inside.values())
+    assert not net._forward_hooks and not net[0]._forward_hooks and not net[0]._forward_pre_hooks  # removed

@@ -18,6 +18,7 @@ say (least squares over the rounds so far, :func:`correction`) and the allocatio
 budget as measured, else the fastest measured (and ``convert`` warns by how much it missed).
 """
 
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -83,6 +84,53 @@ def model_times(original: nn.Module, path: nn.Module, x: Tensor) -> tuple[float,
         single = _one_thread(fns, ROUNDS)
         ms = {k: min(v, single[k]) for k, v in ms.items()}
     return ms["original"], ms["path"]
+
+
+def in_context(path: nn.Module, names: list[str], x: Tensor) -> tuple[float, dict[str, float]]:
+    """Least ms of the whole model ``path`` (optimized on :data:`LAYER_PATHS`) and of each named
+    layer inside it, from the same calls (forward hooks), over :data:`ROUNDS` x :data:`BLOCK` calls.
+
+    A layer timed alone is not the layer inside the model: there its input was just written by the
+    layer before it (in cache, already channels_last) and its output is read next, and the model's
+    other work (adds, ReLUs, pooling) runs between the convs. Timed in the model, the dense layers'
+    times and the rest of the model's add up by construction. Names the model does not run are left
+    out."""
+    module = getattr(path, "module", path)
+    named = dict(module.named_modules())
+    times: dict[str, float] = {}
+    start: dict[str, float] = {}
+    hooks = []
+    for name in names:
+        m = named.get(name)
+        if m is None:
+            continue
+
+        def pre(_m, _a, name=name):
+            start[name] = time.perf_counter()
+
+        def post(_m, _a, _o, name=name):
+            ms = (time.perf_counter() - start[name]) * 1e3
+            times[name] = min(times.get(name, ms), ms)
+
+        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        whole = fastest({"model": lambda: path(x)}, ROUNDS, block=BLOCK)["model"]
+    finally:
+        for h in hooks:
+            h.remove()
+    return whole, times
+
+
+def in_model_times(layers: list[_Layer], measured: dict[str, float]) -> None:
+    """Scale each layer's candidates' table times by the layer's dense time measured inside the
+    model over its dense time alone: the table gives each candidate's time relative to the dense
+    layer (timed in the same interleaved run), the model gives the dense layer's."""
+    for l in layers:
+        ms = measured.get(l.name)
+        dense = _dense_ms(l)
+        if ms is not None and ms > 0 and dense > 0:
+            for c in l.candidates:
+                c.ms *= ms / dense
 
 
 def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[float, float]:
