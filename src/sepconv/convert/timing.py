@@ -3,19 +3,22 @@ loop that makes the budget hold as measured.
 
 The candidates' times come from :class:`sepconv.latency.LatencyTable` (measured through
 ``optimize_for_inference``'s eager and fused paths on an input of the layer's shape, a few ranks
-per structure timed and the rest interpolated, cached on disk per machine). The model's time is
-that of ``optimize_for_inference(model, example_input)``, the path a user deploys; the predicted
-time of a conversion is the model's time with each converted layer's dense time replaced by its
+per structure timed and the rest interpolated, cached on disk per machine). The budget is a
+fraction of the original as deployed, ``optimize_for_inference(model, example_input)``; the
+prediction starts from the original on the table's own paths (:data:`LAYER_PATHS`: the deployed
+TorchScript graph fuses dense convs with their adds and ReLUs, a gain a converted model does not
+keep), with each dense layer timed inside that model (:func:`in_context`; the candidates are
+scaled by the layer's inside/alone time) and each converted layer's dense time replaced by its
 candidate's (:func:`~sepconv.convert.allocate.predicted_ms`).
 
-A layer timed alone is not the layer inside the optimized model: there the dense convs run in
-oneDNN's fused graph (conv + add + ReLU in one kernel, no layout reorders between them), while
-a separable layer breaks that chain into two convs, or into a fused kernel with reorders around
-it. So the prediction is checked (:func:`within_budget`): the converted model is built, optimized
-and timed side by side with the optimized original (interleaved blocks, medians); where the
-measured ratio exceeds the budget, every converted layer is charged the overhead the measurements
-say (least squares over the rounds so far, :func:`correction`) and the allocation is made again, at most :data:`MAX_ROUNDS` models measured. The kept result is the first that met the
-budget as measured, else the fastest measured (and ``convert`` warns by how much it missed).
+What a layer inside the model costs beyond that (a layout reorder between backends, a second
+kernel call, a lost fusion) is still unseen, so the prediction is checked (:func:`within_budget`):
+the converted model is built, optimized and timed side by side with the optimized original
+(interleaved blocks, medians); where the measured ratio exceeds the budget, every converted layer
+is charged the overhead the measurements say (least squares over the rounds so far,
+:func:`correction`) and the allocation is made again, at most :data:`MAX_ROUNDS` models measured.
+The kept result is the first that met the budget as measured, else the fastest measured (and
+``convert`` warns by how much it missed).
 """
 
 import time
