@@ -312,3 +312,14 @@ def test_in_context_times_each_named_layer_inside_the_model():
     whole, inside = timing.in_context(net, ["0", "3", "missing"], torch.randn(1, 3, 16, 16))
     assert set(inside) == {"0", "3"} and whole > 0 and all(v > 0 for v in inside.values())
     assert not net._forward_hooks and not net[0]._forward_hooks and not net[0]._forward_pre_hooks  # removed
+
+
+def test_in_context_on_a_busy_machine_keeps_the_least_of_multi_and_single_threaded_calls(monkeypatch, request):
+    from sepconv import latency
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(2)
+    monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {
+        k: {2: 160.0, 1: 20.0}[torch.get_num_threads()] for k in fns})
+    monkeypatch.setattr(timing, "fastest", latency.fastest)
+    assert timing.in_context(nn.Identity(), [], torch.zeros(1)) == (20.0, {})
