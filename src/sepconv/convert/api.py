@@ -133,14 +133,14 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     path = timing.optimized(model, probe, timing.LAYER_PATHS)  # the paths the layers are timed through
     before = timing.model_times(original, path, probe)
     timing.attach_latencies(layers)
-    # timed before and after the layers' table (seconds to minutes apart when it is measured): the
-    # least of the two, so that one busy moment does not shift the budget (the rest of the model's
-    # time is the path's time minus the dense layers' times)
-    reference_ms, latency_ms = map(min, zip(before, timing.model_times(original, path, probe)))
-    # the dense layers' times as they are inside the model, with the model's own time from the same calls
-    path_ms, inside = timing.in_context(path, [l.name for l in layers], probe)
+    # deployed and path timed interleaved, before and after the layers' table (seconds to minutes
+    # apart when it is measured): the least of each, so that one busy moment does not shift the budget
+    deployed_ms, path_ms = map(min, zip(before, timing.model_times(original, path, probe)))
+    # the dense layers' times inside the model, and the model's own time from the same calls: the
+    # prediction's base; the budget is a fraction of the deployed time at the ratio measured above
+    latency_ms, inside = timing.in_context(path, [l.name for l in layers], probe)
     timing.in_model_times(layers, inside)
-    reference_ms, latency_ms = reference_ms * path_ms / latency_ms, path_ms
+    reference_ms = latency_ms * deployed_ms / path_ms
 
     def choose(ms: float, fraction: float) -> tuple[dict, str]:
         args = (fraction, None, None, "global", report.macs_before, ms, reference_ms)
