@@ -12,7 +12,8 @@ every converted model is timed side by side with the optimized original in one i
 is the model output's relative error against the original on the example batch (random normal
 images; real test digits for the digits CNN).
 
-    python benchmarks/conversion_speed.py [--quick] [--output DIR | --update-results]
+    python benchmarks/conversion_speed.py [--quick] [--models resnet18,digits] [--batches 1,8]
+        [--budgets 0.5,0.33] [--costs macs,latency] [--output DIR | --update-results]
 
 writes conversion_speed.{json,md} to benchmarks/results/latest/ (not tracked by git) or to
 --output DIR; --update-results writes the tracked benchmarks/results/ files and the README table.
@@ -51,14 +52,19 @@ def digits_model():
     return model.eval(), test_set.tensors()[0]
 
 
-def networks(quick: bool):
-    """(name, model, example images of one input) for each benchmarked architecture."""
-    yield "ResNet-18", architectures.resnet18(), torch.randn(1, 3, 224, 224)
-    if not quick:
-        yield "ResNet-50", architectures.resnet50(), torch.randn(1, 3, 224, 224)
-        yield "MobileNetV2", architectures.mobilenet_v2_full(), torch.randn(1, 3, 224, 224)
-    model, images = digits_model()
-    yield "digits CNN", model, images[:64]
+def networks(quick: bool, only=None):
+    """(name, model, example images of one input) for each benchmarked architecture (``only``: the
+    short names of MODELS to build, else all, or ResNet-18 and the digits CNN with ``quick``)."""
+    def wanted(name):
+        return MODELS[name] in only if only is not None else not quick or name in ("ResNet-18", "digits CNN")
+
+    for name, build in (("ResNet-18", architectures.resnet18), ("ResNet-50", architectures.resnet50),
+                        ("MobileNetV2", architectures.mobilenet_v2_full)):
+        if wanted(name):
+            yield name, build(), torch.randn(1, 3, 224, 224)
+    if wanted("digits CNN"):
+        model, images = digits_model()
+        yield "digits CNN", model, images[:64]
 
 
 def rel_error(model, reference, x) -> float:
@@ -67,13 +73,14 @@ def rel_error(model, reference, x) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def points(name, model, images, batch, rounds, block, quick):
+def points(name, model, images, batch, rounds, block, quick, budgets=None):
     x = images[:batch] if images.shape[0] >= batch else images[:1].expand(batch, *images.shape[1:]).contiguous()
     if name != "digits CNN":
         x = torch.randn(batch, *images.shape[1:], generator=torch.Generator().manual_seed(1))
     original = optimize_for_inference(model, x)
     rows = []
-    budgets = {k: v[1:2] for k, v in BUDGETS.items()} if quick else BUDGETS
+    if budgets is None:
+        budgets = {k: v[1:2] for k, v in BUDGETS.items()} if quick else BUDGETS
     for cost, values in budgets.items():
         for budget in values:
             t0 = time.perf_counter()
@@ -92,10 +99,15 @@ def points(name, model, images, batch, rounds, block, quick):
                        macs_ratio=report.macs_ratio, output_error=rel_error(small, model, x),
                        original_ms=round(t["original"], 3), converted_ms=round(t["converted"], 3),
                        measured_ratio=t["converted"] / t["original"], backend=fast.backend,
-                       predicted_ratio=(getattr(report, "latency", None) or {}).get("predicted_ratio"))
+                       predicted_ratio=(getattr(report, "latency", None) or {}).get("predicted_ratio"),
+                       rounds=(getattr(report, "latency", None) or {}).get("rounds"),
+                       load=os.getloadavg()[0])
             rows.append(row)
+            pred = "" if row["predicted_ratio"] is None else (f", predicted {row['predicted_ratio']:.2f}, "
+                                                               f"{row['rounds']} allocation(s) measured")
             print(f"  {name} b{batch} {cost}={budget}: MACs {row['macs_ratio']:.2f}, time {row['measured_ratio']:.2f} "
-                  f"({row['converted_ms']:.2f} vs {row['original_ms']:.2f} ms), error {row['output_error']:.4f}", flush=True)
+                  f"({row['converted_ms']:.2f} vs {row['original_ms']:.2f} ms{pred}), error {row['output_error']:.4f}; "
+                  f"load {row['load']:.1f}", flush=True)
     return rows
 
 
@@ -116,24 +128,69 @@ def markdown(meta, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+MODELS = {"ResNet-18": "resnet18", "ResNet-50": "resnet50", "MobileNetV2": "mobilenetv2", "digits CNN": "digits"}
+
+
+def _names(p, flag, text, allowed):
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    allowed = list(allowed.values()) if isinstance(allowed, dict) else list(allowed)
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        p.error(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+    return names
+
+
+def _ints(p, flag, text):
+    try:
+        values = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        p.error(f"{flag}: expected comma-separated positive ints, got {text!r}")
+    return values
+
+
+def _fractions(p, flag, text):
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v <= 1 for v in values):
+        p.error(f"{flag}: expected comma-separated fractions in (0, 1], got {text!r}")
+    return values
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="ResNet-18 and the digits CNN, batch 1, one budget each")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--block", type=int, default=5)
+    p.add_argument("--models", default=None, help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1 with --quick, else 1,8)")
+    p.add_argument("--budgets", default=None, help="comma-separated budgets, each for every cost in --costs")
+    p.add_argument("--costs", default="macs,latency", help="comma-separated subset of macs,latency")
     add_output_args(p)
     args = p.parse_args(argv)
+    models = _names(p, "--models", args.models, MODELS) if args.models else None
+    batches = _ints(p, "--batches", args.batches) if args.batches else ((1,) if args.quick else (1, 8))
+    costs = _names(p, "--costs", args.costs, ("macs", "latency"))
+    budgets = None
+    if args.budgets or args.costs != "macs,latency":
+        values = _fractions(p, "--budgets", args.budgets) if args.budgets else None
+        budgets = {c: values or ((BUDGETS[c][1],) if args.quick else BUDGETS[c]) for c in costs}
     out = output_dir(p, args)
     torch.set_num_threads(2)
     rounds = args.rounds or (3 if args.quick else 10)
     start = time.perf_counter()
     print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
     rows = []
-    for name, model, images in networks(args.quick):
-        for batch in (1,) if args.quick else (1, 8):
-            rows += points(name, model, images, batch, rounds, args.block, args.quick)
+    load = os.getloadavg()[0]
+    for name, model, images in (networks(args.quick) if models is None else networks(args.quick, models)):
+        for batch in batches:
+            rows += points(name, model, images, batch, rounds, args.block, args.quick, budgets=budgets)
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, threads=2, rounds=rounds,
-                block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1))
+                block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1),
+                load_before=load, load_after=os.getloadavg()[0])
     write_results(out, "conversion_speed", dict(meta=meta, rows=rows), markdown(meta, rows))
     return 0
 

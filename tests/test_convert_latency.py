@@ -6,6 +6,7 @@ and that the report carries the predicted and measured times.
 """
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -34,12 +35,40 @@ def _fake_times(slow: str, dense_ms: float = 10.0):
     return times
 
 
+def _rank_of(m: nn.Module):
+    return getattr(m, "depth_multiplier", None) or getattr(m, "rank", None)
+
+
+class _Machine:
+    """Times a model as the fake table does (10 ms per dense conv, 1 + 0.2 * rank per separable
+    layer, 5 ms for the rest), but the separable layers really take ``factor`` times the table's
+    time plus ``extra`` ms each: what the table cannot see. Counts the side-by-side runs."""
+
+    def __init__(self, factor: float = 1.0, extra: float = 0.0) -> None:
+        self.factor, self.extra, self.runs = factor, extra, 0
+
+    def ms(self, model: nn.Module) -> float:
+        total = 5.0
+        for name in ("0", "3", "6"):
+            m = model.get_submodule(name)
+            total += 10.0 if type(m) is nn.Conv2d else self.factor * (1.0 + 0.2 * _rank_of(m)) + self.extra
+        return total
+
+    def side_by_side(self, original, converted, x):
+        self.runs += 1
+        return 35.0, self.ms(converted)
+
+
 @pytest.fixture
 def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(timing, "optimized", lambda model, x: model)
-    monkeypatch.setattr(timing, "model_ms", lambda fast, x: 35.0)  # 3 x 10 ms of convs + 5 ms of the rest
-    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (35.0, 20.0))
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
+    # 3 x 10 ms of convs + 5 ms of the rest, as deployed and on the layers' paths
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: (35.0, 35.0))
+    monkeypatch.setattr(timing, "in_context", lambda path, names, x: (35.0, {}))  # the layers as the table says
+    machine = _Machine()
+    monkeypatch.setattr(timing, "side_by_side", machine.side_by_side)
+    return machine
 
 
 @pytest.mark.parametrize("slow", ["spatial", "blueprint", "depthwise"])
@@ -49,7 +78,7 @@ def test_the_allocation_honours_the_predicted_time_and_avoids_slow_structures(mo
     x = torch.randn(1, 3, 16, 16)
     small, report = convert(_net(), budget=budget, cost="latency", example_input=x)
     t = report.latency
-    assert t["original_ms"] == 35.0 and t["measured_ms"] == 20.0
+    assert t["original_ms"] == 35.0 and t["measured_ms"] == fake_machine.ms(small) and t["rounds"] == 1
     assert t["predicted_ms"] <= budget * 35.0 + 1e-9
     chosen = {r.structure for r in report.layers}
     assert slow not in chosen
@@ -109,9 +138,188 @@ def test_a_real_latency_conversion_measures_and_caches(monkeypatch, tmp_path):
 def test_layer_times_longer_than_the_model_are_scaled_so_a_budget_of_one_is_reachable(monkeypatch, fake_machine):
     """Dense layers timed alone: 3 x 10 ms, but the whole model measures 20 ms (per-call overhead the
     model does not pay): the times are scaled by 2/3, all-dense is predicted at 20 ms, budget 1 works."""
-    monkeypatch.setattr(timing, "model_ms", lambda fast, x: 20.0)
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: (20.0, 20.0))
+    monkeypatch.setattr(timing, "in_context", lambda path, names, x: (20.0, {}))
     monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
     _, report = convert(_net(), budget=1.0, cost="latency", example_input=torch.randn(1, 3, 16, 16))
     expected = 20.0 + sum((1.0 + 0.2 * r.rank - 10.0) * 2 / 3 for r in report.layers if r.structure != "dense")
-    assert report.latency["predicted_ms"] == pytest.approx(expected)
-    assert report.latency["predicted_ms"] <= 20.0
+    assert report.latency["predicted_ratio"] == pytest.approx(expected / 20.0)
+    assert report.latency["predicted_ratio"] <= 1.0
+
+
+def test_a_budget_missed_as_measured_is_corrected_and_allocated_again(monkeypatch, fake_machine):
+    """Each separable layer really takes 2 ms more than the table says (a layout reorder, say): the
+    first allocation meets its prediction but not the budget as measured; each converted layer is
+    charged the measured overhead and the second allocation holds, so the loop stops there."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    fake_machine.extra = 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the budget is met: no warning
+        small, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    t = report.latency
+    first, second = t["trials"]
+    assert t["rounds"] == 2 and fake_machine.runs == 2
+    assert first["predicted_ratio"] <= 0.6 < first["measured_ratio"]
+    assert second["measured_ratio"] <= 0.6
+    # the kept model is the one measured in the second round, and the correction made its prediction exact
+    assert t["measured_ms"] == fake_machine.ms(small) == pytest.approx(0.6 * 35.0, abs=3.0)
+    assert t["predicted_ratio"] == pytest.approx(t["measured_ratio"])
+    assert "2 allocations measured" in report.to_markdown()
+
+
+def test_a_budget_met_at_once_is_measured_once(monkeypatch, fake_machine):
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    assert report.latency["rounds"] == 1 and fake_machine.runs == 1
+    assert report.latency["predicted_ratio"] == pytest.approx(report.latency["measured_ratio"])
+
+
+def test_a_budget_never_met_as_measured_keeps_the_fastest_and_says_so(monkeypatch, fake_machine):
+    """Every separable layer really costs 9 ms more than the table says (e.g. layout reorders): no
+    allocation reaches 0.5 as measured; at most MAX_ROUNDS models are measured, the fastest is
+    kept, and a warning says by how much the budget was missed."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    fake_machine.extra = 9.0
+    with pytest.warns(RuntimeWarning) as caught:
+        small, report = convert(_net(), budget=0.5, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    t = report.latency
+    assert 1 <= t["rounds"] == fake_machine.runs <= timing.MAX_ROUNDS
+    assert t["measured_ratio"] == min(r["measured_ratio"] for r in t["trials"]) > 0.5
+    assert t["measured_ms"] == fake_machine.ms(small)
+    tried = f"the fastest of {t['rounds']} allocations" if t["rounds"] > 1 else "the allocation"
+    note = (f"the time budget was not reached as measured: {tried} measured "
+            f"{t['measured_ratio']:.3f} of the optimized original's time, budget 0.5 "
+            f"({t['measured_ratio'] / 0.5 - 1:.0%} over)")
+    assert [str(w.message) for w in caught] == [f"convert: {note}"]
+    assert note in report.message
+
+
+def test_a_budget_out_of_reach_once_corrected_keeps_what_was_measured(monkeypatch):
+    """The correction makes the budget unreachable in the allocation's own terms: the loop stops
+    and keeps the measured allocation (the allocation's error is the user's only before anything
+    was measured)."""
+    calls = []
+
+    def choose(ms, fraction):
+        calls.append(fraction)
+        if len(calls) > 1:
+            raise ValueError("budget: expected at least 0.9, ...")
+        return {}, "first"
+
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, 9.0))
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1, 1.0, 2.0))
+    kept, trials = timing.within_budget([], 0.5, 10.0, choose, lambda c: (nn.Identity(), 0.1), nn.Identity(),
+                                        torch.zeros(1))
+    # the budget, then the fastest the corrected times allow (here none either): what was measured is kept
+    assert calls == pytest.approx([0.5, 0.5, 1.0]) and trials == [kept] and kept.message == "first" and kept.ratio == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("history,expected", [
+    ([(4, 2.0, 10.0, -4.0)], 1.0),  # 4 converted layers took 6 ms where 2 were predicted
+    ([(4, 2.0, 10.0, -4.0), (2, 1.0, 5.0, -1.0)], (4 * 4 + 2 * 3) / (16 + 4)),  # least squares over rounds
+    ([(2, 5.0, 10.0, -8.0)], 0.0),  # faster than predicted: no negative overhead
+    ([], 0.0),
+])
+def test_the_correction_is_the_least_squares_overhead_per_converted_layer_over_the_rounds(history, expected):
+    assert timing.correction(history) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("measured,rounds", [(5.05, 1), (5.2, 2)])
+def test_a_ratio_within_measurement_noise_of_the_budget_meets_it(monkeypatch, measured, rounds):
+    """Two side-by-side runs of one model differ by ~2%: 0.505 meets a budget of 0.5, 0.52 does not."""
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, measured))
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1, 1.0, 2.0))
+    choices = iter([{"a": object()}, {"a": object()}, {"a": object()}])
+    kept, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (next(choices), ""), lambda c: (nn.Identity(), 0.1),
+                                        nn.Identity(), torch.zeros(1))
+    assert len(trials) == (1 if rounds == 1 else timing.MAX_ROUNDS)
+
+
+def test_the_models_time_is_the_least_of_two_timings_around_the_table(monkeypatch, fake_machine):
+    """A busy moment inflates the first timing of the original (80 ms): the allocation uses the
+    second one (35 ms), taken after the layers' table."""
+    times = iter([(80.0, 80.0), (35.0, 35.0)])
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: next(times))
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    with pytest.raises(ValueError, match=re.escape("(predicted 8.600 ms of the optimized model's 35.000 ms on this "
+                                                   "machine), got 0.1")):
+        convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+
+
+def test_a_busy_machine_while_timing_the_layers_is_said(monkeypatch, fake_machine):
+    def times(self, conv, in_shape, ranks, bias):
+        if in_shape[1] > 3:  # the 2nd and 3rd layers timed while the machine was busy
+            self.busy[repr(in_shape)] = {"dense"}
+        return _fake_times("none")(self, conv, in_shape, ranks, bias)
+
+    monkeypatch.setattr(LatencyTable, "times", times)
+    with pytest.warns(RuntimeWarning, match=re.escape(
+            "convert: the machine was busy while 2 of 3 layers were timed (other work slowed the multi-threaded "
+            "timings); their times were not cached and the predicted latency is less reliable: convert again on a "
+            "quiet machine")):
+        convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+
+
+def test_the_models_time_on_a_busy_machine_is_taken_as_the_tables(monkeypatch, request):
+    """Where 2 threads run 8x slower than 1 (a busy machine), the model's times are the least of
+    both, as the layers' table does, so that the two add up."""
+    from sepconv import latency
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(2)
+    monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {
+        k: {2: 160.0, 1: 20.0}[torch.get_num_threads()] for k in fns})
+    monkeypatch.setattr(timing, "fastest", latency.fastest)
+    assert timing.model_times(nn.Identity(), nn.Identity(), torch.zeros(1)) == (20.0, 20.0)
+
+
+def test_the_budget_is_a_fraction_of_the_deployed_time_predicted_from_the_layers_paths(monkeypatch, fake_machine):
+    """The original deploys at 30 ms (a TorchScript graph fusing its convs with adds and ReLUs) but
+    takes 35 ms on the paths its layers were timed through: a converted model, which cannot keep
+    that fusion, is predicted from the 35 ms and must fit in budget x 30 ms."""
+    monkeypatch.setattr(timing, "model_times", lambda original, path, x: (30.0, 35.0))
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (30.0, fake_machine.ms(b)))
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    expected = 35.0 + sum((1.0 + 0.2 * r.rank) - 10.0 for r in report.layers if r.structure != "dense")
+    t = report.latency
+    assert t["predicted_ratio"] == pytest.approx(expected / 30.0) and t["predicted_ratio"] <= 0.6
+    assert t["measured_ratio"] == pytest.approx(t["predicted_ratio"]) and t["rounds"] == 1
+    with pytest.raises(ValueError, match=re.escape("budget: expected at least 0.2867, the fastest candidate of every "
+                                                   "layer (predicted 8.600 ms of the optimized model's 30.000 ms on "
+                                                   "this machine), got 0.1")):
+        convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+
+
+def test_the_layers_are_timed_inside_the_model_and_their_candidates_scaled(monkeypatch, fake_machine):
+    """Inside the model the second conv takes 5 ms where the table timed it alone at 10: its every
+    candidate is scaled by 1/2 (the table gives the candidates' times relative to the dense
+    layer's), the others stay; the prediction starts from the model's time of the same calls."""
+    monkeypatch.setattr(timing, "in_context", lambda path, names, x: (30.0, {"3": 5.0}))
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    scale = {"0": 1.0, "3": 0.5, "6": 1.0}
+    expected = 30.0 + sum(((1.0 + 0.2 * r.rank) - 10.0) * scale[r.name] for r in report.layers if r.structure != "dense")
+    assert report.latency["trials"][0]["predicted_ratio"] == pytest.approx(expected / 30.0)
+
+
+def test_in_context_times_each_named_layer_inside_the_model():
+    net = _net()
+    whole, inside = timing.in_context(net, ["0", "3", "missing"], torch.randn(1, 3, 16, 16))
+    assert set(inside) == {"0", "3"} and whole > 0 and all(v > 0 for v in inside.values())
+    assert not net._forward_hooks and not net[0]._forward_hooks and not net[0]._forward_pre_hooks  # removed
+
+
+def test_in_context_on_a_busy_machine_keeps_the_least_of_multi_and_single_threaded_calls(monkeypatch, request):
+    from sepconv import latency
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(2)
+    monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {
+        k: {2: 160.0, 1: 20.0}[torch.get_num_threads()] for k in fns})
+    monkeypatch.setattr(timing, "fastest", latency.fastest)
+    assert timing.in_context(nn.Identity(), [], torch.zeros(1)) == (20.0, {})

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from sepconv import layers as L
-from sepconv.latency import LatencyTable, _interpolate, candidate_layer, machine_key, sample_ranks
+from sepconv import latency
+from sepconv.latency import LatencyTable, _envelope, _interpolate, candidate_layer, fastest, machine_key, sample_ranks
 
 
 def test_sample_ranks_keeps_both_ends_and_spreads_geometrically():
@@ -48,7 +49,13 @@ def test_candidate_layer_1d_and_3d_and_bad_structure():
         candidate_layer("spatial", nn.Conv1d(4, 8, 3), 1, True)
 
 
-def test_times_every_rank_timing_only_samples_and_caches(tmp_path):
+@pytest.fixture
+def quiet(monkeypatch):
+    """The machine taken as quiet (what is tested is caching, not the busy check)."""
+    monkeypatch.setattr(latency, "_busy", lambda times, fns, rounds: False)
+
+
+def test_times_every_rank_timing_only_samples_and_caches(tmp_path, quiet):
     path = str(tmp_path / "table.json")
     conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
     ranks = {"depthwise": list(range(1, 10)), "spatial": [1, 2, 3, 4, 6, 8, 11, 16, 22]}
@@ -67,7 +74,7 @@ def test_times_every_rank_timing_only_samples_and_caches(tmp_path):
     assert again.measured == 7
 
 
-def test_an_unreadable_cache_is_measured_again(tmp_path):
+def test_an_unreadable_cache_is_measured_again(tmp_path, quiet):
     path = tmp_path / "table.json"
     path.write_text("{not json")
     table = LatencyTable(rounds=1, samples=2, path=str(path))
@@ -83,3 +90,80 @@ def test_the_machine_key_depends_on_threads_and_forced_isa(monkeypatch):
     assert machine_key(1) != plain
     monkeypatch.setenv("SEPCONV_ISA", "avx2")
     assert machine_key(2) != plain
+
+
+def test_fastest_keeps_each_functions_least_time_over_the_rounds(monkeypatch):
+    """A busy machine only adds time: of rounds taking 5, 1 and 7 ms (and 4, 4, 40 ms), the table
+    keeps 1 (and 4), where a median would keep 5 (and 4). A fake clock, no real timing."""
+    clock = [0.0]
+    durations = {"a": iter([0, 5, 0, 1, 0, 7]), "b": iter([0, 4, 0, 4, 0, 40])}  # untimed warm call, then timed
+
+    def run(name):
+        def f():
+            clock[0] += next(durations[name]) / 1e3
+        return f
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    assert fastest({"a": run("a"), "b": run("b")}, rounds=3, block=1) == pytest.approx({"a": 1.0, "b": 4.0})
+
+
+def test_the_machine_key_depends_on_how_the_table_is_measured(monkeypatch):
+    """A table measured with another statistic (medians, inflated on a busy machine) is not reused."""
+    plain = machine_key(2)
+    monkeypatch.setattr(latency, "TABLE_FORMAT", latency.TABLE_FORMAT + 1)
+    assert machine_key(2) != plain
+
+
+def test_a_smaller_rank_measured_slower_than_a_larger_one_gets_the_larger_ones_time(monkeypatch, tmp_path):
+    """A spike (rank 2 timed at 5.2 ms while a busy neighbour ran, ranks 1 and 4 at 0.6 and 0.7)
+    would make the allocation skip rank 2 and the ranks interpolated next to it."""
+    assert _envelope({1: 0.6, 2: 5.2, 4: 0.7, 8: 1.1}) == {1: 0.6, 2: 0.7, 4: 0.7, 8: 1.1}
+    measured = {"dense": 3.0, "depthwise:1": 0.6, "depthwise:2": 5.2, "depthwise:4": 0.7}
+    monkeypatch.setattr(LatencyTable, "_measure",
+                        lambda self, conv, shape, bias, which: ({n: measured[n] for n in which}, False))
+    table = LatencyTable(samples=3, path=str(tmp_path / "t.json"))
+    ms = table.times(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), {"depthwise": [1, 2, 3, 4]}, bias=False)
+    assert ms == {("dense", None): 3.0, ("depthwise", 1): 0.6, ("depthwise", 2): 0.7, ("depthwise", 3): 0.7,
+                  ("depthwise", 4): 0.7}
+
+
+def test_candidates_are_timed_on_a_channels_last_input_as_in_the_optimized_model(monkeypatch, tmp_path):
+    """Inside the optimized model a layer gets a channels_last tensor; a contiguous one would add a
+    layout copy to every timed call (about 12% of a 64-channel 56x56 conv here)."""
+    import sepconv.optimize
+
+    seen = []
+
+    def fake(layer, x, rounds, candidates):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return lambda x: x
+
+    monkeypatch.setattr(sepconv.optimize, "optimize_for_inference", fake)
+    LatencyTable(rounds=1, path=str(tmp_path / "t.json")).times(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), {"depthwise": [1]},
+                                                                 bias=False)
+    assert seen == [True, True]
+
+
+def _threaded_clock(monkeypatch, ms_by_threads):
+    """``fastest`` replaced: every candidate takes ``ms_by_threads[torch.get_num_threads()]``."""
+    monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {
+        k: ms_by_threads[torch.get_num_threads()] for k in fns})
+
+
+@pytest.mark.parametrize("ms_by_threads,busy", [({2: 16.0, 1: 2.0}, True), ({2: 1.1, 1: 2.0}, False)])
+def test_times_taken_on_a_busy_machine_are_used_but_not_cached(monkeypatch, request, tmp_path, ms_by_threads, busy):
+    """2 threads 8x slower than 1: the machine is busy (every parallel call waited for a
+    descheduled thread); the layer's times are the least of both and kept out of the cache file."""
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(2)
+    _threaded_clock(monkeypatch, ms_by_threads)
+    path = tmp_path / "t.json"
+    table = LatencyTable(path=str(path))
+    conv = nn.Conv2d(4, 4, 3)
+    ms = table.times(conv, (1, 4, 8, 8), {"depthwise": [1]}, bias=False)
+    assert ms == {("dense", None): min(ms_by_threads.values()), ("depthwise", 1): min(ms_by_threads.values())}
+    assert bool(table.busy) is busy
+    table.save()
+    stored = json.loads(path.read_text())["layers"]
+    assert len(stored) == (0 if busy else 1)
+    assert LatencyTable(path=str(path)).times(conv, (1, 4, 8, 8), {"depthwise": [1]}, bias=False) == ms

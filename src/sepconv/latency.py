@@ -9,9 +9,16 @@ faster, else PyTorch's channels_last path) and timed on an input of the layer's 
 Measuring smartly: latency is close to affine in the rank for one structure and shape, so only a
 few ranks per structure are timed (about ``samples``, spread geometrically over the ranks that
 are cheaper than the dense layer in MACs, always the smallest and the largest) and the others are
-interpolated linearly between them. Every timed candidate of a layer shape is timed in the same
-interleaved run as the dense layer (medians), so the ratios within a layer are fair. The table is
-cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
+interpolated linearly between them (a smaller rank never predicted slower than a larger one:
+:func:`_envelope`). Every timed candidate of a layer shape is timed in the same
+interleaved run as the dense layer, so the ratios within a layer are fair; each candidate's time is
+the least over the rounds of a warm block of calls (:func:`fastest`): another process on a shared
+machine only ever adds time, and on 2 busy cores a median can be a multiple of the quiet time (a
+2-thread kernel waits a whole scheduler slice for a descheduled thread), which a cached table would
+then keep. Where even the least is inflated (the first candidate's multi-threaded time well above
+its single-threaded one, :func:`_busy`), the machine is busy: each candidate's time is the least of
+its multi- and single-threaded times, used for this conversion only and not cached (``busy``).
+The table is cached per machine (CPU model and flags), torch and sepconv version, kernel sources and thread
 count, in ``$SEPCONV_CACHE_DIR`` or ``~/.cache/sepconv/latency``; a second conversion of a model
 with the same layer shapes times nothing.
 """
@@ -21,8 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
@@ -30,9 +39,11 @@ from torch import nn
 
 from . import _fused
 from ._io import write_atomic
-from ._timing import interleaved
+__all__ = ["LatencyTable", "candidate_layer", "fastest", "sample_ranks"]
 
-__all__ = ["LatencyTable", "candidate_layer", "sample_ranks"]
+# how the table's times are measured; part of the cache key, so that a table measured another way
+# (format 1: medians, which a busy machine inflates several-fold) is measured again, not reused
+TABLE_FORMAT = 2  # 2: least times, inputs in channels_last
 
 
 def cache_directory() -> str:
@@ -52,7 +63,7 @@ def machine_key(threads: Optional[int] = None) -> str:
     except OSError:
         kernels = "no-kernel-sources"
     text = "\0".join((_fused.cpu_signature(), torch.__version__, __version__, kernels, str(threads),
-                      os.environ.get("SEPCONV_ISA", "")))
+                      os.environ.get("SEPCONV_ISA", ""), f"format {TABLE_FORMAT}"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -74,6 +85,22 @@ def sample_ranks(ranks: Sequence[int], samples: int = 6) -> list[int]:
     return sorted(picks)
 
 
+def _envelope(points: dict[int, float]) -> dict[int, float]:
+    """Each rank's time at most that of any larger rank of the same structure: a larger rank does
+    more work, so a smaller rank measured slower was slowed by something else on the machine (a
+    spike that would make the allocation skip a good rank).
+
+    Example:
+        >>> _envelope({1: 0.6, 2: 5.2, 4: 0.7, 8: 1.1})
+        {1: 0.6, 2: 0.7, 4: 0.7, 8: 1.1}
+    """
+    out, least = {}, float("inf")
+    for r in sorted(points, reverse=True):
+        least = min(least, points[r])
+        out[r] = least
+    return dict(sorted(out.items()))
+
+
 def _interpolate(points: dict[int, float], rank: int) -> float:
     """Piecewise-linear in the rank between timed ranks; flat beyond the ends."""
     xs = sorted(points)
@@ -85,6 +112,33 @@ def _interpolate(points: dict[int, float], rank: int) -> float:
         if a <= rank <= b:
             return points[a] + (points[b] - points[a]) * (rank - a) / (b - a)
     raise AssertionError("unreachable")
+
+
+def fastest(fns: dict[str, Callable[[], object]], rounds: int, block: int = 2) -> dict[str, float]:
+    """Least ms per call of each function over ``rounds`` interleaved rounds.
+
+    Each round runs the functions in turn (a fresh, seeded random order), each as one untimed call
+    (warm again after the others) then ``block`` timed calls back to back; a round's time is the
+    block's mean, and the result the least over the rounds. Other work on the machine only adds
+    time, so the least is the best estimate of the time on a quiet machine, where a median taken on
+    a busy one is not (see the module docstring).
+
+    Example:
+        >>> sorted(fastest({"a": lambda: sum(range(100)), "b": lambda: sum(range(1000))}, rounds=2))
+        ['a', 'b']
+    """
+    best = {k: float("inf") for k in fns}
+    names, order = list(fns), random.Random(0)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            order.shuffle(names)
+            for k in names:
+                fns[k]()
+                t = time.perf_counter()
+                for _ in range(block):
+                    fns[k]()
+                best[k] = min(best[k], (time.perf_counter() - t) * 1e3 / block)
+    return best
 
 
 def candidate_layer(structure: str, conv: nn.Module, rank: Optional[int], bias: bool) -> nn.Module:
@@ -114,11 +168,30 @@ def _layer_key(conv: nn.Module, in_shape: Sequence[int], bias: bool) -> str:
                        conv.padding_mode, bool(bias), str(conv.weight.dtype)])
 
 
+def _one_thread(fns: dict, rounds: int) -> dict[str, float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fastest(fns, rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _busy(times: dict[str, float], fns: dict, rounds: int) -> bool:
+    """Whether other work on the machine slowed the multi-threaded timings: the first candidate
+    took more than 1.5x (+ 50 us) its single-threaded time. On a quiet machine more threads are
+    never that much slower; on busy cores every parallel call waits a scheduler slice (several
+    ms) for a descheduled thread, so that even the least of many rounds is inflated (a 256-channel
+    14x14 conv: 16 ms with 2 threads, 1 ms quiet)."""
+    first = next(iter(fns))
+    return times[first] > 1.5 * _one_thread({first: fns[first]}, min(rounds, 3))[first] + 0.05
+
+
 class LatencyTable:
     """Milliseconds per candidate layer on this machine, measured once and cached on disk.
 
     Args:
-        rounds: interleaved timing rounds per layer shape (medians).
+        rounds: interleaved timing rounds per layer shape (the least of each candidate's kept).
         samples: ranks timed per structure; the others are interpolated.
         path: the cache file (default: one per machine key in :func:`cache_directory`); ``None``
             with ``cache=False`` keeps the table in memory only.
@@ -137,6 +210,9 @@ class LatencyTable:
         self.path = path or os.path.join(cache_directory(), f"{machine_key()}.json")
         self.entries: dict[str, dict[str, float]] = {}
         self.measured = 0  # candidates timed by this table (not read from the cache)
+        # layer key -> candidates timed while the machine was busy: used for this conversion (the
+        # least of the 2-thread and 1-thread times), never written to the cache
+        self.busy: dict[str, set] = {}
         if cache:
             try:
                 with open(self.path) as f:
@@ -158,19 +234,26 @@ class LatencyTable:
                 wanted[f"{structure}:{r}"] = (structure, r)
         missing = [name for name in wanted if name not in known]
         if missing:
-            known.update(self._measure(conv, in_shape, bias, {n: wanted[n] for n in missing}))
+            times, busy = self._measure(conv, in_shape, bias, {n: wanted[n] for n in missing})
+            known.update(times)
+            if busy:
+                self.busy.setdefault(key, set()).update(times)
         out = {("dense", None): known["dense"]}
         for structure, rs in ranks.items():
-            points = {int(n.split(":")[1]): v for n, v in known.items() if n.startswith(structure + ":")}
+            points = _envelope({int(n.split(":")[1]): v for n, v in known.items() if n.startswith(structure + ":")})
             for r in rs:
                 out[(structure, r)] = points[r] if r in points else _interpolate(points, r)
         return out
 
-    def _measure(self, conv, in_shape, bias, which: dict) -> dict[str, float]:
+    def _measure(self, conv, in_shape, bias, which: dict) -> tuple[dict[str, float], bool]:
+        """The candidates' times, and whether the machine was found busy (see :func:`_busy`)."""
         from .optimize import optimize_for_inference
 
         torch.manual_seed(0)
         x = torch.randn(*in_shape, dtype=conv.weight.dtype)
+        if x.dim() == 4:  # as the layer gets it inside the optimized model (channels_last from its
+            # input on): not a layout copy of its input in every timed call, which the model does not pay
+            x = x.contiguous(memory_format=torch.channels_last)
         fns = {}
         for name, spec in which.items():
             structure, rank = spec if spec is not None else ("dense", None)
@@ -178,7 +261,12 @@ class LatencyTable:
             fast = optimize_for_inference(layer, x, rounds=2, candidates=("eager", "fused"))
             fns[name] = lambda fast=fast: fast(x)
         self.measured += len(fns)
-        return interleaved(fns, self.rounds, warmup=1)
+        times = fastest(fns, self.rounds)
+        threads = torch.get_num_threads()
+        if threads == 1 or not _busy(times, fns, self.rounds):
+            return times, False
+        single = _one_thread(fns, self.rounds)
+        return {k: min(v, single[k]) for k, v in times.items()}, True
 
     def save(self) -> None:
         """Write the table to its cache file (atomically); errors are reported, never raised."""
@@ -186,8 +274,11 @@ class LatencyTable:
             return
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            layers = {k: {n: v for n, v in entry.items() if n not in self.busy.get(k, ())}
+                      for k, entry in self.entries.items()}
             text = json.dumps({"machine": _fused.cpu_signature(), "torch": torch.__version__,
-                               "threads": torch.get_num_threads(), "layers": self.entries}, indent=1)
+                               "threads": torch.get_num_threads(),
+                               "layers": {k: entry for k, entry in layers.items() if entry}}, indent=1)
             write_atomic(self.path, lambda f: f.write(text.encode()))
         except OSError as exc:
             print(f"sepconv: could not cache the latency table in {self.path}: {exc}", file=sys.stderr)

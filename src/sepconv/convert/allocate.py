@@ -88,9 +88,11 @@ def _allocate_uniform(layers: list[_Layer], limit: int, fixed: int) -> dict[str,
 
 
 def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], tolerance: Optional[float],
-            allocation: str, total: int, latency_ms: Optional[float] = None) -> dict[str, _Candidate]:
+            allocation: str, total: int, latency_ms: Optional[float] = None,
+            reference_ms: Optional[float] = None) -> dict[str, _Candidate]:
     """One candidate per layer name, by the rule the arguments select (``total``: the model's MACs;
-    ``latency_ms``: the optimized original model's measured time, for a time budget)."""
+    ``latency_ms``: the original model's measured time on the path its layers were timed through,
+    for a time budget, a fraction of ``reference_ms``, its time as deployed, default the same)."""
     if budget is None and rank is None and tolerance is None:  # lossless
         eps = 100 * torch.finfo(layers[0].weight.dtype).eps
         return {l.name: min((c for c in l.candidates if c.weight_error <= eps), key=lambda c: c.macs) for l in layers}
@@ -99,7 +101,7 @@ def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], 
     if rank is not None:
         return {l.name: min(l.candidates, key=lambda c: (c.structure == "dense", c.error)) for l in layers}
     if latency_ms is not None:
-        return _allocate_time(layers, budget, latency_ms)
+        return _allocate_time(layers, budget, latency_ms, reference_ms)
     fixed = total - sum(l.dense_macs for l in layers)
     limit = int(math.floor(budget * total))
     if fixed > limit:
@@ -139,15 +141,18 @@ def fit_times(layers: list[_Layer], latency_ms: float) -> None:
                 c.ms *= k
 
 
-def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float) -> dict[str, _Candidate]:
-    """Global allocation under ``budget * latency_ms``: the time of everything that is not a
-    candidate layer (``latency_ms`` minus the layers' dense times, at least 0) is fixed."""
+def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float,
+                   reference_ms: Optional[float] = None) -> dict[str, _Candidate]:
+    """Global allocation under ``budget * reference_ms`` (default ``latency_ms``): the time of
+    everything that is not a candidate layer (``latency_ms``, the model on the path its layers
+    were timed through, minus the layers' dense times, at least 0) is fixed."""
+    reference_ms = latency_ms if reference_ms is None else reference_ms
     fit_times(layers, latency_ms)
     fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
-    limit = budget * latency_ms
+    limit = budget * reference_ms
     fastest = fixed + sum(min(c.ms for c in l.candidates) for l in layers)
     if fastest > limit:
-        raise ValueError(f"budget: expected at least {fastest / latency_ms:.4f}, the fastest candidate of every layer "
-                         f"(predicted {fastest:.3f} ms of the optimized model's {latency_ms:.3f} ms on this machine), "
-                         f"got {budget}")
+        raise ValueError(f"budget: expected at least {fastest / reference_ms:.4f}, the fastest candidate of every "
+                         f"layer (predicted {fastest:.3f} ms of the optimized model's {reference_ms:.3f} ms on this "
+                         f"machine), got {budget}")
     return _allocate_global(layers, limit - fixed, _ms)

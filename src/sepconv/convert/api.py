@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import cost as C
 from .._checks import check_finite, check_module
 from ..graph import find_conv_bn, fold_chains
-from .allocate import _choose, predicted_ms
+from .allocate import _choose
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
 from .parallel import map_layers
@@ -108,35 +108,80 @@ def convert(
         inputs = _capture_inputs(model, [l.name for l in layers], batches)
         _covariances(layers, inputs)
     _rank_candidates(layers, method, rank)
-    original = latency_ms = None
-    if cost == "latency":
-        timing.attach_latencies(layers)
-        original = timing.optimized(model, probe)
-        latency_ms = timing.model_ms(original, probe)
-    choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before, latency_ms)
     probe_inputs, reference = _reference(model, layers, probe)  # taken before any surgery: model may be target
-    if method == "auto" and budget is not None and batches is None:  # the proxy checked on the example
-        choice, report.message = best_choice(target, layers, choice, found, probe, reference,
-                                             (budget, rank, tolerance, allocation, report.macs_before, latency_ms))
+    if cost == "latency":
+        choice = _latency_choice(model, target, layers, found, probe, reference, method, budget, batches, report)
+    else:
+        choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before)
+        if method == "auto" and budget is not None and batches is None:  # the proxy checked on the example
+            choice, report.message = best_choice(target, layers, choice, found, probe, reference,
+                                                 (budget, rank, tolerance, allocation, report.macs_before, None))
     new_layers = _operate(target, layers, choice, found)
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()
     _fill_report(report, target, layers, choice, new_layers, probe, probe_inputs, reference, batches, unrefit)
-    if cost == "latency":
-        _measure_latency(report, original, target, probe, predicted_ms(layers, choice, latency_ms))
     return target, report
 
 
-def _measure_latency(report: ConversionReport, original: nn.Module, target: nn.Module, probe: Tensor,
-                     predicted: float) -> None:
-    """The optimized converted model timed side by side with the optimized original."""
-    was = target.training
-    fast = timing.optimized(target.eval(), probe)
-    target.train(was)
-    before, after = timing.side_by_side(original, fast, probe)
-    report.latency = dict(original_ms=before, predicted_ms=predicted, measured_ms=after,
-                          predicted_ratio=predicted / before, measured_ratio=after / before,
+def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], found, probe: Tensor,
+                    reference: Tensor, method: str, budget: float, batches, report: ConversionReport) -> dict:
+    """The choice under a time budget that holds as measured (:func:`timing.within_budget`): each
+    allocation is built on a copy of ``target``, optimized and timed side by side with the
+    optimized original, and corrected where it missed. Sets ``report.latency`` (and warns where
+    no allocation met the budget as measured)."""
+    original = timing.optimized(model, probe)  # as deployed: what the budget is a fraction of
+    path = timing.optimized(model, probe, timing.LAYER_PATHS)  # the paths the layers are timed through
+    before = timing.model_times(original, path, probe)
+    timing.attach_latencies(layers)
+    # deployed and path timed interleaved, before and after the layers' table (seconds to minutes
+    # apart when it is measured): the least of each, so that one busy moment does not shift the budget
+    deployed_ms, path_ms = map(min, zip(before, timing.model_times(original, path, probe)))
+    # the dense layers' times inside the model, and the model's own time from the same calls: the
+    # prediction's base; the budget is a fraction of the deployed time at the ratio measured above
+    latency_ms, inside = timing.in_context(path, [l.name for l in layers], probe)
+    timing.in_model_times(layers, inside)
+    reference_ms = latency_ms * deployed_ms / path_ms
+
+    def choose(ms: float, fraction: float) -> tuple[dict, str]:
+        args = (fraction, None, None, "global", report.macs_before, ms, reference_ms)
+        choice = _choose(layers, *args)
+        if method == "auto" and batches is None:  # the proxy checked on the example
+            return best_choice(target, layers, choice, found, probe, reference, args)
+        return choice, ""
+
+    def build(choice: dict) -> tuple[nn.Module, float]:
+        trial = _trial(target, layers, choice, found)
+        with torch.no_grad():
+            return trial, _rel(trial(probe), reference)
+
+    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, reference_ms)
+    report.message = kept.message
+    report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
+                          measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
+                          measured_ratio=kept.ratio, rounds=len(trials),
+                          trials=[dict(predicted_ratio=t.predicted_ratio, measured_ratio=t.ratio,
+                                       output_error=t.error) for t in trials],
                           batch=int(probe.shape[0]), threads=torch.get_num_threads())
+    if kept.ratio > timing.within(budget):
+        tried = f"the fastest of {len(trials)} allocations" if len(trials) > 1 else "the allocation"
+        note = (f"the time budget was not reached as measured: {tried} measured "
+                f"{kept.ratio:.3f} of the optimized original's time, budget {budget} "
+                f"({kept.ratio / budget - 1:.0%} over)")
+        report.message = f"{report.message}; {note}" if report.message else note
+        warnings.warn(f"convert: {note}", RuntimeWarning, stacklevel=3)
+    return kept.choice
+
+
+def _trial(target: nn.Module, layers: list[_Layer], choice: dict, found) -> nn.Module:
+    """``target`` converted as ``choice`` says, on a copy (the module tree copied, the tensors
+    shared: the surgery assigns new parameters), in eval mode; ``target`` and the layers'
+    spectra stay as they were, for the next allocation and the final surgery."""
+    trial = copy.deepcopy(target, {id(t): t for t in (*target.parameters(), *target.buffers())})
+    spectra = [l.spectra for l in layers]
+    _operate(trial, layers, choice, found)
+    for l, s in zip(layers, spectra):
+        l.spectra = s
+    return trial.eval()
 
 
 def _weigh(layers: list[_Layer], model: nn.Module, report: ConversionReport) -> None:

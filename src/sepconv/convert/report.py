@@ -41,7 +41,7 @@ class ConversionReport:
     message: str = ""
     cost: str = "macs"
     # cost="latency": original_ms, predicted_ms, measured_ms (optimized models, this machine), their
-    # ratios, batch and threads
+    # ratios, rounds (allocations built and measured) and trials (each one's ratios), batch and threads
     latency: Optional[dict] = None
 
     @property
@@ -65,7 +65,8 @@ class ConversionReport:
             t = self.latency
             s += (f"; optimized latency {t['original_ms']:.2f} -> {t['measured_ms']:.2f} ms measured "
                   f"({t['measured_ratio']:.1%}; predicted {t['predicted_ms']:.2f} ms, {t['predicted_ratio']:.1%}; "
-                  f"batch {t['batch']}, {t['threads']} threads)")
+                  f"batch {t['batch']}, {t['threads']} threads"
+                  + (f"; {t['rounds']} allocations measured" if t.get("rounds", 1) > 1 else "") + ")")
         if self.batchnorms:
             s += f"; BatchNorms folded {self._folded_count()} of {len(self.batchnorms)}"
         if self.inplace:

@@ -1,24 +1,45 @@
-"""``cost="latency"``: each candidate's measured time on this machine, and the model's own.
+"""``cost="latency"``: each candidate's measured time on this machine, the model's own, and the
+loop that makes the budget hold as measured.
 
 The candidates' times come from :class:`sepconv.latency.LatencyTable` (measured through
 ``optimize_for_inference``'s eager and fused paths on an input of the layer's shape, a few ranks
-per structure timed and the rest interpolated, cached on disk per machine). The model's time is
-that of ``optimize_for_inference(model, example_input)``, the path a user deploys; the predicted
-time of a conversion is the model's time with each converted layer's dense time replaced by its
-candidate's (:func:`~sepconv.convert.allocate.predicted_ms`), and after the surgery the converted
-model is optimized and measured side by side with the original (interleaved blocks, medians).
+per structure timed and the rest interpolated, cached on disk per machine). The budget is a
+fraction of the original as deployed, ``optimize_for_inference(model, example_input)``; the
+prediction starts from the original on the table's own paths (:data:`LAYER_PATHS`: the deployed
+TorchScript graph fuses dense convs with their adds and ReLUs, a gain a converted model does not
+keep), with each dense layer timed inside that model (:func:`in_context`; the candidates are
+scaled by the layer's inside/alone time) and each converted layer's dense time replaced by its
+candidate's (:func:`~sepconv.convert.allocate.predicted_ms`).
+
+What a layer inside the model costs beyond that (a layout reorder between backends, a second
+kernel call, a lost fusion) is still unseen, so the prediction is checked (:func:`within_budget`):
+the converted model is built, optimized and timed side by side with the optimized original
+(interleaved blocks, medians); where the measured ratio exceeds the budget, every converted layer
+is charged the overhead the measurements say (least squares over the rounds so far,
+:func:`correction`) and the allocation is made again, at most :data:`MAX_ROUNDS` models measured.
+The kept result is the first that met the budget as measured, else the fastest measured (and
+``convert`` warns by how much it missed).
 """
 
-from typing import Optional
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
 
 from .._timing import interleaved
-from ..latency import LatencyTable
+from ..latency import LatencyTable, _busy, _one_thread, fastest
+from .allocate import _dense_ms, fit_times, predicted_ms
 from .candidates import _Layer
 
 ROUNDS = 10  # interleaved rounds of whole-model timings
 BLOCK = 3  # back-to-back calls per round
+MAX_ROUNDS = 3  # converted models built and measured, at most, to meet a time budget
+# a measured ratio up to 2% over the budget counts as within it: two side-by-side runs of the same
+# model differ by about that much here (and an all-dense result would otherwise "miss" a budget of 1)
+NOISE = 0.02
 
 
 def attach_latencies(layers: list[_Layer], table: Optional[LatencyTable] = None) -> LatencyTable:
@@ -33,18 +54,90 @@ def attach_latencies(layers: list[_Layer], table: Optional[LatencyTable] = None)
         for c in l.candidates:
             c.ms = times[(c.structure, c.rank)]
     table.save()
+    if table.busy:
+        warnings.warn(f"convert: the machine was busy while {len(table.busy)} of {len(layers)} layers were timed "
+                      "(other work slowed the multi-threaded timings); their times were not cached and the "
+                      "predicted latency is less reliable: convert again on a quiet machine", RuntimeWarning,
+                      stacklevel=4)
     return table
 
 
-def optimized(model: nn.Module, x: Tensor) -> nn.Module:
+# the paths the layers' table is timed through (sepconv.latency): the original on these alone is
+# the base of a prediction. Its deployed time can be less (a frozen TorchScript graph fuses each
+# dense conv with its residual add and ReLU: 44.6 against 47.6 ms for ResNet-18 on 1 thread), a
+# gain the converted model does not keep (its separable layers run fastest on the fused kernels)
+LAYER_PATHS = ("eager", "fused")
+
+
+def optimized(model: nn.Module, x: Tensor, candidates: Optional[tuple] = None) -> nn.Module:
+    """``optimize_for_inference(model, x)``, on ``candidates`` paths where given."""
     from ..optimize import optimize_for_inference
 
-    return optimize_for_inference(model, x)
+    return optimize_for_inference(model, x) if candidates is None else optimize_for_inference(model, x, candidates=candidates)
 
 
-def model_ms(fast: nn.Module, x: Tensor) -> float:
-    """Median ms of one call of the optimized model ``fast`` on ``x``."""
-    return interleaved({"model": lambda: fast(x)}, ROUNDS, warmup=2, block=BLOCK)["model"]
+def model_times(original: nn.Module, path: nn.Module, x: Tensor) -> tuple[float, float]:
+    """Least ms of one call of the original as deployed and on the layers' paths, over interleaved
+    rounds of warm blocks: the same statistic as the layers' table (:func:`sepconv.latency.fastest`),
+    so that the layers' and the model's times add up on a busy machine too (where busy, the least
+    of the multi- and single-threaded times, as the table's)."""
+    fns = {"original": lambda: original(x), "path": lambda: path(x)}
+    ms = fastest(fns, ROUNDS, block=BLOCK)
+    if torch.get_num_threads() > 1 and _busy(ms, fns, ROUNDS):
+        single = _one_thread(fns, ROUNDS)
+        ms = {k: min(v, single[k]) for k, v in ms.items()}
+    return ms["original"], ms["path"]
+
+
+def in_context(path: nn.Module, names: list[str], x: Tensor) -> tuple[float, dict[str, float]]:
+    """Least ms of the whole model ``path`` (optimized on :data:`LAYER_PATHS`) and of each named
+    layer inside it, from the same calls (forward hooks), over :data:`ROUNDS` x :data:`BLOCK` calls.
+
+    A layer timed alone is not the layer inside the model: there its input was just written by the
+    layer before it (in cache, already channels_last) and its output is read next, and the model's
+    other work (adds, ReLUs, pooling) runs between the convs. Timed in the model, the dense layers'
+    times and the rest of the model's add up by construction. Names the model does not run are left
+    out. On a busy machine (:func:`sepconv.latency._busy`), the least of the multi- and
+    single-threaded calls, as in the table."""
+    module = getattr(path, "module", path)
+    named = dict(module.named_modules())
+    times: dict[str, float] = {}
+    start: dict[str, float] = {}
+    hooks = []
+    for name in names:
+        m = named.get(name)
+        if m is None:
+            continue
+
+        def pre(_m, _a, name=name):
+            start[name] = time.perf_counter()
+
+        def post(_m, _a, _o, name=name):
+            ms = (time.perf_counter() - start[name]) * 1e3
+            times[name] = min(times.get(name, ms), ms)
+
+        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    fns = {"model": lambda: path(x)}
+    try:
+        whole = fastest(fns, ROUNDS, block=BLOCK)["model"]
+        if torch.get_num_threads() > 1 and _busy({"model": whole}, fns, ROUNDS):  # as the table's layers
+            whole = min(whole, _one_thread(fns, ROUNDS)["model"])  # the hooks keep each layer's least
+    finally:
+        for h in hooks:
+            h.remove()
+    return whole, times
+
+
+def in_model_times(layers: list[_Layer], measured: dict[str, float]) -> None:
+    """Scale each layer's candidates' table times by the layer's dense time measured inside the
+    model over its dense time alone: the table gives each candidate's time relative to the dense
+    layer (timed in the same interleaved run), the model gives the dense layer's."""
+    for l in layers:
+        ms = measured.get(l.name)
+        dense = _dense_ms(l)
+        if ms is not None and ms > 0 and dense > 0:
+            for c in l.candidates:
+                c.ms *= ms / dense
 
 
 def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[float, float]:
@@ -52,3 +145,118 @@ def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[
     t = interleaved({"original": lambda: original(x), "converted": lambda: converted(x)}, ROUNDS, warmup=2,
                     block=BLOCK)
     return t["original"], t["converted"]
+
+
+@dataclass
+class Trial:
+    """One allocation, built and measured side by side with the original."""
+
+    choice: dict  # layer name -> _Candidate
+    message: str  # what the allocation says about itself (auto's comparison), or ""
+    predicted_ratio: float  # predicted time / the original's, with the corrections of its round
+    original_ms: float  # measured side by side (medians)
+    measured_ms: float
+    error: float  # the model output's relative error on the example input
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_ms / self.original_ms
+
+
+def _converted_sums(layers: list[_Layer], choice: dict, base: dict) -> tuple[int, float, float]:
+    """How many layers are converted, the uncorrected ms of their chosen candidates, and their dense ms."""
+    todo = [l for l in layers if choice[l.name].structure != "dense"]
+    return len(todo), sum(base[id(choice[l.name])] for l in todo), sum(_dense_ms(l) for l in todo)
+
+
+def correction(history: list[tuple[int, float, float, float]]) -> float:
+    """The time each converted layer costs beyond its table time, from the measurements.
+
+    Each measured round gives ``(n, cand, dense, delta)``: how many layers were converted, their
+    chosen candidates' uncorrected ms, what those layers take dense, and the measured
+    converted-minus-original time (in the table's units). The converted layers then really took
+    ``delta + dense``, ``delta + dense - cand`` more than predicted. What a layer timed alone does
+    not show is paid per converted layer inside the model, whatever the candidate's own time: a
+    layout reorder between backends, a second kernel call and an intermediate tensor, the dense
+    conv's fusion with the residual add and ReLU that the separable layer loses; and on busy cores
+    every kernel call waits a scheduler slice. So the correction is one overhead per converted
+    layer, the least-squares ``b`` in ``n * b = delta + dense - cand`` over the rounds, at least 0.
+
+    Example:
+        >>> correction([(4, 2.0, 10.0, -4.0)])  # 4 layers took 6 ms where 2 were predicted
+        1.0
+    """
+    num = sum(n * (d + dense - c) for n, c, dense, d in history)
+    den = sum(n * n for n, _, _, _ in history)
+    return 0.0 if den <= 0 else max(num / den, 0.0)
+
+
+def _fastest_ratio(layers: list[_Layer], latency_ms: float, reference_ms: float) -> float:
+    """The least predicted ratio any allocation reaches with the current times (the budget
+    ``_allocate_time`` asks for at least)."""
+    fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
+    return (fixed + sum(min(c.ms for c in l.candidates) for l in layers)) / reference_ms
+
+
+def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
+                  build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
+                  reference_ms: Optional[float] = None) -> tuple[Trial, list[Trial]]:
+    """Allocate, build, measure; while the measured ratio exceeds ``budget``, correct and repeat.
+
+    Args:
+        layers: the layers with their candidates' table times (``ms``); corrected in place.
+        budget: the fraction of the original's measured time to reach.
+        latency_ms: the original's time on the layers' paths in the table's units (:func:`model_times`).
+        choose: ``(latency_ms, budget) -> (choice, message)``, the allocation under the current
+            times (raises ValueError where the budget cannot be reached).
+        build: ``choice -> (converted model, output error)``, the model is not ``layers``' target.
+        original: the optimized original model, timed again side by side with each result.
+        x: the example input.
+        reference_ms: the original's time as deployed, of which ``budget`` is a fraction
+            (default ``latency_ms``).
+
+    Returns:
+        The kept trial (the first within the budget as measured, else the fastest measured) and
+        every trial in order. Where the corrected times say the budget cannot be reached, the
+        fastest allocation they allow is measured instead.
+    """
+    reference_ms = latency_ms if reference_ms is None else reference_ms
+    fit_times(layers, latency_ms)
+    base = {id(c): c.ms for l in layers for c in l.candidates}
+    trials: list[Trial] = []
+    history: list[tuple[int, float, float, float]] = []
+    overhead = 0.0
+    for _ in range(MAX_ROUNDS):
+        for l in layers:
+            for c in l.candidates:
+                c.ms = base[id(c)] + (0.0 if c.structure == "dense" else overhead)
+        try:
+            choice, message = choose(latency_ms, budget)
+        except ValueError:
+            if not trials:
+                raise  # the budget is out of reach before anything was measured: the user's error
+            try:  # out of reach once corrected: the fastest allocation the corrected times allow
+                choice, message = choose(latency_ms, _fastest_ratio(layers, latency_ms, reference_ms) * (1 + 1e-9))
+            except ValueError:
+                break
+        if any(all(t.choice[k] is choice[k] for k in choice) for t in trials):
+            break  # the corrections changed nothing: measuring it again tells nothing new
+        predicted = predicted_ms(layers, choice, latency_ms) / reference_ms
+        model, error = build(choice)
+        before, after = side_by_side(original, optimized(model, x), x)
+        trials.append(Trial(choice, message, predicted, before, after, error))
+        if after <= within(budget) * before:
+            break
+        n, cand, dense = _converted_sums(layers, choice, base)
+        if n == 0:
+            break  # nothing converted: no layer's time to correct
+        # the measured time in the table's units: the ratio to the original as deployed
+        history.append((n, cand, dense, after / before * reference_ms - latency_ms))
+        overhead = correction(history)
+    last = trials[-1]  # the loop stops at the first allocation within the budget as measured
+    return (last if last.ratio <= within(budget) else min(trials, key=lambda t: t.ratio)), trials
+
+
+def within(budget: float) -> float:
+    """The largest measured ratio that counts as meeting ``budget`` (:data:`NOISE`)."""
+    return budget * (1.0 + NOISE)
