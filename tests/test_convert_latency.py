@@ -103,6 +103,7 @@ def test_an_unreachable_time_budget_says_what_is_reachable(monkeypatch, fake_mac
                                                    "layer (predicted 8.600 ms of the optimized model's 35.000 ms on "
                                                    "this machine), got 0.1")):
         convert(_net(), budget=0.1, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    assert fake_machine.runs == 1  # the fastest allocation was measured before the budget was refused
 
 
 def test_cost_arguments_are_checked():
@@ -219,7 +220,7 @@ def test_a_budget_out_of_reach_once_corrected_keeps_what_was_measured(monkeypatc
 @pytest.mark.parametrize("history,expected", [
     ([(4, 2.0, 10.0, -4.0)], 1.0),  # 4 converted layers took 6 ms where 2 were predicted
     ([(4, 2.0, 10.0, -4.0), (2, 1.0, 5.0, -1.0)], (4 * 4 + 2 * 3) / (16 + 4)),  # least squares over rounds
-    ([(2, 5.0, 10.0, -8.0)], 0.0),  # faster than predicted: no negative overhead
+    ([(2, 5.0, 10.0, -8.0)], -1.5),  # 2 layers took 2 ms where 5 were predicted: corrected downward
     ([], 0.0),
 ])
 def test_the_correction_is_the_least_squares_overhead_per_converted_layer_over_the_rounds(history, expected):
@@ -323,3 +324,29 @@ def test_in_context_on_a_busy_machine_keeps_the_least_of_multi_and_single_thread
         k: {2: 160.0, 1: 20.0}[torch.get_num_threads()] for k in fns})
     monkeypatch.setattr(timing, "fastest", latency.fastest)
     assert timing.in_context(nn.Identity(), [], torch.zeros(1)) == (20.0, {})
+
+
+def test_a_result_far_under_its_budget_is_allocated_again_for_less_error(monkeypatch):
+    """The first allocation measures far under the budget (0.3 of 0.5): the times are corrected
+    downward and the allocation made again; of the results within the budget the most exact is kept."""
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
+    measured = iter([3.0, 4.8])
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, next(measured)))
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (2, 4.0, 8.0))
+    choices, errors = iter([{"a": object()}, {"a": object()}]), iter([0.3, 0.2])
+    kept, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (next(choices), ""),
+                                        lambda c: (nn.Identity(), next(errors)), nn.Identity(), torch.zeros(1))
+    assert [t.ratio for t in trials] == pytest.approx([0.3, 0.48])
+    assert kept is trials[1] and kept.error == 0.2
+
+
+def test_a_budget_out_of_reach_as_predicted_is_measured_before_it_is_refused(monkeypatch, fake_machine):
+    """The table says 0.2 cannot be reached (fastest 0.2457), but the separable layers really run in
+    a fifth of the table's time: the fastest allocation is measured, meets 0.2, and is kept (or a
+    more exact one measured after it)."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    fake_machine.factor = 0.2
+    _, report = convert(_net(), budget=0.2, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    assert report.latency["measured_ratio"] <= timing.within(0.2)
+    assert report.latency["trials"][0]["predicted_ratio"] == pytest.approx(0.2457, abs=1e-4)

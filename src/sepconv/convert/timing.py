@@ -17,8 +17,11 @@ the converted model is built, optimized and timed side by side with the optimize
 (interleaved blocks, medians); where the measured ratio exceeds the budget, every converted layer
 is charged the overhead the measurements say (least squares over the rounds so far,
 :func:`correction`) and the allocation is made again, at most :data:`MAX_ROUNDS` models measured.
-The kept result is the first that met the budget as measured, else the fastest measured (and
-``convert`` warns by how much it missed).
+A result measured well under its budget (below :data:`UNDER` of it) is corrected downward the
+same way and allocated again, for less error. Where the budget is out of reach as predicted, the
+fastest allocation is measured before the budget is refused. The kept result is the most exact of
+those that met the budget as measured, else the fastest measured (and ``convert`` warns by how
+much it missed).
 """
 
 import time
@@ -40,6 +43,9 @@ MAX_ROUNDS = 3  # converted models built and measured, at most, to meet a time b
 # a measured ratio up to 2% over the budget counts as within it: two side-by-side runs of the same
 # model differ by about that much here (and an all-dense result would otherwise "miss" a budget of 1)
 NOISE = 0.02
+# a result measured faster than this fraction of its budget is allocated again with the times
+# corrected downward (less error for the time the budget allows)
+UNDER = 0.85
 
 
 def attach_latencies(layers: list[_Layer], table: Optional[LatencyTable] = None) -> LatencyTable:
@@ -180,7 +186,9 @@ def correction(history: list[tuple[int, float, float, float]]) -> float:
     layout reorder between backends, a second kernel call and an intermediate tensor, the dense
     conv's fusion with the residual add and ReLU that the separable layer loses; and on busy cores
     every kernel call waits a scheduler slice. So the correction is one overhead per converted
-    layer, the least-squares ``b`` in ``n * b = delta + dense - cand`` over the rounds, at least 0.
+    layer, the least-squares ``b`` in ``n * b = delta + dense - cand`` over the rounds; negative
+    where the converted layers ran faster than predicted (the candidates' times are kept positive
+    where it is applied).
 
     Example:
         >>> correction([(4, 2.0, 10.0, -4.0)])  # 4 layers took 6 ms where 2 were predicted
@@ -188,7 +196,7 @@ def correction(history: list[tuple[int, float, float, float]]) -> float:
     """
     num = sum(n * (d + dense - c) for n, c, dense, d in history)
     den = sum(n * n for n, _, _, _ in history)
-    return 0.0 if den <= 0 else max(num / den, 0.0)
+    return 0.0 if den <= 0 else num / den
 
 
 def _fastest_ratio(layers: list[_Layer], latency_ms: float, reference_ms: float) -> float:
@@ -201,7 +209,8 @@ def _fastest_ratio(layers: list[_Layer], latency_ms: float, reference_ms: float)
 def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
                   build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
                   reference_ms: Optional[float] = None) -> tuple[Trial, list[Trial]]:
-    """Allocate, build, measure; while the measured ratio exceeds ``budget``, correct and repeat.
+    """Allocate, build, measure; while the measured ratio exceeds ``budget`` (or is far under it),
+    correct and repeat.
 
     Args:
         layers: the layers with their candidates' table times (``ms``); corrected in place.
@@ -216,9 +225,14 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
             (default ``latency_ms``).
 
     Returns:
-        The kept trial (the first within the budget as measured, else the fastest measured) and
-        every trial in order. Where the corrected times say the budget cannot be reached, the
-        fastest allocation they allow is measured instead.
+        The kept trial (the most exact of those within the budget as measured, else the fastest
+        measured) and every trial in order. Where the corrected times say the budget cannot be
+        reached, the fastest allocation they allow is measured instead.
+
+    Raises:
+        ValueError: the budget is out of reach as predicted before anything was measured, and the
+            fastest allocation, measured, misses it too (the allocation's message, and the
+            measured ratio).
     """
     reference_ms = latency_ms if reference_ms is None else reference_ms
     fit_times(layers, latency_ms)
@@ -226,16 +240,16 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
     trials: list[Trial] = []
     history: list[tuple[int, float, float, float]] = []
     overhead = 0.0
+    unreachable: Optional[ValueError] = None
     for _ in range(MAX_ROUNDS):
         for l in layers:
             for c in l.candidates:
-                c.ms = base[id(c)] + (0.0 if c.structure == "dense" else overhead)
+                c.ms = base[id(c)] if c.structure == "dense" else max(base[id(c)] + overhead, 0.25 * base[id(c)])
         try:
             choice, message = choose(latency_ms, budget)
-        except ValueError:
-            if not trials:
-                raise  # the budget is out of reach before anything was measured: the user's error
-            try:  # out of reach once corrected: the fastest allocation the corrected times allow
+        except ValueError as exc:
+            unreachable = unreachable or (exc if not trials else None)
+            try:  # out of reach as predicted: the fastest allocation the times allow, measured
                 choice, message = choose(latency_ms, _fastest_ratio(layers, latency_ms, reference_ms) * (1 + 1e-9))
             except ValueError:
                 break
@@ -245,16 +259,21 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         model, error = build(choice)
         before, after = side_by_side(original, optimized(model, x), x)
         trials.append(Trial(choice, message, predicted, before, after, error))
-        if after <= within(budget) * before:
-            break
+        if unreachable is not None and after > within(budget) * before:
+            break  # the fastest allocation misses too: the budget is out of reach
+        if UNDER * budget * before <= after <= within(budget) * before:
+            break  # within the budget, and not far under it
         n, cand, dense = _converted_sums(layers, choice, base)
         if n == 0:
             break  # nothing converted: no layer's time to correct
         # the measured time in the table's units: the ratio to the original as deployed
         history.append((n, cand, dense, after / before * reference_ms - latency_ms))
         overhead = correction(history)
-    last = trials[-1]  # the loop stops at the first allocation within the budget as measured
-    return (last if last.ratio <= within(budget) else min(trials, key=lambda t: t.ratio)), trials
+    met = [t for t in trials if t.ratio <= within(budget)]
+    if not met and unreachable is not None:  # out of reach as predicted, and as measured
+        raise ValueError(f"{unreachable}; the fastest allocation measured {trials[-1].ratio:.4f} of the optimized "
+                         "original's time") from unreachable
+    return (min(met, key=lambda t: t.error) if met else min(trials, key=lambda t: t.ratio)), trials
 
 
 def within(budget: float) -> float:
