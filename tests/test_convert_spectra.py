@@ -102,3 +102,19 @@ def test_output_errors_equal_the_materialized_ones(cin, cout, k):
         got = spectrum.output_errors(layer.weight, ranks, cov)
         for r, approx in D.best_approximations(layer.weight, structure, ranks).items():
             assert abs(got[r] - _output_error(layer.weight, approx[0], cov)) < 1e-12, (structure, r)
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (96, 96, 3, 3), (5, 3, 5, 5)])
+def test_approximation_is_the_composed_factors(shape):
+    """auto's trials use each candidate's dense equivalent: it equals the composition of the very
+    factors the surgery builds (SVD route, and the Gram route of the 96 -> 96 spatial matrix)."""
+    w = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+    compose = {"depthwise": lambda f, r: D.compose_depthwise_separable(f[0], f[1], r),
+               "blueprint": lambda f, r: D.compose_blueprint_separable(*f),
+               "spatial": lambda f, r: D.compose_spatially_separable(*f)}
+    for structure, build in compose.items():
+        for r in (1, 2, 5, 40):
+            spectrum = S.Spectrum(w, structure, [r])
+            got = spectrum.approximation(w, r)
+            torch.testing.assert_close(got, build(spectrum.factors(w, r), r), rtol=0, atol=1e-10)
+            torch.testing.assert_close(got, COMPOSE[structure](w, r), rtol=0, atol=1e-9)  # an independent SVD

@@ -70,18 +70,20 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Op
     if found is not None:
         fold_chains(trial, found.chains)
     trial.eval()
-    errors = {}
+    errors: dict = {}
+    made: dict = {}  # approximations by (layer, structure, rank): options share many
     for name, option in options.items():
         if name != "per-layer" and all(option[k] is choice[k] for k in choice):
             continue  # the same as the per-layer allocation
         todo = [l for l in layers if option[l.name].structure != "dense"]
-        weights = map_layers(lambda l: _approximation(l, option[l.name]), todo,
-                             cost=lambda l: l.weight.numel() * l.weight.shape[1])
-        params = {f"{l.name}.weight": w for l, w in zip(todo, weights)}
+        key = lambda l: (l.name, option[l.name].structure, option[l.name].rank)  # noqa: E731
+        fresh = [l for l in todo if key(l) not in made]
+        made.update(zip(map(key, fresh), map_layers(lambda l: _approximation(l, option[l.name]), fresh,
+                                                    cost=lambda l: l.weight.numel() * l.weight.shape[1])))
+        params = {f"{l.name}.weight": made[key(l)] for l in todo}
         params.update({f"{l.name}.bias": l.bias for l in todo if l.bias is not None})
         with torch.no_grad():
             errors[name] = _rel(functional_call(trial, params, (probe,)), reference)
-        del params, weights
     best = min(errors, key=lambda k: (errors[k], k != "per-layer"))
     compared = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
     kept = "the per-layer allocation" if best == "per-layer" else f"'{best}' everywhere"

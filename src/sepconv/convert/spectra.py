@@ -29,9 +29,6 @@ from ..decompose import (
     _rel_error,
     _spatial_factors,
     _spatial_matrix,
-    compose_blueprint_separable,
-    compose_depthwise_separable,
-    compose_spatially_separable,
 )
 
 __all__ = ["Spectrum"]
@@ -126,16 +123,29 @@ class Spectrum:
         return _finite_factors(vertical.to(weight.dtype), horizontal.to(weight.dtype))
 
     def approximation(self, weight: Tensor, rank: int) -> Optional[Tensor]:
-        """The best rank-``rank`` approximation of ``weight`` as a dense conv weight (its shape and
-        dtype), composed from :meth:`factors`; None where those are not available."""
-        f = self.factors(weight, rank)
-        if f is None:
+        """The best rank-``rank`` approximation of ``weight`` (the weight the spectrum was computed
+        from) as a dense conv weight of its shape and dtype: ``U_r S_r V_r^T`` of its matrices
+        (``U_r U_r^T A`` on the Gram route), read back as a conv weight; None where the spectrum
+        cannot give it (a Gram spectrum asked for a rank it was not built for)."""
+        if self._svd is not None:
+            u, vh = self._svd
+            r = min(rank, self.max_rank)
+            m = (u[..., :r] * self.s[..., None, :r]) @ vh[..., :r, :]
+        elif self._basis is not None and (rank in self._ranks or rank >= self.max_rank):
+            q, rows = self._basis
+            a = _matrices(weight, "spatial")
+            q = q[:, :min(rank, self.max_rank)]
+            m = q @ (q.T @ a) if rows else (a @ q) @ q.T
+        else:
             return None
-        if self.structure == "depthwise":
-            return compose_depthwise_separable(f[0], f[1], rank)
-        if self.structure == "blueprint":
-            return compose_blueprint_separable(f[0], f[1])
-        return compose_spatially_separable(f[0], f[1])
+        n, c, *k = self.shape
+        if self.structure == "depthwise":  # (C, N, K)
+            w = m.transpose(0, 1)
+        elif self.structure == "blueprint":  # (N, C, K)
+            w = m
+        else:  # (1, C*kh, N*kw): A[(c, y), (n, x)] = W[n, c, y, x]
+            w = m.reshape(c, k[0], n, k[1]).permute(2, 0, 1, 3)
+        return w.reshape(n, c, *k).to(weight.dtype)
 
     def output_errors(self, weight: Tensor, ranks: list[int], cov: Tensor) -> dict[int, float]:
         """Relative output error ``sqrt(tr(dW S dW^T) / tr(W S W^T))`` of the best factorization at
