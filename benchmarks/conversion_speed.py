@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="ResNet-18 and the digits CNN, batch 1, one budget each")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--block", type=int, default=5)
-    p.add_argument("--models", default=None, help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument("--models", default=None, help=f"comma-separated subset of {', '.join(MODELS.values())}")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1 with --quick, else 1,8)")
     p.add_argument("--budgets", default=None, help="comma-separated budgets, each for every cost in --costs")
     p.add_argument("--costs", default="macs,latency", help="comma-separated subset of macs,latency")
