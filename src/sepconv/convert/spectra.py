@@ -125,16 +125,18 @@ class Spectrum:
     def approximation(self, weight: Tensor, rank: int) -> Optional[Tensor]:
         """The best rank-``rank`` approximation of ``weight`` (the weight the spectrum was computed
         from) as a dense conv weight of its shape and dtype: ``U_r S_r V_r^T`` of its matrices
-        (``U_r U_r^T A`` on the Gram route), read back as a conv weight; None where the spectrum
-        cannot give it (a Gram spectrum asked for a rank it was not built for)."""
+        (``U_r U_r^T A`` on the Gram route), read back as a conv weight and computed in the
+        weight's precision; None where the spectrum cannot give it (a Gram spectrum asked for a
+        rank it was not built for)."""
+        dt = weight.dtype  # computed in the weight's precision (a float32 model's trial needs no more)
         if self._svd is not None:
             u, vh = self._svd
             r = min(rank, self.max_rank)
-            m = (u[..., :r] * self.s[..., None, :r]) @ vh[..., :r, :]
+            m = (u[..., :r] * self.s[..., None, :r]).to(dt) @ vh[..., :r, :].to(dt)
         elif self._basis is not None and (rank in self._ranks or rank >= self.max_rank):
             q, rows = self._basis
-            a = _matrices(weight, "spatial")
-            q = q[:, :min(rank, self.max_rank)]
+            a = _matrices(weight, "spatial").to(dt)
+            q = q[:, :min(rank, self.max_rank)].to(dt)
             m = q @ (q.T @ a) if rows else (a @ q) @ q.T
         else:
             return None
