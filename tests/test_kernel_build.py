@@ -66,7 +66,7 @@ def test_doctor_names_the_cpu_isa_and_kernels(capsys):
     assert out[0].startswith("sepconv 0.1.0 (")
     assert out[1].startswith("python ") and ", torch " in out[1]
     assert out[2].startswith("cpu: ") and ", vector ISA " in out[2]
-    assert out[3] == (f"kernels: active (fused depthwise+pointwise, dense/linear GEMM, separable filter; "
+    assert out[3] == (f"kernels: active (fused depthwise+pointwise, fused blueprint, dense/linear GEMM, separable filter; "
                       f"built in {_fused.build_directory()})")
     assert out[4].startswith(f"kernel ISA: {_fused.load().isa()} (") and out[4].endswith("; SEPCONV_ISA forces one)")
 

@@ -59,7 +59,7 @@ def report(build: bool = True) -> list[str]:
         lines.append(f"kernels: not active: {exc}")
         return lines
     if module is not None:
-        lines.append(f"kernels: active (fused depthwise+pointwise, dense/linear GEMM, separable filter; "
+        lines.append(f"kernels: active (fused depthwise+pointwise, fused blueprint, dense/linear GEMM, separable filter; "
                      f"built in {_fused.directory()})")
         lines.append(isa_line(module))
     elif _fused.error():
