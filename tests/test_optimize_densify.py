@@ -66,3 +66,17 @@ def test_a_saved_module_without_the_attribute_loads_with_none_densified(tmp_path
     del fast.__dict__["densified"]
     torch.save(fast, tmp_path / "m.pt")
     assert torch.load(tmp_path / "m.pt", weights_only=False).densified == []
+
+
+def test_a_densified_model_runs_other_input_sizes(monkeypatch):
+    """Padding that depends on the input size ('same' with stride 2) is never baked into a dense
+    conv: the optimized model stays correct at every input size."""
+    _clock(monkeypatch, 0.1)
+    torch.manual_seed(0)
+    model = nn.Sequential(sepconv.SeparableConv2d(3, 8, 3, stride=2, padding="same", depth_multiplier=2),
+                          sepconv.SeparableConv2d(8, 8, 3, padding=1, depth_multiplier=2)).eval()
+    fast = optimize_for_inference(model, torch.randn(1, 3, 16, 16), rounds=1)
+    assert fast.densified == ["1"]
+    x = torch.randn(2, 3, 19, 21)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

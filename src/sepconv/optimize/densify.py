@@ -31,10 +31,13 @@ def _separable(m: nn.Module) -> bool:
 
 
 def _dense_equivalent(layer: nn.Module, x: Tensor) -> Optional[nn.Module]:
-    """``layer``'s dense conv for inputs like ``x`` (channels_last for a 4-D input), or None if it
-    has none (an activation between the factors) or it does not reproduce the layer on ``x``."""
+    """``layer``'s dense conv (channels_last for a 4-D input), or None if it has none (an
+    activation between the factors), its padding depends on the input size (the optimized model
+    also runs inputs of other sizes), or it does not reproduce the layer on ``x``."""
+    if getattr(layer, "_dynamic", False):  # TF-style 'same' padding with stride > 1: per input size
+        return None
     try:
-        dense = layer.to_dense(input_size=tuple(x.shape[2:])).eval()
+        dense = layer.to_dense().eval()
     except (ValueError, TypeError, NotImplementedError):
         return None
     if x.dim() == 4:
