@@ -245,6 +245,10 @@ def test_piping_into_a_reader_that_stops_early_is_quiet(fmt):
 _CTRL_C_AT_TORCH_IMPORT = """
 import os, signal, sys
 
+# as in a terminal: a process started in the background by a non-interactive shell inherits an
+# ignored SIGINT, and Python then installs no handler for it
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 class CtrlCAtTorch:
     # a real SIGINT to this process the moment anything starts importing torch
