@@ -34,7 +34,8 @@ def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
 
 
 def write_results(out: str, stem: str, data: dict, table: str) -> None:
-    """Write ``STEM.json`` (``data``) and ``STEM.md`` (``table``) into ``out``, atomically; print the table."""
+    """Write ``STEM.json`` (``data``) and ``STEM.md`` (``table``) into ``out``, atomically; print the
+    table. Written to the tracked results (``--update-results``), the README's tables are updated too."""
     from sepconv._io import write_atomic
 
     os.makedirs(out, exist_ok=True)
@@ -42,3 +43,7 @@ def write_results(out: str, stem: str, data: dict, table: str) -> None:
         write_atomic(os.path.join(out, name), lambda f, text=text: f.write(text.encode()))
     print(table)
     print(f"results written to {out}")
+    if os.path.abspath(out) == os.path.abspath(RESULTS):
+        import update_readme
+
+        update_readme.main(["--update-results"])

@@ -192,10 +192,6 @@ def main(argv=None) -> int:
                 block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1),
                 load_before=load, load_after=os.getloadavg()[0])
     write_results(out, "conversion_speed", dict(meta=meta, rows=rows), markdown(meta, rows))
-    if args.update_results:
-        import update_readme
-
-        update_readme.main(["--update-results"])
     return 0
 
 

@@ -153,10 +153,6 @@ def main(argv=None) -> int:
         print(f"  {task}: {r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"load {r['load_before']:.1f}", flush=True)
     write_results(out, "convert_time", dict(meta=meta, rows=rows), markdown(meta, rows))
-    if args.update_results:
-        import update_readme
-
-        update_readme.main(["--update-results"])
     return 0
 
 

@@ -304,10 +304,6 @@ def main(argv=None) -> int:
                 quick=args.quick, seconds=round(time.perf_counter() - start, 1))
     write_results(out, "speed", dict(meta=meta, layers=layers, mobilenet=nets, filters=filters),
                   markdown(meta, layers, nets, filters))
-    if args.update_results:
-        import update_readme
-
-        update_readme.main(["--update-results"])
     return 0
 
 
