@@ -350,3 +350,41 @@ def test_a_budget_out_of_reach_as_predicted_is_measured_before_it_is_refused(mon
     _, report = convert(_net(), budget=0.2, cost="latency", example_input=torch.randn(1, 3, 16, 16))
     assert report.latency["measured_ratio"] <= timing.within(0.2)
     assert report.latency["trials"][0]["predicted_ratio"] == pytest.approx(0.2457, abs=1e-4)
+
+
+def _layer(name: str, points: list) -> "_Layer":
+    """A layer of 100 dense MACs taking 10 ms, and its candidates ``(macs, ms, error)``."""
+    from sepconv.convert.candidates import _Candidate, _Layer
+    dense = _Candidate("dense", None, 100, 0.0, 0.0, ms=10.0)
+    cands = [_Candidate("depthwise", i + 1, macs, err, err, ms=ms) for i, (macs, ms, err) in enumerate(points)]
+    return _Layer(name, nn.Identity(), torch.zeros(1), None, (1,), 100, [dense, *cands])
+
+
+@pytest.mark.parametrize("budget,expected", [
+    (0.6, (2, 2)),  # both at 50 MACs: 5 + 2 + 8 = 15 ms of 25; one layer dense would be 23 ms
+    (0.55, (2, 1)),  # the first layer at 50 MACs (its error falls more per MAC), the second at 25: 13 ms
+    (0.5, (1, 1)),  # 12 ms: the cheapest of each
+    (0.4, None),  # 10 ms: even the cheapest allocation is predicted at 12
+])
+def test_the_mac_shaped_allocation_of_a_time_budget_has_the_most_macs_that_fit(budget, expected):
+    """Hand-derived: the model takes 25 ms, 5 of them outside the two layers (10 ms each dense)."""
+    from sepconv.convert.allocate import macs_within_time
+    layers = [_layer("a", [(25, 1.0, 0.3), (50, 2.0, 0.09)]), _layer("b", [(25, 6.0, 0.3), (50, 8.0, 0.1)])]
+    choice = macs_within_time(layers, budget, 25.0, 25.0, 200)
+    assert (choice if choice is None else (choice["a"].rank, choice["b"].rank)) == expected
+
+
+@pytest.mark.parametrize("method", ["auto", "depthwise"])
+def test_a_time_budget_keeps_the_closest_of_the_time_and_the_mac_shaped_allocations(monkeypatch, fake_machine, method):
+    """The allocation by time and the one by MACs of the same predicted time are both run on the
+    example; the kept conversion is the one whose output error there is least, and says so."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    x = torch.randn(2, 3, 16, 16)
+    net = _net()
+    _, report = convert(net, method=method, budget=0.7, cost="latency", example_input=x)
+    head, errors = report.message.split(": output error on example_input ")
+    compared = dict(e.rsplit(" ", 1) for e in errors.split("; ")[0].split(", "))
+    assert "by-MACs" in compared and "per-layer" in compared
+    assert head.startswith(f"{method} kept ")
+    assert (set(compared) == {"per-layer", "by-MACs"}) == (method != "auto")
+    assert report.output_error == pytest.approx(min(map(float, compared.values())), rel=1e-3)

@@ -156,3 +156,35 @@ def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float,
                          f"layer (predicted {fastest:.3f} ms of the optimized model's {reference_ms:.3f} ms on this "
                          f"machine), got {budget}")
     return _allocate_global(layers, limit - fixed, _ms)
+
+
+def macs_within_time(layers: list[_Layer], budget: float, latency_ms: float, reference_ms: float,
+                     total: int) -> Optional[dict[str, _Candidate]]:
+    """The MAC-budget allocation (the per-layer error against MACs) with the most MACs whose
+    predicted time fits ``budget * reference_ms``, or ``None`` where none does.
+
+    A second answer to a time budget: the allocation by time spends it where the layers' times say
+    it buys the most weight error, and the allocation by MACs, where the MACs do; which of the two
+    the network's output prefers, the example decides (:func:`~sepconv.convert.portfolio.best_choice`).
+    """
+    fit_times(layers, latency_ms)
+    fixed = total - sum(l.dense_macs for l in layers)
+    lo = fixed + sum(min(c.macs for c in l.candidates) for l in layers)  # MAC limits: lo fits or nothing does
+    hi, limit = total, budget * reference_ms
+
+    def pick(macs: int) -> tuple[dict[str, _Candidate], bool]:
+        choice = _allocate_global(layers, macs - fixed)
+        return choice, predicted_ms(layers, choice, latency_ms) <= limit
+
+    best, fits = pick(lo)
+    if not fits:
+        return None
+    while hi - lo > max(1, total // 1000):  # to 0.1% of the MACs
+        mid = (lo + hi) // 2
+        choice, fits = pick(mid)
+        if fits:
+            best, lo = choice, mid
+        else:
+            hi = mid
+    return best
+

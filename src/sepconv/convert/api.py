@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import cost as C
 from .._checks import check_finite, check_module
 from ..graph import find_conv_bn, fold_chains
-from .allocate import _choose
+from .allocate import _choose, macs_within_time
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
 from .parallel import map_layers
@@ -145,9 +145,13 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     def choose(ms: float, fraction: float) -> tuple[dict, str]:
         args = (fraction, None, None, "global", report.macs_before, ms, reference_ms)
         choice = _choose(layers, *args)
-        if method == "auto" and batches is None:  # the proxy checked on the example
-            return best_choice(target, layers, choice, found, probe, reference, args)
-        return choice, ""
+        if batches is not None:  # allocated by output error already
+            return choice, ""
+        # the proxy checked on the example, against the MAC-shaped allocation of the same predicted time
+        shaped = macs_within_time(layers, fraction, ms, reference_ms, report.macs_before)
+        return best_choice(target, layers, choice, found, probe, reference, args,
+                           extra={"by-MACs": shaped} if shaped is not None else None,
+                           structures=method == "auto", who=method)
 
     def build(choice: dict) -> tuple[nn.Module, float]:
         trial = _trial(target, layers, choice, found)

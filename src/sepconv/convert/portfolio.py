@@ -8,6 +8,13 @@ structure under the same budget is built too, each candidate model is run on the
 one with the least output error is kept: ``auto`` is never worse than the best single structure on
 that input. The report's message says which one was kept and the errors compared.
 
+Under a time budget (``cost='latency'``, any method) one more option is run: the allocation by
+MACs with the most MACs whose predicted time fits the budget (``'by-MACs'``). The allocation by
+time spends the budget where the layers' times say it buys the most weight error; where the
+network's output disagrees with that proxy, the MAC-shaped allocation can be closer at the same
+time, and then it is kept: at equal time, ``cost='latency'`` is never further from the original on
+the example than ``cost='macs'`` is predicted to be.
+
 The trials cost a forward pass each: a factorization is a linear map of the conv's input, so each
 candidate model is the original one with the converted convs' weights replaced by their
 factorizations' dense equivalents (composed from the spectra's factors, :mod:`.spectra`); only the
@@ -43,9 +50,11 @@ def _restricted(layers: list[_Layer], structure: str) -> list[_Layer]:
 
 
 def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Optional[Folded], probe: Tensor,
-                reference: Tensor, choose_args: tuple) -> tuple[dict, str]:
-    """The choice (by layer name) with the least output error on ``probe`` among ``choice`` and each
-    single structure's allocation under the same arguments, and a sentence saying which won.
+                reference: Tensor, choose_args: tuple, extra: Optional[dict] = None,
+                structures: bool = True, who: str = "auto") -> tuple[dict, str]:
+    """The choice (by layer name) with the least output error on ``probe`` among ``choice``, each
+    single structure's allocation under the same arguments (with ``structures``) and the ``extra``
+    options (name -> choice), and a sentence saying which won.
 
     Each option is run as the original model (BatchNorms folded) with every converted conv's weight
     replaced by its factorization's dense equivalent (the same linear map, composed from the
@@ -55,15 +64,17 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Op
         target: the model before surgery (never modified: a copy of its module tree is folded).
         found: its conv -> BatchNorm chains to fold, or None.
         choose_args: ``(budget, rank, tolerance, allocation, total MACs, latency_ms)`` for ``_choose``.
+        who: the method named in the sentence.
     """
     options = {"per-layer": choice}
-    for structure in STRUCTURES:
+    for structure in STRUCTURES if structures else ():
         if not any(c.structure == structure for l in layers for c in l.candidates):
             continue
         try:
             options[structure] = _choose(_restricted(layers, structure), *choose_args)
         except ValueError:  # this structure alone cannot reach the budget
             continue
+    options.update(extra or {})
     # the module tree is copied, its tensors shared: folding assigns new parameters, and the trials
     # only run in eval mode without gradients
     trial = copy.deepcopy(target, {id(t): t for t in (*target.parameters(), *target.buffers())})
@@ -86,8 +97,9 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Op
             errors[name] = _rel(functional_call(trial, params, (probe,)), reference)
     best = min(errors, key=lambda k: (errors[k], k != "per-layer"))
     compared = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
-    kept = "the per-layer allocation" if best == "per-layer" else f"'{best}' everywhere"
-    return options[best], f"auto kept {kept}: output error on example_input {compared}"
+    kept = ("the per-layer allocation" if best == "per-layer" else f"'{best}' everywhere" if best in STRUCTURES
+            else f"the {best} allocation")
+    return options[best], f"{who} kept {kept}: output error on example_input {compared}"
 
 
 def _approximation(l: _Layer, c: _Candidate) -> Tensor:
