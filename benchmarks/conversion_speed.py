@@ -128,6 +128,49 @@ def markdown(meta, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latency_error_at(points: list, t: float):
+    """The error of the cost='latency' curve (``points``: (measured time, error)) at measured time
+    ``t``: linear between its points; past its slowest point, that point's (it is faster and at
+    least as exact); before its fastest, ``None`` (no comparison at equal time)."""
+    pts = sorted(points)
+    if not pts or t < pts[0][0]:
+        return None
+    for (t0, e0), (t1, e1) in zip(pts, pts[1:]):
+        if t0 <= t <= t1:
+            return e0 if t1 == t0 else e0 + (e1 - e0) * (t - t0) / (t1 - t0)
+    return min(e for _, e in pts) if t >= pts[-1][0] else None
+
+
+def dominance(rows: list) -> list:
+    """Per cost='macs' point: the cost='latency' curve's error at the same measured time, and
+    whether it is lower (the issue's 'the latency curve dominates' is every such comparison holding)."""
+    out = []
+    ok = [r for r in rows if "error" not in r]
+    for key in dict.fromkeys((r["model"], r["batch"]) for r in ok):
+        curve = [(r["measured_ratio"], r["output_error"]) for r in ok if (r["model"], r["batch"]) == key and r["cost"] == "latency"]
+        for r in ok:
+            if (r["model"], r["batch"]) == key and r["cost"] == "macs":
+                e = latency_error_at(curve, r["measured_ratio"])
+                out.append(dict(model=key[0], batch=key[1], budget=r["budget"], time=r["measured_ratio"],
+                                macs_error=r["output_error"], latency_error=e, lower=None if e is None else e <= r["output_error"]))
+    return out
+
+
+def dominance_markdown(comparisons: list) -> str:
+    if not comparisons:
+        return ""
+    held = sum(c["lower"] is True for c in comparisons)
+    lines = ["", f"At equal measured time, cost='latency' against cost='macs' (the latency curve's error interpolated "
+             f"at each MAC point's measured time): lower or equal in {held} of {len(comparisons)} comparisons.", "",
+             "| model | batch | macs budget | time kept | error, cost='macs' | error, cost='latency' | latency lower |",
+             "|---|---:|---|---:|---:|---:|---|"]
+    for c in comparisons:
+        e = "outside the latency curve" if c["latency_error"] is None else f"{c['latency_error']:.4f}"
+        mark = "" if c["lower"] is None else ("yes" if c["lower"] else "**no**")
+        lines.append(f"| {c['model']} | {c['batch']} | {c['budget']} | {c['time']:.2f} | {c['macs_error']:.4f} | {e} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
 MODELS = {"ResNet-18": "resnet18", "ResNet-50": "resnet50", "MobileNetV2": "mobilenetv2", "digits CNN": "digits"}
 
 
@@ -191,7 +234,9 @@ def main(argv=None) -> int:
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, threads=2, rounds=rounds,
                 block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1),
                 load_before=load, load_after=os.getloadavg()[0])
-    write_results(out, "conversion_speed", dict(meta=meta, rows=rows), markdown(meta, rows))
+    comparisons = dominance(rows)
+    write_results(out, "conversion_speed", dict(meta=meta, rows=rows, dominance=comparisons),
+                  markdown(meta, rows) + dominance_markdown(comparisons))
     return 0
 
 
