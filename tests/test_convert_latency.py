@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from sepconv.convert import timing
 from sepconv.convert import convert
@@ -388,3 +389,61 @@ def test_a_time_budget_keeps_the_closest_of_the_time_and_the_mac_shaped_allocati
     assert head.startswith(f"{method} kept ")
     assert (set(compared) == {"per-layer", "by-MACs"}) == (method != "auto")
     assert report.output_error == pytest.approx(min(map(float, compared.values())), rel=1e-3)
+
+
+class _Branches(nn.Module):
+    """Two convs with one weight on one input; the second's output reaches the model's output scaled
+    by 0.01, so an error there matters 100 times less."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.main = nn.Conv2d(8, 16, 3, padding=1)
+        self.side = nn.Conv2d(8, 16, 3, padding=1)
+        # one weight for both, each input channel's 16 x 9 slice with singular values 1, 1/2, 1/4, ...
+        u, v = torch.linalg.qr(torch.randn(8, 16, 9))[0], torch.linalg.qr(torch.randn(8, 9, 9))[0]
+        w = (u * 0.5 ** torch.arange(9.0)) @ v.transpose(1, 2)  # (8, 16, 9)
+        with torch.no_grad():
+            for conv in (self.main, self.side):
+                conv.weight.copy_(w.permute(1, 0, 2).reshape(16, 8, 3, 3))
+                conv.bias.zero_()
+
+    def forward(self, x):
+        return self.main(x) + 0.01 * self.side(x)
+
+
+def test_each_layers_sensitivity_is_its_measured_effect_on_the_output():
+    from sepconv.convert.candidates import _candidates, _Layer, _with_dense
+    from sepconv.convert.portfolio import measure_sensitivities
+    from sepconv.decompose import compose_depthwise_separable, depthwise_separable
+    net, x = _Branches().eval(), torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        reference = net(x)
+    layers = []
+    for name in ("main", "side"):
+        conv = net.get_submodule(name)
+        l = _Layer(name, conv, conv.weight.detach(), conv.bias.detach(), (2, 8, 12, 12), 16 * 8 * 9 * 144, [])
+        l.candidates = _with_dense(l, _candidates(l, ["depthwise"], None))
+        layers.append(l)
+    measure_sensitivities(net, layers, None, x, reference)
+    main, side = layers
+    assert side.sensitivity == pytest.approx(0.01 * main.sensitivity, rel=0.05)
+    # independently: the main conv alone replaced by the separable layer of the probed candidate
+    c = min((c for c in main.candidates if c.structure != "dense"), key=lambda c: (abs(c.macs - 0.5 * main.dense_macs), c.error))
+    dw, pw, _ = depthwise_separable(net.main.weight.detach().double(), depth_multiplier=c.rank)
+    w = compose_depthwise_separable(dw, pw, c.rank)
+    with torch.no_grad():
+        out = F.conv2d(x.double(), w, net.main.bias.double(), padding=1) + 0.01 * net.side(x).double()
+    assert main.sensitivity * c.error == pytest.approx(float((out - reference.double()).norm() / reference.norm()), rel=1e-4)
+
+
+def test_a_time_budget_spends_more_on_the_layer_the_output_depends_on(monkeypatch, fake_machine):
+    """Same weights, same times: the allocation by the layers' own errors would treat the two alike;
+    weighed by their measured effect on the output, the main conv keeps more."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    # 35 ms, 15 of them outside the two convs (10 ms each dense, 1 + 0.2 rank separable, rank <= 5 cheaper
+    # than dense): 3.2 ms for both, the sum of their ranks at most 6
+    monkeypatch.setattr(timing, "side_by_side", lambda original, converted, x: (35.0, 18.0))
+    _, report = convert(_Branches().eval(), method="depthwise", budget=0.52, cost="latency",
+                        example_input=torch.randn(2, 8, 12, 12))
+    assert [(r.name, r.structure, r.rank) for r in report.layers] == [("main", "depthwise", 5), ("side", "depthwise", 1)]

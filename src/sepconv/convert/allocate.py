@@ -43,7 +43,8 @@ def _hull(points: list[_Candidate], cost: Callable[[_Candidate], float] = _macs)
 
 def _allocate_global(layers: list[_Layer], limit: float,
                      cost: Callable[[_Candidate], float] = _macs) -> dict[str, _Candidate]:
-    hulls = {l.name: _hull(l.candidates, cost) for l in layers}
+    hulls = {l.name: _hull(l.candidates, cost) for l in layers}  # a layer's weight scales its hull, not its shape
+    weight = {l.name: l.sensitivity**2 for l in layers}
     choice = {name: 0 for name in hulls}
     used = sum(cost(h[0]) for h in hulls.values())
     heap = []
@@ -51,7 +52,7 @@ def _allocate_global(layers: list[_Layer], limit: float,
     def push(name):
         h, i = hulls[name], choice[name]
         if i + 1 < len(h):
-            gain = h[i].error ** 2 - h[i + 1].error ** 2
+            gain = weight[name] * (h[i].error ** 2 - h[i + 1].error ** 2)
             extra = cost(h[i + 1]) - cost(h[i])
             heapq.heappush(heap, (-gain / max(extra, 1e-9 if cost is _ms else 1), name))
 

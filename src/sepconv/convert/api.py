@@ -16,7 +16,7 @@ from .allocate import _choose, macs_within_time
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
 from .parallel import map_layers
-from .portfolio import best_choice
+from .portfolio import best_choice, measure_sensitivities
 from ..prior import input_scales
 from .report import ConversionReport, LayerConversion
 from .surgery import _find_layers, _operate
@@ -129,6 +129,8 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     allocation is built on a copy of ``target``, optimized and timed side by side with the
     optimized original, and corrected where it missed. Sets ``report.latency`` (and warns where
     no allocation met the budget as measured)."""
+    if batches is None:  # data-free: each layer's error weighed by its measured effect on the output
+        measure_sensitivities(target, layers, found, probe, reference)
     original = timing.optimized(model, probe)  # as deployed: what the budget is a fraction of
     path = timing.optimized(model, probe, timing.LAYER_PATHS)  # the paths the layers are timed through
     before = timing.model_times(original, path, probe)

@@ -38,6 +38,9 @@ class _Layer:
     cov: Optional[Tensor] = None
     spectra: dict = field(default_factory=dict)  # structure -> Spectrum
     scale: Optional[Tensor] = None  # data-free: sqrt(E[x_c^2]) per input channel, from the BatchNorms before it
+    # the network's output error per unit of this layer's error (portfolio.measure_sensitivities); weighs the
+    # layer's squared errors in the global allocation
+    sensitivity: float = 1.0
 
 
 def _skip_reason(m: nn.Module) -> Optional[str]:

@@ -75,31 +75,64 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Op
         except ValueError:  # this structure alone cannot reach the budget
             continue
     options.update(extra or {})
-    # the module tree is copied, its tensors shared: folding assigns new parameters, and the trials
-    # only run in eval mode without gradients
-    trial = copy.deepcopy(target, {id(t): t for t in (*target.parameters(), *target.buffers())})
-    if found is not None:
-        fold_chains(trial, found.chains)
-    trial.eval()
+    trial = _trial_model(target, found)
     errors: dict = {}
     made: dict = {}  # approximations by (layer, structure, rank): options share many
     for name, option in options.items():
         if name != "per-layer" and all(option[k] is choice[k] for k in choice):
             continue  # the same as the per-layer allocation
-        todo = [l for l in layers if option[l.name].structure != "dense"]
-        key = lambda l: (l.name, option[l.name].structure, option[l.name].rank)  # noqa: E731
-        fresh = [l for l in todo if key(l) not in made]
-        made.update(zip(map(key, fresh), map_layers(lambda l: _approximation(l, option[l.name]), fresh,
-                                                    cost=lambda l: l.weight.numel() * l.weight.shape[1])))
-        params = {f"{l.name}.weight": made[key(l)] for l in todo}
-        params.update({f"{l.name}.bias": l.bias for l in todo if l.bias is not None})
-        with torch.no_grad():
-            errors[name] = _rel(functional_call(trial, params, (probe,)), reference)
+        errors[name] = _output_error(trial, layers, option, made, probe, reference)
     best = min(errors, key=lambda k: (errors[k], k != "per-layer"))
     compared = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
     kept = ("the per-layer allocation" if best == "per-layer" else f"'{best}' everywhere" if best in STRUCTURES
             else f"the {best} allocation")
     return options[best], f"{who} kept {kept}: output error on example_input {compared}"
+
+
+def _trial_model(target: nn.Module, found: Optional[Folded]) -> nn.Module:
+    """``target`` with its BatchNorms folded, in eval mode, for trials: the module tree is copied,
+    its tensors shared (folding assigns new parameters; trials run without gradients)."""
+    trial = copy.deepcopy(target, {id(t): t for t in (*target.parameters(), *target.buffers())})
+    if found is not None:
+        fold_chains(trial, found.chains)
+    return trial.eval()
+
+
+def _output_error(trial: nn.Module, layers: list[_Layer], option: dict, made: dict, probe: Tensor,
+                  reference: Tensor) -> float:
+    """The relative output error on ``probe`` of ``trial`` with each layer of ``option`` (name ->
+    candidate; dense ones and names not in it left as they are) replaced by its factorization's
+    dense equivalent (cached in ``made`` by layer, structure and rank)."""
+    todo = [l for l in layers if l.name in option and option[l.name].structure != "dense"]
+    key = lambda l: (l.name, option[l.name].structure, option[l.name].rank)  # noqa: E731
+    fresh = [l for l in todo if key(l) not in made]
+    made.update(zip(map(key, fresh), map_layers(lambda l: _approximation(l, option[l.name]), fresh,
+                                                cost=lambda l: l.weight.numel() * l.weight.shape[1])))
+    params = {f"{l.name}.weight": made[key(l)] for l in todo}
+    params.update({f"{l.name}.bias": l.bias for l in todo if l.bias is not None})
+    with torch.no_grad():
+        return _rel(functional_call(trial, params, (probe,)), reference)
+
+
+def measure_sensitivities(target: nn.Module, layers: list[_Layer], found: Optional[Folded], probe: Tensor,
+                          reference: Tensor) -> None:
+    """Set each layer's ``sensitivity``: the network's relative output error on ``probe`` with that
+    layer alone factorized, per unit of the layer's own relative error (one forward pass per layer).
+
+    The allocation's proxy sums the layers' squared errors as if each reached the output alike; an
+    error in a layer whose output a residual branch or a later BatchNorm scales down matters less
+    than one in a layer everything depends on. Scaled by these measured factors, the sum estimates
+    the squared output error to first order (the layers' errors taken as independent). Each layer
+    is probed at the candidate nearest half its dense MACs, an operating point budgets use.
+    """
+    trial = _trial_model(target, found)
+    made: dict = {}
+    for l in layers:
+        probes = [c for c in l.candidates if c.structure != "dense" and c.error > 1e-12]
+        if not probes:
+            continue
+        c = min(probes, key=lambda c: (abs(c.macs - 0.5 * l.dense_macs), c.error))
+        l.sensitivity = _output_error(trial, [l], {l.name: c}, made, probe, reference) / c.error
 
 
 def _approximation(l: _Layer, c: _Candidate) -> Tensor:
