@@ -403,7 +403,7 @@ static void dw_scalar(const float* xb, const float* dw, const float* db, i64 act
 // 8 channels, then one by one
 __attribute__((noinline)) static void depthwise(const float* xb, const float* dw, const float* db, i64 act, const Geometry& g,
                                                 i64 p0, i64 p1, float* t) {
-  constexpr int V2 = VL >= 16 ? 1 : 2;  // vectors per 64 bytes
+  constexpr int V2 = 2;  // two vectors: 4 pixels x 2 = 8 independent FMA chains (4 leave half the FMA units idle)
   const i64 wide = V2 * VL, n2 = g.C / wide;
   if (n2 > 0) dw_blocks<Full, V2>(xb, dw, db, act, g, p0, p1, 0, t, n2);
   i64 c0 = n2 * wide;
