@@ -146,3 +146,36 @@ def test_conversion_speed_writes_its_table_to_the_untracked_folder(latest, monke
     assert "| ResNet-18 | 1 | latency 0.5 | 0.61 | 0.52 | 0.49 | 0.1234 | 5.20 | 10.00 |" in table
     assert "| ResNet-18 | 1 | macs 0.33 | | | | budget: expected at least 0.4 | | |" in table
     assert _digests() == before
+
+
+def _point(cost, t, e, model="ResNet-18", budget=0.5):
+    return dict(model=model, batch=1, cost=cost, budget=budget, measured_ratio=t, output_error=e)
+
+
+def test_conversion_speed_compares_the_curves_at_equal_measured_time():
+    """Hand-computed: the latency curve's error interpolated at each MAC point's measured time."""
+    import conversion_speed
+
+    rows = [_point("latency", 0.25, 0.34), _point("latency", 0.55, 0.20), _point("latency", 0.75, 0.10),
+            _point("macs", 0.65, 0.21, budget=0.5),  # latency there: 0.20 - 0.10 * 0.10 / 0.20 = 0.15
+            _point("macs", 0.40, 0.25, budget=0.33),  # 0.34 - 0.14 * 0.15 / 0.30 = 0.27: higher
+            _point("macs", 0.90, 0.05, budget=0.75),  # past the latency curve, more exact than all of it
+            _point("macs", 0.95, 0.12, budget=0.8)]  # past it, and the 0.75 point is faster and more exact
+    got = [(c["budget"], None if c["latency_error"] is None else round(c["latency_error"], 6), c["lower"])
+           for c in conversion_speed.dominance(rows)]
+    assert got == [(0.5, 0.15, True), (0.33, 0.27, False), (0.75, None, None), (0.8, 0.10, True)]
+    table = conversion_speed.dominance_markdown(conversion_speed.dominance(rows))
+    assert "lower or equal in 2 of 3 comparisons (1 MAC point(s) outside the latency curve's times)" in table
+    assert "| ResNet-18 | 1 | 0.33 | 0.40 | 0.2500 | 0.2700 | **no** |" in table
+
+
+def test_rerunning_one_model_replaces_only_its_tracked_rows(monkeypatch, tmp_path):
+    import json
+
+    import conversion_speed
+
+    monkeypatch.setattr(_output, "RESULTS", str(tmp_path))
+    old = [_point("macs", 0.7, 0.2), _point("macs", 0.8, 0.1, model="ResNet-50"), _point("macs", 0.9, 0.3, model="digits CNN")]
+    (tmp_path / "conversion_speed.json").write_text(json.dumps({"rows": old}))
+    new = [_point("latency", 0.6, 0.15, model="ResNet-50")]
+    assert conversion_speed.merged(new, ["resnet50"]) == [old[0], new[0], old[2]]
