@@ -175,7 +175,11 @@ def test_rerunning_one_model_replaces_only_its_tracked_rows(monkeypatch, tmp_pat
     import conversion_speed
 
     monkeypatch.setattr(_output, "RESULTS", str(tmp_path))
-    old = [_point("macs", 0.7, 0.2), _point("macs", 0.8, 0.1, model="ResNet-50"), _point("macs", 0.9, 0.3, model="digits CNN")]
+    old = [_point("macs", 0.7, 0.2), _point("macs", 0.8, 0.1, model="ResNet-50", budget=0.75),
+           _point("macs", 0.9, 0.3, model="digits CNN")]
     (tmp_path / "conversion_speed.json").write_text(json.dumps({"rows": old}))
     new = [_point("latency", 0.6, 0.15, model="ResNet-50")]
     assert conversion_speed.merged(new, ["resnet50"]) == [old[0], new[0], old[2]]
+    # chosen budgets: only the points run are replaced, the model's other rows stay, in order
+    point = _point("macs", 0.65, 0.25, model="ResNet-50", budget=0.5)
+    assert conversion_speed.merged([point], ["resnet50"], points_only=True) == [old[0], old[1], point, old[2]]
