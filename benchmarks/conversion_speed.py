@@ -147,7 +147,7 @@ def latency_error_at(points: list, t: float):
 
 def dominance(rows: list) -> list:
     """Per cost='macs' point: the cost='latency' curve's error at the same measured time, and
-    whether it is lower (the issue's 'the latency curve dominates' is every such comparison holding)."""
+    whether it is lower (the latency curve dominates where every such comparison holds)."""
     out = []
     ok = [r for r in rows if "error" not in r]
     for key in dict.fromkeys((r["model"], r["batch"]) for r in ok):
