@@ -221,23 +221,15 @@ def _names(p, flag, text, allowed):
     return names
 
 
-def _ints(p, flag, text):
+def _numbers(p, flag, text, kind, ok, expected):
+    """The comma-separated ``kind`` values of ``text``, or exit saying ``expected`` where one does not
+    parse or fails ``ok``."""
     try:
-        values = tuple(int(t) for t in text.split(","))
+        values = tuple(kind(t) for t in text.split(","))
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
-        p.error(f"{flag}: expected comma-separated positive ints, got {text!r}")
-    return values
-
-
-def _fractions(p, flag, text):
-    try:
-        values = tuple(float(t) for t in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(0 < v <= 1 for v in values):
-        p.error(f"{flag}: expected comma-separated fractions in (0, 1], got {text!r}")
+    if not values or not all(ok(v) for v in values):
+        p.error(f"{flag}: expected comma-separated {expected}, got {text!r}")
     return values
 
 
@@ -252,11 +244,14 @@ def main(argv=None) -> int:
     p.add_argument("--costs", default="macs,latency", help="comma-separated subset of macs,latency")
     add_output_args(p)
     args = p.parse_args(argv)
-    models = _names(p, "--models", args.models, MODELS) if args.models else None
-    batches = _ints(p, "--batches", args.batches) if args.batches else ((1,) if args.quick else (1, 8))
+    # an option given is checked, even empty: "" is not taken for "not given"
+    models = _names(p, "--models", args.models, MODELS) if args.models is not None else None
+    batches = ((1,) if args.quick else (1, 8)) if args.batches is None else \
+        _numbers(p, "--batches", args.batches, int, lambda v: v >= 1, "positive ints")
     costs = _names(p, "--costs", args.costs, ("macs", "latency"))
     # chosen budgets for every model, else each model's own (MODEL_BUDGETS, else BUDGETS) of the chosen costs
-    budgets = {c: _fractions(p, "--budgets", args.budgets) for c in costs} if args.budgets else None
+    budgets = None if args.budgets is None else \
+        {c: _numbers(p, "--budgets", args.budgets, float, lambda v: 0 < v <= 1, "fractions in (0, 1]") for c in costs}
     out = output_dir(p, args)
     torch.set_num_threads(2)
     rounds = args.rounds or (3 if args.quick else 10)

@@ -183,3 +183,18 @@ def test_rerunning_one_model_replaces_only_its_tracked_rows(monkeypatch, tmp_pat
     # chosen budgets: only the points run are replaced, the model's other rows stay, in order
     point = _point("macs", 0.65, 0.25, model="ResNet-50", budget=0.5)
     assert conversion_speed.merged([point], ["resnet50"], points_only=True) == [old[0], old[1], point, old[2]]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batches", "1,0"], "--batches: expected comma-separated positive ints, got '1,0'"),
+    (["--batches", "x"], "--batches: expected comma-separated positive ints, got 'x'"),
+    (["--budgets", "0.5,1.5"], "--budgets: expected comma-separated fractions in (0, 1], got '0.5,1.5'"),
+    (["--budgets", ""], "--budgets: expected comma-separated fractions in (0, 1], got ''"),
+    (["--models", ""], "--models: expected a comma-separated subset of resnet18, resnet50, mobilenetv2, digits, got ''"),
+])
+def test_conversion_speed_refuses_bad_numbers(capsys, args, message):
+    import conversion_speed
+
+    with pytest.raises(SystemExit) as exc:
+        conversion_speed.main(args)
+    assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
