@@ -89,11 +89,10 @@ def _allocate_uniform(layers: list[_Layer], limit: int, fixed: int) -> dict[str,
 
 
 def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], tolerance: Optional[float],
-            allocation: str, total: int, latency_ms: Optional[float] = None,
-            reference_ms: Optional[float] = None) -> dict[str, _Candidate]:
+            allocation: str, total: int, latency_ms: Optional[float] = None) -> dict[str, _Candidate]:
     """One candidate per layer name, by the rule the arguments select (``total``: the model's MACs;
-    ``latency_ms``: the original model's measured time on the path its layers were timed through,
-    for a time budget, a fraction of ``reference_ms``, its time as deployed, default the same)."""
+    ``latency_ms``: for a time budget, the original model's measured time on the paths its layers
+    were timed through, of which the predicted time may be ``budget``)."""
     if budget is None and rank is None and tolerance is None:  # lossless
         eps = 100 * torch.finfo(layers[0].weight.dtype).eps
         return {l.name: min((c for c in l.candidates if c.weight_error <= eps), key=lambda c: c.macs) for l in layers}
@@ -102,7 +101,7 @@ def _choose(layers: list[_Layer], budget: Optional[float], rank: Optional[int], 
     if rank is not None:
         return {l.name: min(l.candidates, key=lambda c: (c.structure == "dense", c.error)) for l in layers}
     if latency_ms is not None:
-        return _allocate_time(layers, budget, latency_ms, reference_ms)
+        return _allocate_time(layers, budget, latency_ms)
     fixed = total - sum(l.dense_macs for l in layers)
     limit = int(math.floor(budget * total))
     if fixed > limit:
@@ -142,27 +141,26 @@ def fit_times(layers: list[_Layer], latency_ms: float) -> None:
                 c.ms *= k
 
 
-def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float,
-                   reference_ms: Optional[float] = None) -> dict[str, _Candidate]:
-    """Global allocation under ``budget * reference_ms`` (default ``latency_ms``): the time of
-    everything that is not a candidate layer (``latency_ms``, the model on the path its layers
-    were timed through, minus the layers' dense times, at least 0) is fixed."""
-    reference_ms = latency_ms if reference_ms is None else reference_ms
+def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float) -> dict[str, _Candidate]:
+    """Global allocation under ``budget * latency_ms``, the original's time on the paths its layers
+    were timed through: the prediction is a ratio to the original on the same paths. The time of
+    everything that is not a candidate layer (``latency_ms`` minus the layers' dense times, at
+    least 0) is fixed."""
     fit_times(layers, latency_ms)
     fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
-    limit = budget * reference_ms
+    limit = budget * latency_ms
     fastest = fixed + sum(min(c.ms for c in l.candidates) for l in layers)
     if fastest > limit:
-        raise ValueError(f"budget: expected at least {fastest / reference_ms:.4f}, the fastest candidate of every "
-                         f"layer (predicted {fastest:.3f} ms of the optimized model's {reference_ms:.3f} ms on this "
-                         f"machine), got {budget}")
+        raise ValueError(f"budget: expected at least {fastest / latency_ms:.4f}, the fastest candidate of every "
+                         f"layer (predicted {fastest:.3f} ms of the original's {latency_ms:.3f} ms on the same "
+                         f"paths on this machine), got {budget}")
     return _allocate_global(layers, limit - fixed, _ms)
 
 
-def macs_within_time(layers: list[_Layer], budget: float, latency_ms: float, reference_ms: float,
+def macs_within_time(layers: list[_Layer], budget: float, latency_ms: float,
                      total: int) -> Optional[dict[str, _Candidate]]:
     """The MAC-budget allocation (the per-layer error against MACs) with the most MACs whose
-    predicted time fits ``budget * reference_ms``, or ``None`` where none does.
+    predicted time fits ``budget * latency_ms``, or ``None`` where none does.
 
     A second answer to a time budget: the allocation by time spends it where the layers' times say
     it buys the most weight error, and the allocation by MACs, where the MACs do; which of the two
@@ -171,7 +169,7 @@ def macs_within_time(layers: list[_Layer], budget: float, latency_ms: float, ref
     fit_times(layers, latency_ms)
     fixed = total - sum(l.dense_macs for l in layers)
     lo = fixed + sum(min(c.macs for c in l.candidates) for l in layers)  # MAC limits: lo fits or nothing does
-    hi, limit = total, budget * reference_ms
+    hi, limit = total, budget * latency_ms
 
     def pick(macs: int) -> tuple[dict[str, _Candidate], bool]:
         choice = _allocate_global(layers, macs - fixed)

@@ -133,24 +133,19 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
         measure_sensitivities(target, layers, found, probe, reference)
     original = timing.optimized(model, probe)  # as deployed: what the budget is a fraction of
     path = timing.optimized(model, probe, timing.LAYER_PATHS)  # the paths the layers are timed through
-    before = timing.model_times(original, path, probe)
     timing.attach_latencies(layers)
-    # deployed and path timed interleaved, before and after the layers' table (seconds to minutes
-    # apart when it is measured): the least of each, so that one busy moment does not shift the budget
-    deployed_ms, path_ms = map(min, zip(before, timing.model_times(original, path, probe)))
     # the dense layers' times inside the model, and the model's own time from the same calls: the
-    # prediction's base; the budget is a fraction of the deployed time at the ratio measured above
+    # prediction's base, of which the predicted time may be the budget's fraction
     latency_ms, inside = timing.in_context(path, [l.name for l in layers], probe)
     timing.in_model_times(layers, inside)
-    reference_ms = latency_ms * deployed_ms / path_ms
 
     def choose(ms: float, fraction: float) -> tuple[dict, str]:
-        args = (fraction, None, None, "global", report.macs_before, ms, reference_ms)
+        args = (fraction, None, None, "global", report.macs_before, ms)
         choice = _choose(layers, *args)
         if batches is not None:  # allocated by output error already
             return choice, ""
         # the proxy checked on the example, against the MAC-shaped allocation of the same predicted time
-        shaped = macs_within_time(layers, fraction, ms, reference_ms, report.macs_before)
+        shaped = macs_within_time(layers, fraction, ms, report.macs_before)
         return best_choice(target, layers, choice, found, probe, reference, args,
                            extra={"by-MACs": shaped} if shaped is not None else None,
                            structures=method == "auto", who=method)
@@ -160,7 +155,7 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
         with torch.no_grad():
             return trial, _rel(trial(probe), reference)
 
-    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, reference_ms)
+    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe)
     report.message = kept.message
     report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
                           measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
