@@ -13,9 +13,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from sepconv.convert import timing
+from sepconv.convert import api, timing
 from sepconv.convert import convert
 from sepconv.latency import LatencyTable
+
+_BY_MACS = api._by_macs  # the fixture stubs it out
 
 
 def _net() -> nn.Module:
@@ -66,6 +68,8 @@ def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
     # 3 x 10 ms of convs + 5 ms of the rest on the layers' paths, the layers as the table says
     monkeypatch.setattr(timing, "in_context", lambda path, names, x: (35.0, {}))
+    # the allocation by MACs measured after the loop has tests of its own (test_the_allocation_by_macs_*)
+    monkeypatch.setattr(api, "_by_macs", lambda layers, budget, total: None)
     machine = _Machine()
     monkeypatch.setattr(timing, "side_by_side", machine.side_by_side)
     return machine
@@ -422,3 +426,81 @@ def test_a_time_budget_spends_more_on_the_layer_the_output_depends_on(monkeypatc
     _, report = convert(_Branches().eval(), method="depthwise", budget=0.52, cost="latency",
                         example_input=torch.randn(2, 8, 12, 12))
     assert [(r.name, r.structure, r.rank) for r in report.layers] == [("main", "depthwise", 5), ("side", "depthwise", 1)]
+
+
+def _measured(ratios: list, errors: list, monkeypatch):
+    """``within_budget`` on a mocked machine: the n-th model built has output error ``errors[n]``
+    and measures ``ratios[n]`` of the original's 10 ms; predictions are exact at the budget."""
+    monkeypatch.setattr(timing, "optimized", lambda model, x, candidates=None: model)
+    measured, error = iter(ratios), iter(errors)
+    monkeypatch.setattr(timing, "side_by_side", lambda a, b, x: (10.0, 10.0 * next(measured)))
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    monkeypatch.setattr(timing, "_converted_sums", lambda layers, choice, base: (1, 1.0, 2.0))
+    return lambda c: (nn.Identity(), next(error))
+
+
+@pytest.mark.parametrize("ratio,error,kept", [
+    (0.45, 0.2, "alternative"),  # within the budget and closer: kept
+    (0.45, 0.4, "time"),  # within the budget, less exact
+    (0.6, 0.1, "time"),  # more exact, but over the budget as measured
+])
+def test_the_allocation_by_macs_is_measured_after_the_loop_and_kept_on_the_same_terms(monkeypatch, ratio, error, kept):
+    build = _measured([0.48, ratio], [0.3, error], monkeypatch)
+    time_choice, mac_choice = {"a": object()}, {"a": object()}
+    best, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (time_choice, "by time"), build,
+                                        nn.Identity(), torch.zeros(1), alternative=(mac_choice, "by MACs"))
+    assert [t.choice for t in trials] == [time_choice, mac_choice]
+    assert best is trials[1 if kept == "alternative" else 0]
+
+
+def test_the_allocation_by_macs_is_not_measured_twice(monkeypatch):
+    choice = {"a": object()}
+    build = _measured([0.48], [0.3], monkeypatch)
+    _, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (choice, ""), build, nn.Identity(),
+                                     torch.zeros(1), alternative=(dict(choice), ""))
+    assert len(trials) == 1
+
+
+def test_the_allocation_by_macs_can_meet_a_budget_the_table_says_is_out_of_reach(monkeypatch):
+    """The time allocation cannot be made (the table says 0.3 is out of reach) and its fastest
+    measures 0.35; the allocation by MACs measures 0.29: it is kept, not refused."""
+    build = _measured([0.35, 0.29], [0.5, 0.4], monkeypatch)
+    fastest, mac_choice = {"a": object()}, {"a": object()}
+
+    def choose(ms, fraction):
+        if fraction < 0.4:
+            raise ValueError("budget: expected at least 0.4")
+        return fastest, ""
+
+    monkeypatch.setattr(timing, "_fastest_ratio", lambda layers, ms: 0.4)
+    best, trials = timing.within_budget([], 0.3, 10.0, choose, build, nn.Identity(), torch.zeros(1),
+                                        alternative=(mac_choice, ""))
+    assert best.choice is mac_choice and best.ratio == pytest.approx(0.29)
+
+
+def test_a_time_budget_measures_the_allocation_by_macs_and_says_when_it_is_kept(monkeypatch, fake_machine):
+    """The real ``_by_macs`` on the fake machine, where separable layers run at a fifth of the
+    table's time: one more model is measured, and the kept one is the most exact within the budget."""
+    monkeypatch.setattr(api, "_by_macs", _BY_MACS)
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    fake_machine.factor = 0.2
+    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
+    t = report.latency
+    assert t["rounds"] == fake_machine.runs >= 2
+    met = [r["output_error"] for r in t["trials"] if r["measured_ratio"] <= timing.within(0.6)]
+    assert t["measured_ratio"] <= timing.within(0.6) and report.output_error == pytest.approx(min(met), rel=1e-5)
+
+
+@pytest.mark.parametrize("ratios,expected", [
+    ([0.5, 0.45], "kept the allocation by 0.5 of the MACs, measured at 0.450 of the time: closer to the original on "
+                  "the example (output error 0.2 against 0.3)"),
+    ([0.7, 0.45], "kept the allocation by 0.5 of the MACs, measured at 0.450 of the time: the allocations by time "
+                  "measured over the budget (the fastest 0.700)"),
+    ([0.45, 0.5], "by time"),  # the allocation by time kept: its own message
+])
+def test_the_message_says_why_the_allocation_by_macs_was_kept(ratios, expected):
+    time_choice, mac_choice = {"a": 1}, {"a": 2}
+    trials = [timing.Trial(time_choice, "by time", 0.5, 10.0, 10.0 * ratios[0], 0.3),
+              timing.Trial(mac_choice, "", 0.5, 10.0, 10.0 * ratios[1], 0.2 if ratios[1] < 0.5 else 0.4)]
+    kept = trials[1] if ratios[1] < 0.5 else trials[0]
+    assert api._kept_message(kept, trials, (mac_choice, ""), 0.5) == expected

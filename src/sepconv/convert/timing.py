@@ -196,10 +196,20 @@ def _fastest_ratio(layers: list[_Layer], latency_ms: float) -> float:
     return (fixed + sum(min(c.ms for c in l.candidates) for l in layers)) / latency_ms
 
 
+def _measure(layers: list[_Layer], choice: dict, message: str, latency_ms: float, build: Callable[[dict], tuple],
+             original: nn.Module, x: Tensor) -> Trial:
+    """Build ``choice``, optimize it and time it side by side with ``original``."""
+    predicted = predicted_ms(layers, choice, latency_ms) / latency_ms
+    model, error = build(choice)
+    before, after = side_by_side(original, optimized(model, x), x)
+    return Trial(choice, message, predicted, before, after, error)
+
+
 def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
-                  build: Callable[[dict], tuple], original: nn.Module, x: Tensor) -> tuple[Trial, list[Trial]]:
+                  build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
+                  alternative: Optional[tuple] = None) -> tuple[Trial, list[Trial]]:
     """Allocate, build, measure; while the measured ratio exceeds ``budget`` (or is far under it),
-    correct and repeat.
+    correct and repeat; then measure ``alternative`` too.
 
     Args:
         layers: the layers with their candidates' table times (``ms``); corrected in place.
@@ -211,6 +221,9 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         build: ``choice -> (converted model, output error)``, the model is not ``layers``' target.
         original: the optimized original model, timed again side by side with each result.
         x: the example input.
+        alternative: ``(choice, message)``, one more allocation measured after the loop (unless
+            it was measured in it) and kept on the same terms: the allocation by MACs at the
+            budget's fraction of the MACs, whose time the table may not foresee.
 
     Returns:
         The kept trial (the most exact of those within the budget as measured, else the fastest
@@ -242,10 +255,8 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
                 break
         if any(all(t.choice[k] is choice[k] for k in choice) for t in trials):
             break  # the corrections changed nothing: measuring it again tells nothing new
-        predicted = predicted_ms(layers, choice, latency_ms) / latency_ms
-        model, error = build(choice)
-        before, after = side_by_side(original, optimized(model, x), x)
-        trials.append(Trial(choice, message, predicted, before, after, error))
+        trials.append(_measure(layers, choice, message, latency_ms, build, original, x))
+        before, after = trials[-1].original_ms, trials[-1].measured_ms
         if unreachable is not None and after > within(budget) * before:
             break  # the fastest allocation misses too: the budget is out of reach
         if UNDER * budget * before <= after <= within(budget) * before:
@@ -256,10 +267,14 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         # the measured ratio in the table's units: a fraction of the original on the same paths
         history.append((n, cand, dense, (after / before - 1.0) * latency_ms))
         overhead = correction(history)
+    fastest = min(trials, key=lambda t: t.ratio) if trials else None
+    if alternative is not None and not any(all(t.choice[k] is alternative[0][k] for k in t.choice) for t in trials):
+        trials.append(_measure(layers, *alternative, latency_ms, build, original, x))
     met = [t for t in trials if t.ratio <= within(budget)]
     if not met and unreachable is not None:  # out of reach as predicted, and as measured
-        raise ValueError(f"{unreachable}; the fastest allocation measured {trials[-1].ratio:.4f} of the optimized "
-                         "original's time") from unreachable
+        measured = "" if fastest is None else (f"; the fastest allocation measured {fastest.ratio:.4f} of the "
+                                               "optimized original's time")
+        raise ValueError(f"{unreachable}{measured}") from unreachable
     return (min(met, key=lambda t: t.error) if met else min(trials, key=lambda t: t.ratio)), trials
 
 
