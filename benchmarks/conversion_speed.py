@@ -120,8 +120,9 @@ def markdown(meta, rows) -> str:
     lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
              f"optimized converted vs optimized original, interleaved blocks of {meta['block']} calls, medians of "
              f"{meta['rounds']} rounds (compare ratios within a row)."
-             + (f" Rows of {', '.join(meta['earlier_run'])} are from an earlier run (each row's time is in the JSON)."
-                if meta.get("earlier_run") else ""), "",
+             + (f" Only {meta['this_run']} were measured in this run; the other rows are from an earlier run."
+                if meta.get("this_run") else
+                f" Rows of {', '.join(meta['earlier_run'])} are from an earlier run." if meta.get("earlier_run") else ""), "",
              "| model | batch | budget | MACs kept | time kept (measured) | predicted | output error | converted ms | original ms |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -147,7 +148,9 @@ def latency_error_at(points: list, t: float):
 
 def dominance(rows: list) -> list:
     """Per cost='macs' point: the cost='latency' curve's error at the same measured time, and
-    whether it is lower (the latency curve dominates where every such comparison holds)."""
+    whether it is lower (the latency curve dominates where every such comparison holds). Past the
+    curve's slowest point it holds where a faster latency point is as exact; before its fastest
+    point it fails where that point is less exact (the MAC point is faster and more exact)."""
     out = []
     ok = [r for r in rows if "error" not in r]
     for key in dict.fromkeys((r["model"], r["batch"]) for r in ok):
@@ -160,6 +163,10 @@ def dominance(rows: list) -> list:
                 faster = [pe for pt, pe in curve if pt <= r["measured_ratio"]]
                 if e is None and faster and min(faster) <= r["output_error"]:
                     e, lower = min(faster), True
+                # before the latency curve's fastest point: beaten outright where that point is less exact
+                first = min(curve, default=None)  # (time, error) of the fastest latency point
+                if e is None and not faster and first is not None and first[1] > r["output_error"]:
+                    e, lower = first[1], False
                 out.append(dict(model=key[0], batch=key[1], budget=r["budget"], time=r["measured_ratio"],
                                 macs_error=r["output_error"], latency_error=e, lower=lower))
     return out
@@ -265,11 +272,14 @@ def main(argv=None) -> int:
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, threads=2, rounds=rounds,
                 block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1),
                 load_before=load, load_after=os.getloadavg()[0])
-    if models is not None and args.update_results:  # the other models' tracked rows stay
+    points_only = budgets is not None or len(costs) < 2
+    if args.update_results and (models is not None or points_only):  # the tracked rows not run again stay
         run = {r["model"] for r in rows}
-        points_only = budgets is not None or len(costs) < 2
-        rows = merged(rows, models, points_only=points_only)
+        rows = merged(rows, models or list(MODELS.values()), points_only=points_only)
         meta["earlier_run"] = sorted({r["model"] for r in rows} - (set() if points_only else run), key=list(MODELS).index)
+        if points_only:
+            chosen = "" if budgets is None else f" at budgets {', '.join(map(str, next(iter(budgets.values()))))}"
+            meta["this_run"] = f"the rows of cost {' and '.join(costs)}{chosen} of {', '.join(sorted(run, key=list(MODELS).index))}"
     comparisons = dominance(rows)
     write_results(out, "conversion_speed", dict(meta=meta, rows=rows, dominance=comparisons),
                   markdown(meta, rows) + dominance_markdown(comparisons))

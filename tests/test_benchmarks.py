@@ -156,16 +156,19 @@ def test_conversion_speed_compares_the_curves_at_equal_measured_time():
     """Hand-computed: the latency curve's error interpolated at each MAC point's measured time."""
     import conversion_speed
 
-    rows = [_point("latency", 0.25, 0.34), _point("latency", 0.55, 0.20), _point("latency", 0.75, 0.10),
+    rows = [_point("latency", 0.75, 0.10), _point("latency", 0.55, 0.20), _point("latency", 0.25, 0.34),
             _point("macs", 0.65, 0.21, budget=0.5),  # latency there: 0.20 - 0.10 * 0.10 / 0.20 = 0.15
             _point("macs", 0.40, 0.25, budget=0.33),  # 0.34 - 0.14 * 0.15 / 0.30 = 0.27: higher
             _point("macs", 0.90, 0.05, budget=0.75),  # past the latency curve, more exact than all of it
-            _point("macs", 0.95, 0.12, budget=0.8)]  # past it, and the 0.75 point is faster and more exact
+            _point("macs", 0.95, 0.12, budget=0.8),  # past it, and the 0.75 point is faster and more exact
+            _point("macs", 0.20, 0.30, budget=0.2),  # before it, and more exact than its fastest point
+            _point("macs", 0.22, 0.40, budget=0.25)]  # before it, less exact than its fastest point
     got = [(c["budget"], None if c["latency_error"] is None else round(c["latency_error"], 6), c["lower"])
            for c in conversion_speed.dominance(rows)]
-    assert got == [(0.5, 0.15, True), (0.33, 0.27, False), (0.75, None, None), (0.8, 0.10, True)]
+    assert got == [(0.5, 0.15, True), (0.33, 0.27, False), (0.75, None, None), (0.8, 0.10, True), (0.2, 0.34, False),
+                   (0.25, None, None)]
     table = conversion_speed.dominance_markdown(conversion_speed.dominance(rows))
-    assert "lower or equal in 2 of 3 comparisons (1 MAC point(s) outside the latency curve's times)" in table
+    assert "lower or equal in 2 of 4 comparisons (2 MAC point(s) outside the latency curve's times)" in table
     assert "| ResNet-18 | 1 | 0.33 | 0.40 | 0.2500 | 0.2700 | **no** |" in table
 
 
@@ -183,6 +186,27 @@ def test_rerunning_one_model_replaces_only_its_tracked_rows(monkeypatch, tmp_pat
     # chosen budgets: only the points run are replaced, the model's other rows stay, in order
     point = _point("macs", 0.65, 0.25, model="ResNet-50", budget=0.5)
     assert conversion_speed.merged([point], ["resnet50"], points_only=True) == [old[0], old[1], point, old[2]]
+
+
+@pytest.mark.parametrize("args", [["--costs", "latency"], ["--budgets", "0.5"]])
+def test_rerunning_chosen_points_of_every_model_keeps_the_other_tracked_rows(monkeypatch, tmp_path, args):
+    """Without --models, chosen costs or budgets replace only those points: the other rows stay."""
+    import json
+
+    import conversion_speed
+
+    monkeypatch.setattr(_output, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(conversion_speed, "output_dir", lambda p, a: str(tmp_path))
+    full = dict(macs_ratio=0.5, predicted_ratio=0.5, original_ms=10.0, converted_ms=5.0)
+    old = [{**_point("macs", 0.7, 0.2), **full}, {**_point("latency", 0.6, 0.3, budget=0.75), **full}]
+    (tmp_path / "conversion_speed.json").write_text(json.dumps({"rows": old}))
+    new = [{**_point("latency", 0.5, 0.25), **full}]
+    monkeypatch.setattr(conversion_speed, "networks", lambda quick: [("ResNet-18", None, torch.zeros(1, 3, 8, 8))])
+    monkeypatch.setattr(conversion_speed, "points", lambda *a, **k: new)
+    written = {}
+    monkeypatch.setattr(conversion_speed, "write_results", lambda out, stem, data, table: written.update(data))
+    assert conversion_speed.main([*args, "--batches", "1", "--update-results"]) == 0
+    assert written["rows"] == [old[0], old[1], new[0]]
 
 
 @pytest.mark.parametrize("args,message", [
