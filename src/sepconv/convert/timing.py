@@ -205,6 +205,11 @@ def _measure(layers: list[_Layer], choice: dict, message: str, latency_ms: float
     return Trial(choice, message, predicted, before, after, error)
 
 
+def _measured_already(trials: list[Trial], choice: dict) -> bool:
+    """Whether one of ``trials`` has the same candidate for every layer as ``choice``."""
+    return any(all(t.choice[k] is choice[k] for k in choice) for t in trials)
+
+
 def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
                   build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
                   alternative: Optional[tuple] = None) -> tuple[Trial, list[Trial]]:
@@ -253,7 +258,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
                 choice, message = choose(latency_ms, _fastest_ratio(layers, latency_ms) * (1 + 1e-9))
             except ValueError:
                 break
-        if any(all(t.choice[k] is choice[k] for k in choice) for t in trials):
+        if _measured_already(trials, choice):
             break  # the corrections changed nothing: measuring it again tells nothing new
         trials.append(_measure(layers, choice, message, latency_ms, build, original, x))
         before, after = trials[-1].original_ms, trials[-1].measured_ms
@@ -268,7 +273,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         history.append((n, cand, dense, (after / before - 1.0) * latency_ms))
         overhead = correction(history)
     fastest = min(trials, key=lambda t: t.ratio) if trials else None
-    if alternative is not None and not any(all(t.choice[k] is alternative[0][k] for k in t.choice) for t in trials):
+    if alternative is not None and not _measured_already(trials, alternative[0]):
         trials.append(_measure(layers, *alternative, latency_ms, build, original, x))
     met = [t for t in trials if t.ratio <= within(budget)]
     if not met and unreachable is not None:  # out of reach as predicted, and as measured
