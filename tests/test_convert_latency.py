@@ -448,7 +448,7 @@ def test_the_allocation_by_macs_is_measured_after_the_loop_and_kept_on_the_same_
     build = _measured([0.48, ratio], [0.3, error], monkeypatch)
     time_choice, mac_choice = {"a": object()}, {"a": object()}
     best, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (time_choice, "by time"), build,
-                                        nn.Identity(), torch.zeros(1), alternative=(mac_choice, "by MACs"))
+                                        nn.Identity(), torch.zeros(1), alternative=mac_choice)
     assert [t.choice for t in trials] == [time_choice, mac_choice]
     assert best is trials[1 if kept == "alternative" else 0]
 
@@ -457,7 +457,7 @@ def test_the_allocation_by_macs_is_not_measured_twice(monkeypatch):
     choice = {"a": object()}
     build = _measured([0.48], [0.3], monkeypatch)
     _, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (choice, ""), build, nn.Identity(),
-                                     torch.zeros(1), alternative=(dict(choice), ""))
+                                     torch.zeros(1), alternative=dict(choice))
     assert len(trials) == 1
 
 
@@ -474,7 +474,7 @@ def test_the_allocation_by_macs_can_meet_a_budget_the_table_says_is_out_of_reach
 
     monkeypatch.setattr(timing, "_fastest_ratio", lambda layers, ms: 0.4)
     best, trials = timing.within_budget([], 0.3, 10.0, choose, build, nn.Identity(), torch.zeros(1),
-                                        alternative=(mac_choice, ""))
+                                        alternative=mac_choice)
     assert best.choice is mac_choice and best.ratio == pytest.approx(0.29)
 
 
@@ -503,4 +503,4 @@ def test_the_message_says_why_the_allocation_by_macs_was_kept(ratios, expected):
     trials = [timing.Trial(time_choice, "by time", 0.5, 10.0, 10.0 * ratios[0], 0.3),
               timing.Trial(mac_choice, "", 0.5, 10.0, 10.0 * ratios[1], 0.2 if ratios[1] < 0.5 else 0.4)]
     kept = trials[1] if ratios[1] < 0.5 else trials[0]
-    assert api._kept_message(kept, trials, (mac_choice, ""), 0.5) == expected
+    assert api._kept_message(kept, trials, mac_choice, 0.5) == expected

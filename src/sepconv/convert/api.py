@@ -174,20 +174,20 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     return kept.choice
 
 
-def _by_macs(layers: list[_Layer], budget: float, total: int) -> Optional[tuple[dict, str]]:
+def _by_macs(layers: list[_Layer], budget: float, total: int) -> Optional[dict]:
     """The allocation by MACs at ``budget`` of the MACs, for a time budget of the same fraction:
     a model's time rarely falls faster than its MACs, so it is the most MACs that can fit, and
     measured it shows what the table cannot (on ResNet-50 at batch 8, 75% of the MACs ran in 0.68
     of the time where the table predicted more). ``None`` where no allocation has that few MACs."""
     try:
-        return _choose(layers, budget, None, None, "global", total), ""
+        return _choose(layers, budget, None, None, "global", total)
     except ValueError:
         return None
 
 
-def _kept_message(kept: timing.Trial, trials: list, alternative: Optional[tuple], budget: float) -> str:
+def _kept_message(kept: timing.Trial, trials: list, alternative: Optional[dict], budget: float) -> str:
     """``kept``'s message, or where the allocation by MACs (:func:`_by_macs`) was kept, why."""
-    if alternative is None or kept.choice is not alternative[0]:
+    if alternative is None or kept.choice is not alternative:
         return kept.message
     others = [t for t in trials if t is not kept]
     met = [t.error for t in others if t.ratio <= timing.within(budget)]

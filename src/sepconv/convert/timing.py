@@ -212,7 +212,7 @@ def _measured_already(trials: list[Trial], choice: dict) -> bool:
 
 def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
                   build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
-                  alternative: Optional[tuple] = None) -> tuple[Trial, list[Trial]]:
+                  alternative: Optional[dict] = None) -> tuple[Trial, list[Trial]]:
     """Allocate, build, measure; while the measured ratio exceeds ``budget`` (or is far under it),
     correct and repeat; then measure ``alternative`` too.
 
@@ -226,7 +226,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         build: ``choice -> (converted model, output error)``, the model is not ``layers``' target.
         original: the optimized original model, timed again side by side with each result.
         x: the example input.
-        alternative: ``(choice, message)``, one more allocation measured after the loop (unless
+        alternative: a choice, one more allocation measured after the loop (unless
             it was measured in it) and kept on the same terms: the allocation by MACs at the
             budget's fraction of the MACs, whose time the table may not foresee.
 
@@ -273,8 +273,8 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         history.append((n, cand, dense, (after / before - 1.0) * latency_ms))
         overhead = correction(history)
     fastest = min(trials, key=lambda t: t.ratio) if trials else None
-    if alternative is not None and not _measured_already(trials, alternative[0]):
-        trials.append(_measure(layers, *alternative, latency_ms, build, original, x))
+    if alternative is not None and not _measured_already(trials, alternative):
+        trials.append(_measure(layers, alternative, "", latency_ms, build, original, x))
     met = [t for t in trials if t.ratio <= within(budget)]
     if not met and unreachable is not None:  # out of reach as predicted, and as measured
         measured = "" if fastest is None else (f"; the fastest allocation measured {fastest.ratio:.4f} of the "
