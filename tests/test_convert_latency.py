@@ -69,7 +69,7 @@ def fake_machine(monkeypatch, tmp_path):
     # 3 x 10 ms of convs + 5 ms of the rest on the layers' paths, the layers as the table says
     monkeypatch.setattr(timing, "in_context", lambda path, names, x: (35.0, {}))
     # the allocation by MACs measured after the loop has tests of its own (test_the_allocation_by_macs_*)
-    monkeypatch.setattr(api, "_by_macs", lambda layers, budget, total: None)
+    monkeypatch.setattr(api, "_by_macs", lambda *args: lambda fraction: None)
     machine = _Machine()
     monkeypatch.setattr(timing, "side_by_side", machine.side_by_side)
     return machine
@@ -448,8 +448,9 @@ def test_the_allocation_by_macs_is_measured_after_the_loop_and_kept_on_the_same_
     build = _measured([0.48, ratio], [0.3, error], monkeypatch)
     time_choice, mac_choice = {"a": object()}, {"a": object()}
     best, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (time_choice, "by time"), build,
-                                        nn.Identity(), torch.zeros(1), alternative=mac_choice)
+                                        nn.Identity(), torch.zeros(1), alternative=lambda fraction: mac_choice)
     assert [t.choice for t in trials] == [time_choice, mac_choice]
+    assert [t.macs_fraction for t in trials] == [None, 0.5]
     assert best is trials[1 if kept == "alternative" else 0]
 
 
@@ -457,7 +458,7 @@ def test_the_allocation_by_macs_is_not_measured_twice(monkeypatch):
     choice = {"a": object()}
     build = _measured([0.48], [0.3], monkeypatch)
     _, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: (choice, ""), build, nn.Identity(),
-                                     torch.zeros(1), alternative=dict(choice))
+                                     torch.zeros(1), alternative=lambda fraction: dict(choice))
     assert len(trials) == 1
 
 
@@ -474,8 +475,70 @@ def test_the_allocation_by_macs_can_meet_a_budget_the_table_says_is_out_of_reach
 
     monkeypatch.setattr(timing, "_fastest_ratio", lambda layers, ms: 0.4)
     best, trials = timing.within_budget([], 0.3, 10.0, choose, build, nn.Identity(), torch.zeros(1),
-                                        alternative=mac_choice)
+                                        alternative=lambda fraction: mac_choice)
     assert best.choice is mac_choice and best.ratio == pytest.approx(0.29)
+
+
+@pytest.mark.parametrize("ratios,fractions", [
+    ([0.48, 0.6, 0.505], [0.5, 0.375]),  # over: the line through (0.5, 0.6) and (1, 1) meets 0.5 at 0.375
+    ([0.48, 0.5], [0.5]),  # within the budget at once: nothing more to measure
+    ([0.48, 1.05], [0.5]),  # no time saved: no line to follow
+])
+def test_an_allocation_by_macs_over_the_budget_is_followed_by_one_at_fewer_macs(monkeypatch, ratios, fractions):
+    """The second fraction, by hand: 1 - (1 - 0.5) (1 - 0.5) / (1 - 0.6) = 0.375."""
+    build = _measured(ratios, [0.3, 0.2, 0.25], monkeypatch)
+    asked = []
+
+    def by_macs(fraction):
+        asked.append(fraction)
+        return {"a": object()}
+
+    best, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: ({"a": object()}, "by time"), build,
+                                        nn.Identity(), torch.zeros(1), alternative=by_macs)
+    assert asked == pytest.approx(fractions)
+    assert [t.macs_fraction for t in trials[1:]] == pytest.approx(fractions)
+    if len(fractions) == 2:  # the second meets the budget and is closer: kept
+        assert best is trials[2]
+
+
+@pytest.mark.parametrize("ratio,asked_for", [
+    (0.6, [0.5, 0.375]),  # no allocation has 0.375 of the MACs
+    (0.9, [0.5]),  # the line meets the budget below zero MACs: nothing asked
+])
+def test_the_allocations_by_macs_stop_where_no_allocation_has_so_few_macs(monkeypatch, ratio, asked_for):
+    build = _measured([0.48, ratio], [0.3, 0.2], monkeypatch)
+    asked = []
+
+    def by_macs(fraction):
+        asked.append(fraction)
+        return {"a": object()} if fraction == 0.5 else None
+
+    _, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: ({"a": object()}, ""), build,
+                                     nn.Identity(), torch.zeros(1), alternative=by_macs)
+    assert len(trials) == 2 and asked == pytest.approx(asked_for)
+
+
+def test_the_allocation_by_macs_is_what_cost_macs_chooses(monkeypatch, fake_machine):
+    """Under a time budget the layers are weighed by their measured effect on the output; the
+    allocation by MACs weighs them alike, as ``cost="macs"`` does, and so is the same allocation."""
+    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
+    seen = {}
+
+    def spy(*args):
+        at = _BY_MACS(*args)
+        return lambda fraction: seen.setdefault(fraction, at(fraction))
+
+    monkeypatch.setattr(api, "_by_macs", spy)
+    monkeypatch.setattr(timing, "side_by_side", lambda original, converted, x: (35.0, 18.0))
+    x = torch.randn(2, 8, 12, 12)
+    for method in ("auto", "depthwise"):
+        seen.clear()
+        _, by_time = convert(_Branches().eval(), method=method, budget=0.52, cost="latency", example_input=x)
+        _, by_macs = convert(_Branches().eval(), method=method, budget=0.52, example_input=x)
+        chosen = {name: (c.structure, c.rank) for name, c in seen[0.52].items()}
+        assert chosen == {r.name: (r.structure, r.rank) for r in by_macs.layers}
+        # weighed by their effect on the output, the main conv got more than the side one
+        assert chosen != {r.name: (r.structure, r.rank) for r in by_time.layers}
 
 
 def test_a_time_budget_measures_the_allocation_by_macs_and_says_when_it_is_kept(monkeypatch, fake_machine):
@@ -501,6 +564,6 @@ def test_a_time_budget_measures_the_allocation_by_macs_and_says_when_it_is_kept(
 def test_the_message_says_why_the_allocation_by_macs_was_kept(ratios, expected):
     time_choice, mac_choice = {"a": 1}, {"a": 2}
     trials = [timing.Trial(time_choice, "by time", 0.5, 10.0, 10.0 * ratios[0], 0.3),
-              timing.Trial(mac_choice, "", 0.5, 10.0, 10.0 * ratios[1], 0.2 if ratios[1] < 0.5 else 0.4)]
+              timing.Trial(mac_choice, "", 0.5, 10.0, 10.0 * ratios[1], 0.2 if ratios[1] < 0.5 else 0.4, 0.5)]
     kept = trials[1] if ratios[1] < 0.5 else trials[0]
-    assert api._kept_message(kept, trials, mac_choice, 0.5) == expected
+    assert api._kept_message(kept, trials, 0.5) == expected

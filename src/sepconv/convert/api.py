@@ -2,8 +2,9 @@
 (:mod:`.candidates`, :mod:`.allocate`, :mod:`.surgery`, :mod:`.calibrate`, :mod:`.report`)."""
 
 import copy
+import dataclasses
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Optional, Union
 
 import torch
@@ -112,10 +113,8 @@ def convert(
     if cost == "latency":
         choice = _latency_choice(model, target, layers, found, probe, reference, method, budget, batches, report)
     else:
-        choice = _choose(layers, budget, rank, tolerance, allocation, report.macs_before)
-        if method == "auto" and budget is not None and batches is None:  # the proxy checked on the example
-            choice, report.message = best_choice(target, layers, choice, found, probe, reference,
-                                                 (budget, rank, tolerance, allocation, report.macs_before, None))
+        choice, report.message = _macs_choice(target, layers, found, probe, reference, method, batches,
+                                              (budget, rank, tolerance, allocation, report.macs_before))
     new_layers = _operate(target, layers, choice, found)
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()
@@ -155,14 +154,14 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
         with torch.no_grad():
             return trial, _rel(trial(probe), reference)
 
-    alternative = _by_macs(layers, budget, report.macs_before)
-    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, alternative)
-    report.message = _kept_message(kept, trials, alternative, budget)
+    by_macs = _by_macs(target, layers, found, probe, reference, method, batches, report.macs_before)
+    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, by_macs)
+    report.message = _kept_message(kept, trials, budget)
     report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
                           measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
                           measured_ratio=kept.ratio, rounds=len(trials),
                           trials=[dict(predicted_ratio=t.predicted_ratio, measured_ratio=t.ratio,
-                                       output_error=t.error) for t in trials],
+                                       output_error=t.error, macs_fraction=t.macs_fraction) for t in trials],
                           batch=int(probe.shape[0]), threads=torch.get_num_threads())
     if kept.ratio > timing.within(budget):
         tried = f"the fastest of {len(trials)} allocations" if len(trials) > 1 else "the allocation"
@@ -174,22 +173,39 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
     return kept.choice
 
 
-def _by_macs(layers: list[_Layer], budget: float, total: int) -> Optional[dict]:
-    """The allocation by MACs at ``budget`` of the MACs, for a time budget of the same fraction:
-    a model's time rarely falls faster than its MACs, so it is the most MACs that can fit, and
-    measured it shows what the table cannot (on ResNet-50 at batch 8, 75% of the MACs ran in 0.68
-    of the time where the table predicted more). ``None`` where no allocation has that few MACs."""
-    try:
-        return _choose(layers, budget, None, None, "global", total)
-    except ValueError:
-        return None
+def _macs_choice(target: nn.Module, layers: list[_Layer], found, probe: Optional[Tensor], reference, method: str,
+                 batches, args: tuple) -> tuple[dict, str]:
+    """``cost="macs"``'s allocation under ``_choose``'s ``args`` (budget, rank, tolerance, allocation,
+    total MACs) and its message: data-free, ``auto`` under a budget checks its proxy on the example
+    against each single structure's allocation (:func:`~.portfolio.best_choice`)."""
+    choice = _choose(layers, *args)
+    if method == "auto" and args[0] is not None and batches is None:
+        return best_choice(target, layers, choice, found, probe, reference, (*args, None))
+    return choice, ""
 
 
-def _kept_message(kept: timing.Trial, trials: list, alternative: Optional[dict], budget: float) -> str:
-    """``kept``'s message, or where the allocation by MACs (:func:`_by_macs`) was kept, why."""
-    if alternative is None or kept.choice is not alternative:
+def _by_macs(target: nn.Module, layers: list[_Layer], found, probe: Tensor, reference: Tensor, method: str, batches,
+             total: int) -> Callable[[float], Optional[dict]]:
+    """``fraction -> choice``: what ``cost="macs"`` would choose at ``fraction`` of the MACs (the
+    layers weighed alike, as it weighs them), None where no allocation has that few MACs. Measured
+    by :func:`timing.within_budget`, it shows what the time table cannot (on ResNet-50 at batch 8,
+    75% of the MACs ran in 0.68 of the time where the table predicted more)."""
+    alike = [dataclasses.replace(l, sensitivity=1.0) for l in layers]
+
+    def at(fraction: float) -> Optional[dict]:
+        try:
+            return _macs_choice(target, alike, found, probe, reference, method, batches,
+                                (fraction, None, None, "global", total))[0]
+        except ValueError:
+            return None
+    return at
+
+
+def _kept_message(kept: timing.Trial, trials: list, budget: float) -> str:
+    """``kept``'s message, or where an allocation by MACs (:func:`_by_macs`) was kept, why."""
+    if kept.macs_fraction is None:
         return kept.message
-    others = [t for t in trials if t is not kept]
+    others = [t for t in trials if t.macs_fraction is None]
     met = [t.error for t in others if t.ratio <= timing.within(budget)]
     if met:
         why = f"closer to the original on the example (output error {kept.error:.4g} against {min(met):.4g})"
@@ -197,7 +213,7 @@ def _kept_message(kept: timing.Trial, trials: list, alternative: Optional[dict],
         why = f"the allocations by time measured over the budget (the fastest {min(t.ratio for t in others):.3f})"
     else:
         why = "no allocation by time was predicted to fit"
-    return f"kept the allocation by {budget} of the MACs, measured at {kept.ratio:.3f} of the time: {why}"
+    return f"kept the allocation by {kept.macs_fraction:.3g} of the MACs, measured at {kept.ratio:.3f} of the time: {why}"
 
 
 def _trial(target: nn.Module, layers: list[_Layer], choice: dict, found) -> nn.Module:

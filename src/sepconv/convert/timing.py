@@ -44,6 +44,7 @@ MAX_ROUNDS = 3  # converted models built and measured, at most, to meet a time b
 # a measured ratio up to 2% over the budget counts as within it: two side-by-side runs of the same
 # model differ by about that much here (and an all-dense result would otherwise "miss" a budget of 1)
 NOISE = 0.02
+MACS_ROUNDS = 2  # allocations by MACs measured after the loop, at most
 # a result measured faster than this fraction of its budget is allocated again with the times
 # corrected downward (less error for the time the budget allows)
 UNDER = 0.9
@@ -153,6 +154,7 @@ class Trial:
     original_ms: float  # measured side by side (medians)
     measured_ms: float
     error: float  # the model output's relative error on the example input
+    macs_fraction: Optional[float] = None  # an allocation by MACs (at this fraction of them), not by time
 
     @property
     def ratio(self) -> float:
@@ -210,11 +212,32 @@ def _measured_already(trials: list[Trial], choice: dict) -> bool:
     return any(all(t.choice[k] is choice[k] for k in choice) for t in trials)
 
 
+def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], Optional[dict]], latency_ms: float,
+                build: Callable[[dict], tuple], original: nn.Module, x: Tensor, trials: list[Trial]) -> None:
+    """Measure the allocation by MACs at the budget's fraction of the MACs (a model's time rarely
+    falls faster than its MACs: the most MACs that may fit), and where it measures over the budget,
+    once more at the fraction where the line through it and the original (all the MACs, ratio 1)
+    meets the budget; at most :data:`MACS_ROUNDS` models, each appended to ``trials``."""
+    fraction = budget
+    for _ in range(MACS_ROUNDS):
+        if fraction <= 0.0:  # the line meets the budget below zero MACs
+            return
+        choice = by_macs(fraction)
+        if choice is None or _measured_already(trials, choice):
+            return
+        trial = _measure(layers, choice, "", latency_ms, build, original, x)
+        trial.macs_fraction = fraction
+        trials.append(trial)
+        if trial.ratio <= within(budget) or trial.ratio >= 1.0:  # met, or no time saved: no line to follow
+            return
+        fraction = 1.0 - (1.0 - budget) * (1.0 - fraction) / (1.0 - trial.ratio)
+
+
 def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
                   build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
-                  alternative: Optional[dict] = None) -> tuple[Trial, list[Trial]]:
+                  alternative: Optional[Callable[[float], Optional[dict]]] = None) -> tuple[Trial, list[Trial]]:
     """Allocate, build, measure; while the measured ratio exceeds ``budget`` (or is far under it),
-    correct and repeat; then measure ``alternative`` too.
+    correct and repeat; then measure allocations by MACs too (:func:`_along_macs`).
 
     Args:
         layers: the layers with their candidates' table times (``ms``); corrected in place.
@@ -226,9 +249,10 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         build: ``choice -> (converted model, output error)``, the model is not ``layers``' target.
         original: the optimized original model, timed again side by side with each result.
         x: the example input.
-        alternative: a choice, one more allocation measured after the loop (unless
-            it was measured in it) and kept on the same terms: the allocation by MACs at the
-            budget's fraction of the MACs, whose time the table may not foresee.
+        alternative: ``fraction -> choice`` (None where no allocation has that few MACs), the
+            allocation by MACs at a fraction of the MACs, whose time the table may not foresee:
+            measured after the loop (unless it was measured in it; :func:`_along_macs`) and kept
+            on the same terms.
 
     Returns:
         The kept trial (the most exact of those within the budget as measured, else the fastest
@@ -273,8 +297,8 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         history.append((n, cand, dense, (after / before - 1.0) * latency_ms))
         overhead = correction(history)
     fastest = min(trials, key=lambda t: t.ratio) if trials else None
-    if alternative is not None and not _measured_already(trials, alternative):
-        trials.append(_measure(layers, alternative, "", latency_ms, build, original, x))
+    if alternative is not None:
+        _along_macs(layers, budget, alternative, latency_ms, build, original, x, trials)
     met = [t for t in trials if t.ratio <= within(budget)]
     if not met and unreachable is not None:  # out of reach as predicted, and as measured
         measured = "" if fastest is None else (f"; the fastest allocation measured {fastest.ratio:.4f} of the "
