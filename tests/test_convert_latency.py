@@ -518,40 +518,19 @@ def test_the_allocations_by_macs_stop_where_no_allocation_has_so_few_macs(monkey
     assert len(trials) == 2 and asked == pytest.approx(asked_for)
 
 
-def test_the_allocation_by_macs_is_what_cost_macs_chooses(monkeypatch, fake_machine):
-    """Under a time budget the layers are weighed by their measured effect on the output; the
-    allocation by MACs weighs them alike, as ``cost="macs"`` does, and so is the same allocation."""
-    monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
-    seen = {}
-
-    def spy(*args):
-        at = _BY_MACS(*args)
-        return lambda fraction: seen.setdefault(fraction, at(fraction))
-
-    monkeypatch.setattr(api, "_by_macs", spy)
-    monkeypatch.setattr(timing, "side_by_side", lambda original, converted, x: (35.0, 18.0))
-    x = torch.randn(2, 8, 12, 12)
-    for method in ("auto", "depthwise"):
-        seen.clear()
-        _, by_time = convert(_Branches().eval(), method=method, budget=0.52, cost="latency", example_input=x)
-        _, by_macs = convert(_Branches().eval(), method=method, budget=0.52, example_input=x)
-        chosen = {name: (c.structure, c.rank) for name, c in seen[0.52].items()}
-        assert chosen == {r.name: (r.structure, r.rank) for r in by_macs.layers}
-        # weighed by their effect on the output, the main conv got more than the side one
-        assert chosen != {r.name: (r.structure, r.rank) for r in by_time.layers}
-
-
-def test_a_time_budget_measures_the_allocation_by_macs_and_says_when_it_is_kept(monkeypatch, fake_machine):
-    """The real ``_by_macs`` on the fake machine, where separable layers run at a fifth of the
-    table's time: one more model is measured, and the kept one is the most exact within the budget."""
+def test_the_allocation_by_macs_is_never_further_from_the_original_than_cost_macs(monkeypatch, fake_machine):
+    """The allocation by MACs measured under a time budget is the closer to the original of what
+    ``cost="macs"`` chooses and the same allocation with the layers weighed by their effect on the
+    output; on the two-branch model, where the side branch matters 100 times less, the weighed one."""
     monkeypatch.setattr(api, "_by_macs", _BY_MACS)
     monkeypatch.setattr(LatencyTable, "times", _fake_times("none"))
-    fake_machine.factor = 0.2
-    _, report = convert(_net(), budget=0.6, cost="latency", example_input=torch.randn(1, 3, 16, 16))
-    t = report.latency
-    assert t["rounds"] == fake_machine.runs >= 2
-    met = [r["output_error"] for r in t["trials"] if r["measured_ratio"] <= timing.within(0.6)]
-    assert t["measured_ratio"] <= timing.within(0.6) and report.output_error == pytest.approx(min(met), rel=1e-5)
+    monkeypatch.setattr(timing, "side_by_side", lambda original, converted, x: (35.0, 18.0))
+    x = torch.randn(2, 8, 12, 12, generator=torch.Generator().manual_seed(0))
+    for method in ("auto", "depthwise"):
+        _, by_time = convert(_Branches().eval(), method=method, budget=0.52, cost="latency", example_input=x)
+        _, by_macs = convert(_Branches().eval(), method=method, budget=0.52, example_input=x)
+        trial = next(t for t in by_time.latency["trials"] if t["macs_fraction"] == 0.52)
+        assert trial["output_error"] < 0.9 * by_macs.output_error
 
 
 @pytest.mark.parametrize("ratios,expected", [
