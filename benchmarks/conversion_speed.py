@@ -7,8 +7,9 @@ CNN (trained here on scikit-learn's digits), at batch 1 and 8 with 2 threads:
 - the original, optimized (``sepconv.optimize_for_inference``);
 - ``convert(cost="macs")`` and ``convert(cost="latency")`` at several budgets, each optimized;
 
-every converted model is timed side by side with the optimized original in one interleaved run
-(blocks of back-to-back warm calls, medians), so each point is a measured ratio. The output error
+all converted models of one network and batch are timed with the optimized original in one
+interleaved run (blocks of back-to-back warm calls, medians), so each point is a measured ratio
+and the points of one network share the machine's state. The output error
 is the model output's relative error against the original on the example batch (random normal
 images; real test digits for the digits CNN).
 
@@ -77,11 +78,15 @@ def rel_error(model, reference, x) -> float:
 
 
 def points(name, model, images, batch, rounds, block, quick, budgets=None, costs=("macs", "latency")):
+    """Every budget's conversion of ``model`` at ``batch``, optimized; then all of them and the
+    optimized original timed in one interleaved run, so the ratios of one network's rows share the
+    machine's state (on this class of machine the original's own time moved 1.5x between runs 20
+    minutes apart, and a converted model's ratio with it)."""
     x = images[:batch] if images.shape[0] >= batch else images[:1].expand(batch, *images.shape[1:]).contiguous()
     if name != "digits CNN":
         x = torch.randn(batch, *images.shape[1:], generator=torch.Generator().manual_seed(1))
     original = optimize_for_inference(model, x)
-    rows = []
+    rows, built = [], {}
     if budgets is None:
         default = MODEL_BUDGETS.get(name, BUDGETS)
         budgets = {k: (((0.5,) if 0.5 in v else v[1:2]) if quick else v) for k, v in default.items() if k in costs}
@@ -97,29 +102,34 @@ def points(name, model, images, batch, rounds, block, quick, budgets=None, costs
                 print(f"  {name} b{batch} {cost} {budget}: {exc}", flush=True)
                 continue
             seconds = time.perf_counter() - t0
-            fast = optimize_for_inference(small, x)
-            t = interleaved({"original": lambda: original(x), "converted": lambda: fast(x)}, rounds, block=block)
+            latency = getattr(report, "latency", None) or {}
             row = dict(model=name, batch=batch, cost=cost, budget=budget, date=time.strftime("%Y-%m-%d %H:%M"),
-                       convert_seconds=round(seconds, 2),
-                       macs_ratio=report.macs_ratio, output_error=rel_error(small, model, x),
-                       original_ms=round(t["original"], 3), converted_ms=round(t["converted"], 3),
-                       measured_ratio=t["converted"] / t["original"], backend=fast.backend,
-                       predicted_ratio=(getattr(report, "latency", None) or {}).get("predicted_ratio"),
-                       rounds=(getattr(report, "latency", None) or {}).get("rounds"),
-                       load=os.getloadavg()[0])
+                       convert_seconds=round(seconds, 2), macs_ratio=report.macs_ratio,
+                       output_error=rel_error(small, model, x), predicted_ratio=latency.get("predicted_ratio"),
+                       rounds=latency.get("rounds"))
             rows.append(row)
-            pred = "" if row["predicted_ratio"] is None else (f", predicted {row['predicted_ratio']:.2f}, "
-                                                               f"{row['rounds']} allocation(s) measured")
-            print(f"  {name} b{batch} {cost}={budget}: MACs {row['macs_ratio']:.2f}, time {row['measured_ratio']:.2f} "
-                  f"({row['converted_ms']:.2f} vs {row['original_ms']:.2f} ms{pred}), error {row['output_error']:.4f}; "
-                  f"load {row['load']:.1f}", flush=True)
+            built[f"{cost} {budget}"] = (optimize_for_inference(small, x), row)
+    if not built:
+        return rows
+    fns = {"original": lambda: original(x)}
+    fns.update({key: (lambda fast=fast: fast(x)) for key, (fast, _) in built.items()})
+    t = interleaved(fns, rounds, block=block)
+    for key, (fast, row) in built.items():
+        row.update(original_ms=round(t["original"], 3), converted_ms=round(t[key], 3),
+                   measured_ratio=t[key] / t["original"], backend=fast.backend, load=os.getloadavg()[0])
+        pred = "" if row["predicted_ratio"] is None else (f", predicted {row['predicted_ratio']:.2f}, "
+                                                           f"{row['rounds']} allocation(s) measured")
+        print(f"  {name} b{batch} {key.replace(' ', '=')}: MACs {row['macs_ratio']:.2f}, time {row['measured_ratio']:.2f} "
+              f"({row['converted_ms']:.2f} vs {row['original_ms']:.2f} ms{pred}), error {row['output_error']:.4f}; "
+              f"load {row['load']:.1f}", flush=True)
     return rows
 
 
 def markdown(meta, rows) -> str:
     lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
              f"optimized converted vs optimized original, interleaved blocks of {meta['block']} calls, medians of "
-             f"{meta['rounds']} rounds (compare ratios within a row)."
+             f"{meta['rounds']} rounds; every converted model of one network and batch in the same run "
+             "(compare ratios within a network and batch)."
              + (f" Only {meta['this_run']} were measured in this run; the other rows are from an earlier run."
                 if meta.get("this_run") else
                 f" Rows of {', '.join(meta['earlier_run'])} are from an earlier run." if meta.get("earlier_run") else ""), "",
