@@ -65,6 +65,7 @@ def networks(quick: bool, only=None):
     for name, build in (("ResNet-18", architectures.resnet18), ("ResNet-50", architectures.resnet50),
                         ("MobileNetV2", architectures.mobilenet_v2_full)):
         if wanted(name):
+            torch.manual_seed(0)  # the same weights whichever networks were built before it
             yield name, build(), torch.randn(1, 3, 224, 224)
     if wanted("digits CNN"):
         model, images = digits_model()
