@@ -189,8 +189,8 @@ def _by_macs(target: nn.Module, layers: list[_Layer], found, probe: Tensor, refe
     """``fraction -> choice``: the allocation by MACs at ``fraction`` of the MACs, None where no
     allocation has that few. Of what ``cost="macs"`` chooses (the layers weighed alike) and the
     same allocation with each layer weighed by its measured effect on the output (``layers``'
-    sensitivities), the one closer to the original on the example: so a time budget is never
-    further from the original than the MAC budget it measures. Measured by
+    sensitivities), the one closer to the original on the example: where the MAC budget's model
+    fits the time budget as measured, the result is at least as close as that model. Measured by
     :func:`timing.within_budget`, it shows what the time table cannot (on ResNet-50 at batch 8, 75%
     of the MACs ran in 0.68 of the time where the table predicted more)."""
     alike = [dataclasses.replace(l, sensitivity=1.0) for l in layers]
