@@ -141,15 +141,22 @@ def fit_times(layers: list[_Layer], latency_ms: float) -> None:
                 c.ms *= k
 
 
+def time_floor(layers: list[_Layer], latency_ms: float) -> tuple[float, float]:
+    """The predicted time of everything that is not a candidate layer (``latency_ms`` minus the
+    layers' dense times, at least 0), and the least predicted time of any allocation: that plus
+    the fastest candidate of every layer (ms)."""
+    fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
+    return fixed, fixed + sum(min(c.ms for c in l.candidates) for l in layers)
+
+
 def _allocate_time(layers: list[_Layer], budget: float, latency_ms: float) -> dict[str, _Candidate]:
     """Global allocation under ``budget * latency_ms``, the original's time on the paths its layers
     were timed through: the prediction is a ratio to the original on the same paths. The time of
     everything that is not a candidate layer (``latency_ms`` minus the layers' dense times, at
     least 0) is fixed."""
     fit_times(layers, latency_ms)
-    fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
+    fixed, fastest = time_floor(layers, latency_ms)
     limit = budget * latency_ms
-    fastest = fixed + sum(min(c.ms for c in l.candidates) for l in layers)
     if fastest > limit:
         raise ValueError(f"budget: expected at least {fastest / latency_ms:.4f}, the fastest candidate of every "
                          f"layer (predicted {fastest:.3f} ms of the original's {latency_ms:.3f} ms on the same "

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .._timing import interleaved
 from ..latency import LatencyTable, _busy, _one_thread, fastest
-from .allocate import _dense_ms, fit_times, predicted_ms
+from .allocate import _dense_ms, fit_times, predicted_ms, time_floor
 from .candidates import _Layer
 
 ROUNDS = 10  # interleaved rounds of whole-model timings
@@ -194,8 +194,7 @@ def correction(history: list[tuple[int, float, float, float]]) -> float:
 def _fastest_ratio(layers: list[_Layer], latency_ms: float) -> float:
     """The least predicted ratio any allocation reaches with the current times (the budget
     ``_allocate_time`` asks for at least)."""
-    fixed = max(latency_ms - sum(_dense_ms(l) for l in layers), 0.0)
-    return (fixed + sum(min(c.ms for c in l.candidates) for l in layers)) / latency_ms
+    return time_floor(layers, latency_ms)[1] / latency_ms
 
 
 def _measure(layers: list[_Layer], choice: dict, message: str, latency_ms: float, build: Callable[[dict], tuple],
