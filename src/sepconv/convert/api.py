@@ -161,7 +161,7 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
                           measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
                           measured_ratio=kept.ratio, rounds=len(trials),
                           trials=[dict(predicted_ratio=t.predicted_ratio, measured_ratio=t.ratio,
-                                       output_error=t.error, macs_fraction=t.macs_fraction) for t in trials],
+                                       output_error=t.error, macs_fraction=t.macs_fraction, runs=t.runs) for t in trials],
                           batch=int(probe.shape[0]), threads=torch.get_num_threads())
     if kept.ratio > timing.within(budget):
         tried = f"the fastest of {len(trials)} allocations" if len(trials) > 1 else "the allocation"
