@@ -489,13 +489,18 @@ def test_the_allocation_by_macs_can_meet_a_budget_the_table_says_is_out_of_reach
 
 
 @pytest.mark.parametrize("ratios,fractions", [
-    ([0.48, 0.6, 0.505], [0.5, 0.375]),  # over: the line through (0.5, 0.6) and (1, 1) meets 0.5 at 0.375
+    # over: as if time fell with the MACs, 0.5 x 0.5 / 0.6 = 0.4167; then within: stop
+    ([0.48, 0.6, 0.505], [0.5, 0.5 * 0.5 / 0.6]),
     ([0.48, 0.5], [0.5]),  # within the budget at once: nothing more to measure
-    ([0.48, 1.05], [0.5]),  # no time saved: no line to follow
+    # no time saved at 0.5 of the MACs: 0.5 x 0.5 / 1.05; then the secant through (0.5, 1.05) and
+    # (0.2381, 0.7), both over: 0.2381 + (0.5 - 0.7) (0.2381 - 0.5) / (0.7 - 1.05) = 0.0884
+    ([0.48, 1.05, 0.7, 0.5], [0.5, 0.5 * 0.5 / 1.05, 0.0884]),
+    # far under (0.3 < UNDER x 0.5): more MACs, 0.5 x 0.5 / 0.3 = 0.8333; over (0.7): the secant
+    # between the two, 0.5 + (0.5 - 0.3) (0.8333 - 0.5) / (0.7 - 0.3) = 0.6667
+    ([0.48, 0.3, 0.7, 0.49], [0.5, 0.8333, 0.6667]),
 ])
-def test_an_allocation_by_macs_over_the_budget_is_followed_by_one_at_fewer_macs(monkeypatch, ratios, fractions):
-    """The second fraction, by hand: 1 - (1 - 0.5) (1 - 0.5) / (1 - 0.6) = 0.375."""
-    build = _measured(ratios, [0.3, 0.2, 0.25], monkeypatch)
+def test_allocations_by_macs_are_measured_until_one_lands_just_under_the_budget(monkeypatch, ratios, fractions):
+    build = _measured(ratios, [0.3, 0.2, 0.15, 0.1], monkeypatch)  # less error with more MACs
     asked = []
 
     def by_macs(fraction):
@@ -504,17 +509,17 @@ def test_an_allocation_by_macs_over_the_budget_is_followed_by_one_at_fewer_macs(
 
     best, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: ({"a": object()}, "by time"), build,
                                         nn.Identity(), torch.zeros(1), alternative=by_macs)
-    assert asked == pytest.approx(fractions)
-    assert [t.macs_fraction for t in trials[1:]] == pytest.approx(fractions)
-    if len(fractions) == 2:  # the second meets the budget and is closer: kept
-        assert best is trials[2]
+    assert asked == pytest.approx(fractions, abs=1e-4)
+    assert [t.macs_fraction for t in trials[1:]] == pytest.approx(fractions, abs=1e-4)
+    if ratios[-1] <= 0.5:  # the last meets the budget and is the most exact: kept
+        assert best is trials[-1]
 
 
 @pytest.mark.parametrize("ratio,asked_for", [
-    (0.6, [0.5, 0.375]),  # no allocation has 0.375 of the MACs
-    (0.9, [0.5]),  # the line meets the budget below zero MACs: nothing asked
+    (0.6, [0.5, 0.5 * 0.5 / 0.6]),  # no allocation has 0.4167 of the MACs
+    (0.2, [0.5]),  # far under: 0.5 x 0.5 / 0.2 = 1.25, more than all the MACs: nothing asked
 ])
-def test_the_allocations_by_macs_stop_where_no_allocation_has_so_few_macs(monkeypatch, ratio, asked_for):
+def test_the_allocations_by_macs_stop_where_no_allocation_has_that_fraction(monkeypatch, ratio, asked_for):
     build = _measured([0.48, ratio], [0.3, 0.2], monkeypatch)
     asked = []
 
@@ -525,6 +530,16 @@ def test_the_allocations_by_macs_stop_where_no_allocation_has_so_few_macs(monkey
     _, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: ({"a": object()}, ""), build,
                                      nn.Identity(), torch.zeros(1), alternative=by_macs)
     assert len(trials) == 2 and asked == pytest.approx(asked_for)
+
+
+@pytest.mark.parametrize("points,expected", [
+    ([(0.5, 0.25)], 1.0),  # twice as fast as the budget: twice the MACs
+    ([(1.0, 0.8), (0.5, 0.4)], 0.625),  # both under 0.5: the secant through the last two
+    ([(0.8, 0.9), (0.4, 0.3), (0.6, 0.6)], 0.5333),  # nearest on each side: (0.6, 0.6) and (0.4, 0.3)
+    ([(0.6, 0.7), (0.4, 0.7)], 0.0),  # no time saved between them: nothing to aim at
+])
+def test_next_fraction_by_hand(points, expected):
+    assert timing.next_fraction(points, 0.5) == pytest.approx(expected, abs=1e-4)
 
 
 def test_the_allocation_by_macs_is_never_further_from_the_original_than_cost_macs(monkeypatch, fake_machine):
@@ -578,7 +593,7 @@ def test_the_kept_allocation_measured_close_to_the_budget_is_measured_again_and_
     means of its two runs."""
     build = _measured([[0.49, 0.56], 0.44], [0.2, 0.3], monkeypatch)
     kept, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: ({"a": object()}, ""), build, nn.Identity(),
-                                        torch.zeros(1), alternative=lambda fraction: {"a": object()})
+                                        torch.zeros(1), alternative=lambda f: {"a": object()} if f == 0.5 else None)
     assert kept is trials[1] and kept.runs == 1
     assert trials[0].runs == 2 and trials[0].ratio == pytest.approx((0.49 + 0.56) / 2)
 
