@@ -607,7 +607,7 @@ def test_a_confirmed_allocation_is_kept_with_the_mean_of_its_runs(monkeypatch):
 
 def test_at_most_confirms_runs_confirm_and_where_none_holds_the_fastest_is_kept():
     """Three allocations measured close to the budget, each over it when run again: only the two
-    most exact are run again (CONFIRMS), the third is not kept unconfirmed, and _keep gives None
+    most exact are run again (CONFIRMS), the third is not kept unconfirmed, and keep gives None
     (within_budget then keeps the fastest)."""
     trials = [timing.Trial({}, "", 0.5, 10.0, 10.0 * r, e) for r, e in [(0.50, 0.1), (0.48, 0.2), (0.46, 0.3)]]
     runs = []
@@ -618,7 +618,7 @@ def test_at_most_confirms_runs_confirm_and_where_none_holds_the_fastest_is_kept(
         return False
 
     assert timing.CONFIRMS == 2
-    assert timing._keep(trials, 0.5, remeasure) is None
+    assert timing.keep(trials, 0.5, remeasure) is None
     assert runs == trials[:2] and [t.runs for t in trials] == [2, 2, 1]
     assert trials[0].ratio == pytest.approx(0.55)
 
@@ -631,7 +631,7 @@ def test_only_an_allocation_close_to_the_budget_is_measured_again(ratio, runs):
         trial.add_run(10.0, 10.0 * ratio)
         return True
 
-    assert timing._keep([t], 0.5, remeasure) is t and t.runs == runs
+    assert timing.keep([t], 0.5, remeasure) is t and t.runs == runs
 
 
 @pytest.mark.parametrize("ms,rounds", [(100.0, timing.ROUNDS), (10.0, 17), (1.0, 167), (0.01, timing.MAX_SIDE_ROUNDS)])

@@ -29,7 +29,6 @@ missed).
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -39,6 +38,7 @@ from .._timing import interleaved
 from ..latency import LatencyTable, _busy, _one_thread, fastest
 from .allocate import _dense_ms, fit_times, predicted_ms, time_floor
 from .candidates import _Layer
+from .trials import CONFIRMS, NOISE, UNDER, Trial, keep, next_fraction, within  # noqa: F401 (used as timing.X too)
 
 ROUNDS = 10  # interleaved rounds of whole-model timings (at least)
 BLOCK = 3  # back-to-back calls per round
@@ -47,16 +47,7 @@ BLOCK = 3  # back-to-back calls per round
 SIDE_SECONDS = 1.0
 MAX_SIDE_ROUNDS = 300
 MAX_ROUNDS = 3  # converted models built and measured, at most, to meet a time budget
-# a measured ratio up to 2% over the budget counts as within it: two side-by-side runs of the same
-# model differ by about that much here (and an all-dense result would otherwise "miss" a budget of 1)
-NOISE = 0.02
 MACS_ROUNDS = 3  # allocations by MACs measured after the loop, at most
-# re-measurements of the allocation to keep, at most (see _keep): the most exact of several models
-# measured within the budget is also the one whose measurement most likely erred low
-CONFIRMS = 2
-# a result measured faster than this fraction of its budget is allocated again with the times
-# corrected downward (less error for the time the budget allows)
-UNDER = 0.9
 
 
 def attach_latencies(layers: list[_Layer], table: Optional[LatencyTable] = None) -> LatencyTable:
@@ -171,30 +162,6 @@ def side_by_side(original: nn.Module, converted: nn.Module, x: Tensor) -> tuple[
     return t["original"], t["converted"]
 
 
-@dataclass
-class Trial:
-    """One allocation, built and measured side by side with the original."""
-
-    choice: dict  # layer name -> _Candidate
-    message: str  # what the allocation says about itself (auto's comparison), or ""
-    predicted_ratio: float  # predicted time / the original's, with the corrections of its round
-    original_ms: float  # measured side by side (medians)
-    measured_ms: float
-    error: float  # the model output's relative error on the example input
-    macs_fraction: Optional[float] = None  # an allocation by MACs (at this fraction of them), not by time
-    runs: int = 1  # side-by-side runs: original_ms and measured_ms are their means
-
-    @property
-    def ratio(self) -> float:
-        return self.measured_ms / self.original_ms
-
-    def add_run(self, original_ms: float, measured_ms: float) -> None:
-        """Fold in one more side-by-side run (the times become the means over the runs)."""
-        self.original_ms = (self.original_ms * self.runs + original_ms) / (self.runs + 1)
-        self.measured_ms = (self.measured_ms * self.runs + measured_ms) / (self.runs + 1)
-        self.runs += 1
-
-
 def _converted_sums(layers: list[_Layer], choice: dict, base: dict) -> tuple[int, float, float]:
     """How many layers are converted, the uncorrected ms of their chosen candidates, and their dense ms."""
     todo = [l for l in layers if choice[l.name].structure != "dense"]
@@ -242,67 +209,17 @@ def _measure(layers: list[_Layer], choice: dict, message: str, latency_ms: float
     return Trial(choice, message, predicted, before, after, error), fast
 
 
-def _keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool]) -> Optional[Trial]:
-    """The most exact of ``trials`` within the budget as measured, confirmed where it was close.
-
-    Of several models measured once each, the one kept as the most exact within the budget is
-    also the one whose measurement most likely erred low: a model measured near the budget (above
-    :data:`UNDER` of it) is measured again (``remeasure`` folds in one more run and says whether
-    that run alone met the budget), and where the new run misses, the next most exact is taken,
-    at most :data:`CONFIRMS` runs in all. A model measured far under the budget is kept without one
-    (run-to-run noise does not move it over). None where nothing within the budget holds.
-
-    Example:
-        >>> t = Trial({}, "", 0.5, 10.0, 4.0, 0.1)  # 0.4 of the original's time: far under 0.5
-        >>> _keep([t], 0.5, remeasure=lambda t: False) is t
-        True
-    """
-    confirms = CONFIRMS
-    for t in sorted((t for t in trials if t.ratio <= within(budget)), key=lambda t: t.error):
-        if t.ratio < UNDER * budget:
-            return t
-        if confirms == 0:
-            continue
-        confirms -= 1
-        if remeasure(t):
-            return t
-    return None
+def _record(trial: Trial, fast: nn.Module, budget: float, trials: list[Trial], models: dict) -> None:
+    """Append ``trial`` to ``trials``; where it met the budget, keep its optimized model in
+    ``models`` (by the trial's id) to be measured again (:func:`keep`)."""
+    trials.append(trial)
+    if trial.ratio <= within(budget):
+        models[id(trial)] = fast
 
 
 def _measured_already(trials: list[Trial], choice: dict) -> bool:
     """Whether one of ``trials`` has the same candidate for every layer as ``choice``."""
     return any(all(t.choice[k] is choice[k] for k in choice) for t in trials)
-
-
-def next_fraction(points: list[tuple[float, float]], budget: float) -> float:
-    """The fraction of the MACs at which to measure the next allocation by MACs, from the
-    ``(fraction, measured ratio)`` points measured so far (in order).
-
-    After one point: where a model whose time fell in proportion to its MACs would meet the budget
-    (``fraction x budget / ratio``). After more: the secant through the two points nearest the
-    budget on either side of it (regula falsi), else through the last two. A network's time falls
-    with its MACs along a curve, not the line to the original's (all the MACs, the whole time): on
-    ResNet-50 at batch 1, 0.75 of the MACs measured 0.87 of the time and 0.6 measured 0.70, where
-    that line aimed at 0.52 for a budget of 0.75. The result may lie outside (0, 1).
-
-    Example:
-        >>> next_fraction([(0.75, 0.9)], 0.75)  # 0.75 x 0.75 / 0.9
-        0.625
-        >>> round(next_fraction([(0.75, 0.9), (0.625, 0.7)], 0.75), 4)  # between the two
-        0.6562
-    """
-    f, r = points[-1]
-    if len(points) == 1:
-        return f * budget / r
-    over = [p for p in points if p[1] > budget]
-    under = [p for p in points if p[1] <= budget]
-    if over and under:
-        (f0, r0), (f1, r1) = min(over, key=lambda p: p[1]), max(under, key=lambda p: p[1])
-    else:
-        (f0, r0), (f1, r1) = points[-2], points[-1]
-    if r1 == r0:
-        return f1 if r1 <= budget else 0.0
-    return f0 + (budget - r0) * (f1 - f0) / (r1 - r0)
 
 
 def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], Optional[dict]], latency_ms: float,
@@ -311,9 +228,9 @@ def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], 
     """Measure the allocation by MACs at the budget's fraction of the MACs (a model's time rarely
     falls faster than its MACs: the most MACs that may fit), and, until one measures within the
     budget and not far under it (:data:`UNDER`), at the fractions :func:`next_fraction` aims at:
-    at most :data:`MACS_ROUNDS` models, each appended to ``trials`` (its optimized model to
-    ``models``, by the trial's id). Stops where the fraction leaves (0, 1), where no allocation has
-    that few MACs, and where the allocation was measured already."""
+    at most :data:`MACS_ROUNDS` models, each recorded in ``trials`` and ``models``
+    (:func:`_record`). Stops where the fraction leaves (0, 1), where no allocation has that few
+    MACs, and where the allocation was measured already."""
     fraction, points = budget, []
     for _ in range(MACS_ROUNDS):
         if not 0.0 < fraction < 1.0:  # no MACs left, or the original itself
@@ -323,8 +240,7 @@ def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], 
             return
         trial, fast = _measure(layers, choice, "", latency_ms, build, original, x)
         trial.macs_fraction = fraction
-        trials.append(trial)
-        models[id(trial)] = fast
+        _record(trial, fast, budget, trials, models)
         if UNDER * budget <= trial.ratio <= within(budget):
             return
         points.append((fraction, trial.ratio))
@@ -354,7 +270,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
 
     Returns:
         The kept trial (the most exact of those within the budget as measured, measured again
-        where it was close to the budget: :func:`_keep`; else the fastest measured) and every trial
+        where it was close to the budget: :func:`keep`; else the fastest measured) and every trial
         in order. Where the corrected times say the budget cannot be
         reached, the fastest allocation they allow is measured instead.
 
@@ -366,7 +282,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
     fit_times(layers, latency_ms)
     base = {id(c): c.ms for l in layers for c in l.candidates}
     trials: list[Trial] = []
-    models: dict[int, nn.Module] = {}  # each trial's optimized model, by the trial's id
+    models: dict[int, nn.Module] = {}  # the optimized model of each trial that met the budget, by its id
     history: list[tuple[int, float, float, float]] = []
     overhead = 0.0
     unreachable: Optional[ValueError] = None
@@ -384,8 +300,8 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
                 break
         if _measured_already(trials, choice):
             break  # the corrections changed nothing: measuring it again tells nothing new
-        trial, models[id(trial)] = _measure(layers, choice, message, latency_ms, build, original, x)
-        trials.append(trial)
+        trial, fast = _measure(layers, choice, message, latency_ms, build, original, x)
+        _record(trial, fast, budget, trials, models)
         before, after = trials[-1].original_ms, trials[-1].measured_ms
         if unreachable is not None and after > within(budget) * before:
             break  # the fastest allocation misses too: the budget is out of reach
@@ -400,7 +316,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
     fastest = min(trials, key=lambda t: t.ratio) if trials else None
     if alternative is not None:
         _along_macs(layers, budget, alternative, latency_ms, build, original, x, trials, models)
-    if unreachable is not None and not any(t.ratio <= within(budget) for t in trials):  # out of reach as predicted, and as measured
+    if unreachable is not None and not models:  # out of reach as predicted, and as measured
         measured = "" if fastest is None else (f"; the fastest allocation measured {fastest.ratio:.4f} of the "
                                                "optimized original's time")
         raise ValueError(f"{unreachable}{measured}") from unreachable
@@ -410,10 +326,5 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         t.add_run(before, after)
         return after <= within(budget) * before
 
-    kept = _keep(trials, budget, remeasure)
+    kept = keep(trials, budget, remeasure)
     return (kept if kept is not None else min(trials, key=lambda t: t.ratio)), trials
-
-
-def within(budget: float) -> float:
-    """The largest measured ratio that counts as meeting ``budget`` (:data:`NOISE`)."""
-    return budget * (1.0 + NOISE)
