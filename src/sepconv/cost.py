@@ -760,7 +760,9 @@ def explain(input_shape: Sequence[int], out_channels: int, kernel_size, stride=1
 
     Example:
         >>> print(explain((3, 15, 15), 10, 3))   # doctest: +ELLIPSIS
-        Standard convolution ...
+        Standard convolution: 10 kernels of 3x3x3 on a 15x15x3 input (valid, stride 1)
+        ...
+        Depthwise separable needs 9,633 vs 45,630 multiplications: 21.11% of standard; ...
     """
     x = _as_batched(input_shape)
     b, c, h, w = x

@@ -404,9 +404,12 @@ def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor
         ValueError: for a kernel that is not a non-empty, finite 2-D tensor, or a negative ``rtol``.
 
     Example:
-        >>> col, row = separate_kernel(torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]))
-        >>> col.tolist(), row.tolist()
-        ([1.0, 2.0, 1.0], [-1.0, 0.0, 1.0])
+        >>> sobel = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]])
+        >>> col, row = separate_kernel(sobel)
+        >>> col.tolist(), row.tolist()  # (the middle tap is -0.0, equal to 0.0)
+        ([1.0, 2.0, 1.0], [-1.0, -0.0, 1.0])
+        >>> torch.equal(torch.outer(col, row), sobel)
+        True
     """
     if kernel_rank(kernel, rtol) > 1:
         return None
