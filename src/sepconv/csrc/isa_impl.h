@@ -38,6 +38,9 @@ template <class V> static inline V splat(float x) {
   if constexpr (sizeof(V) == 64) return V{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
   else return V{x, x, x, x, x, x, x, x};
 }
+// keeps the compiler from deriving other addresses from p (hoisting every tap address out of a
+// loop, one offset per GEMM row) and spilling them
+template <class T> static inline void opaque(T*& p) { asm("" : "+r"(p)); }
 // a store that bypasses the cache (p aligned to the vector's size), where the ISA has one
 template <class V> static inline void stream_store(float* p, V v) {
 #if SEPCONV_STREAM
@@ -68,18 +71,27 @@ template <class V> static inline V act_vec(V v, i64 act) {
 // GEMM
 
 // R rows of a (at stride lda) times kc rows of NPB weight panels (16 floats a row, panels pstride
-// floats apart), added to the accumulators
+// floats apart), added to the accumulators. Row 3b + i (i < 3) is read at base pointer b plus i x lda
+// (x86 base + index x scale addressing): ceil(R / 3) pointers, kept opaque to the compiler, which
+// otherwise kept one offset per row (14 for AVX-512) and spilled some of them inside the loop
 template <int R, int NPB>
 __attribute__((always_inline)) static inline void rows_x_panels(const float* a, i64 lda, i64 kc, const float* wp, i64 pstride,
                                                                  vec (*acc)[NV]) {
   constexpr int J = NPB * NB / VL;
+  constexpr int NBASE = (R + 2) / 3;
+  const float* base[NBASE];
+  for (int b = 0; b < NBASE; ++b) base[b] = a + 3 * b * lda;
+  const float* w0 = wp;
   for (i64 c = 0; c < kc; ++c) {
     vec w[J];
-    for (int j = 0; j < J; ++j) w[j] = load<vec>(wp + (j * VL / NB) * pstride + c * NB + (j * VL) % NB);
+    for (int j = 0; j < J; ++j) w[j] = load<vec>(w0 + (j * VL / NB) * pstride + (j * VL) % NB);
     for (int m = 0; m < R; ++m) {
-      const vec x = splat<vec>(a[m * lda + c]);
+      const float* p = base[m / 3];
+      const vec x = splat<vec>(m % 3 == 0 ? p[0] : (m % 3 == 1 ? p[lda] : p[2 * lda]));
       for (int j = 0; j < J; ++j) acc[m][j] += x * w[j];
     }
+    for (int b = 0; b < NBASE; ++b) { base[b] += 1; opaque(base[b]); }
+    w0 += NB;
   }
 }
 
@@ -213,8 +225,6 @@ __attribute__((noinline)) static void conv_row(const float* a, i64 count, i64 pi
 // ---------------------------------------------------------------------------------------------
 // Depthwise
 
-// keeps the compiler from hoisting every tap address out of the loop (and spilling them)
-template <class T> static inline void opaque(T*& p) { asm("" : "+r"(p)); }
 
 // The interior (no padding taps) of one output row for nblk blocks of V vectors (of type T) from
 // the block start: `count` pixels, the first one's top-left tap at `in` (the next tap xs floats
