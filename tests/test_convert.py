@@ -208,6 +208,8 @@ X = torch.randn(1, 3, 10, 10)
 @pytest.mark.parametrize("kwargs,exc,msg", [
     (dict(budget=0.0), ValueError, "budget: expected a fraction of the MACs in (0, 1], got 0.0"),
     (dict(budget=1.5), ValueError, "budget: expected a fraction of the MACs in (0, 1], got 1.5"),
+    (dict(budget=1.5, cost="latency"), ValueError,
+     "budget: expected a fraction of the optimized model's measured time in (0, 1], got 1.5"),
     (dict(rank=0), ValueError, "rank: expected a positive int, got 0"),
     (dict(rank=1.5), TypeError, "rank: expected a positive int, got 1.5"),
     (dict(budget=0.5, rank=2), ValueError, "expected at most one of budget, rank, tolerance, got budget and rank"),

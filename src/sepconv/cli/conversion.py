@@ -335,7 +335,7 @@ def add_convert_parser(sub) -> None:
     p.add_argument("model", help="a built-in name, FILE.py:FACTORY, or a torch.save'd model file")
     p.add_argument("--method", default="auto", choices=["auto", "depthwise", "blueprint", "spatial"])
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--budget", type=_number_type(0, 1, False, True, "a fraction of the MACs"),
+    how.add_argument("--budget", type=_number_type(0, 1, False, True, "a fraction of the MACs (of the time with --cost latency)"),
                      help="fraction of the model's MACs to keep, in (0, 1], e.g. 0.3")
     how.add_argument("--rank", type=_positive_int, help="one rank for every layer")
     how.add_argument("--tolerance", type=_number_type(0, 1, True, False, "a relative error"),

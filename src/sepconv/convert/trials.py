@@ -28,6 +28,12 @@ class Trial:
     error: float  # the model output's relative error on the example input
     macs_fraction: Optional[float] = None  # an allocation by MACs (at this fraction of them), not by time
     runs: int = 1  # side-by-side runs: original_ms and measured_ms are their means
+    rejected: bool = False  # measured again (keep) and that run missed the budget
+
+    def met(self, budget: float) -> bool:
+        """Whether it counts as within ``budget``: its mean ratio within it (:func:`within`), and
+        not passed over by :func:`keep` for a run that missed."""
+        return not self.rejected and self.ratio <= within(budget)
 
     @property
     def ratio(self) -> float:
@@ -51,7 +57,8 @@ def keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool])
     Of several models measured once each, the one kept as the most exact within the budget is
     also the one whose measurement most likely erred low: a model measured near the budget (above
     :data:`UNDER` of it) is measured again (``remeasure`` folds in one more run and says whether
-    that run alone met the budget), and where the new run misses, the next most exact is taken,
+    that run alone met the budget), and where the new run misses, it is marked ``rejected`` and the
+    next most exact is taken,
     at most :data:`CONFIRMS` runs in all. A model measured far under the budget is kept without one
     (run-to-run noise does not move it over). None where nothing within the budget holds.
 
@@ -61,7 +68,7 @@ def keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool])
         True
     """
     confirms = CONFIRMS
-    for t in sorted((t for t in trials if t.ratio <= within(budget)), key=lambda t: t.error):
+    for t in sorted((t for t in trials if t.met(budget)), key=lambda t: t.error):
         if t.ratio < UNDER * budget:
             return t
         if confirms == 0:
@@ -69,6 +76,7 @@ def keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool])
         confirms -= 1
         if remeasure(t):
             return t
+        t.rejected = True
     return None
 
 
