@@ -116,6 +116,34 @@ def test_convert_writes_model_and_report(capsys, tmp_path, trained_digits_cnn):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.pt", "small.pt", "small.recipe.pt"]
 
 
+def test_convert_saves_the_converted_model_optimized_for_inference(capsys, tmp_path, monkeypatch):
+    """The archive is the program for production: what optimize_for_inference made of the
+    converted model (eager and fused paths), with a portable copy where it needs the kernels."""
+    import sepconv
+    from sepconv import optimize as opt_pkg
+
+    seen = {}
+    real = opt_pkg.optimize_for_inference
+
+    def spy(model, x, *args, **kwargs):
+        seen["model"], seen["candidates"] = model, kwargs.get("candidates")
+        seen["result"] = real(model, x, *args, **kwargs)
+        return seen["result"]
+
+    monkeypatch.setattr(opt_pkg, "optimize_for_inference", spy)
+    out = tmp_path / "small.pt2"
+    code, text, err = run(capsys, "convert", "digits_cnn", "--input", "2x1x16x16", "--rank", "2", "--output", str(out))
+    assert code == 0, err
+    fast = seen["result"]
+    assert seen["candidates"] == ("eager", "fused")
+    assert f"wrote {out} (optimized for inference, backend {fast.backend!r}" in text
+    info = sepconv.load(out).info
+    assert info["portable"] == info["needs_kernels"] == ("fused" in fast.backend)
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(sepconv.load(out)(x), fast(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["convert", "mobilenet_v1:0.25", "--budget", "0.3"], "sepconv: error: --output: expected a path for the converted model"),
     (["convert", "digits_cnn", "--budget", "0.001", "--output", "x.pt"], "sepconv: error: budget: expected at least"),

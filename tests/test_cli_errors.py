@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -45,6 +46,16 @@ def workdir(tmp_path, monkeypatch):
     torch.save([1, 2], tmp_path / "list.pt")
     torch.save(nn.Conv2d(3, 3, 3).state_dict(), tmp_path / "sd.pt")
     (tmp_path / "out" / "report.md").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "archive.pt2", "w") as z:  # what sepconv.save writes, as far as the CLI looks
+        z.writestr("sepconv-model.json", '{"format": "sepconv-model", "version": 1}')
+    # a whole model whose class lives in a module that is not importable where it is read
+    (tmp_path / "gonemod_sepconv.py").write_text("import torch.nn as nn\nclass Net(nn.Sequential):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gonemod_sepconv
+
+    torch.save(gonemod_sepconv.Net(nn.Conv2d(3, 4, 3)), tmp_path / "gone.pt")
+    del sys.modules["gonemod_sepconv"]
+    (tmp_path / "gonemod_sepconv.py").unlink()
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -68,6 +79,13 @@ CASES = [
     (["profile", "sd.pt", "--input", "1x3x8x8"],
      "model: 'sd.pt' holds a OrderedDict, expected a whole nn.Module saved with torch.save(model, path)"),
     (["profile", "empty.pt"], "model: could not read 'empty.pt' with torch.load: EOFError: Ran out of input"),
+    (["profile", "gone.pt"], "model: could not read 'gone.pt' with torch.load: ModuleNotFoundError: No module named "
+                             "'gonemod_sepconv' (the model's class must be importable: run from the folder of its "
+                             "module, or add that folder to PYTHONPATH)"),
+    (["optimize", "archive.pt2", "--input", "1x3x8x8", *OUT],
+     "model: 'archive.pt2' is a program saved by sepconv (convert/optimize --output), optimized for inference already: "
+     "run it with sepconv.load; convert and optimize need the model's modules (a built-in name, FILE.py:FACTORY, or a "
+     "torch.save'd model; for a converted one, sepconv.apply_recipe on your model class)"),
     (["profile", "mobilenet_v1:inf"], "model: expected a positive number up to 8 after ':' in 'mobilenet_v1:inf', got 'inf'"),
     (["profile", "mobilenet_v1:"], "model: expected a number after ':' in 'mobilenet_v1:', got ''"),
     (["profile", "mobilenet_v1:nan"], "model: expected a positive number up to 8 after ':' in 'mobilenet_v1:nan', got 'nan'"),

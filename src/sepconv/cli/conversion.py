@@ -235,6 +235,7 @@ def _convert(args, model, example, calibration, stages):
 
 
 def cmd_convert(args) -> int:
+    from ..optimize import optimize_for_inference
     from ..serialize import export_program, make_recipe, save, save_recipe
 
     _check_outputs(args)  # before the long work, not after it
@@ -266,12 +267,18 @@ def cmd_convert(args) -> int:
                      f"{where}.")
     report.message = " ".join(filter(None, notes))
     _emit(report, args)
+    # the archive is the program for production: optimized as `sepconv optimize` would (the paths
+    # torch.export can save), so that it runs at the speed the conversion was for, not eagerly
+    stages("optimizing the converted model for inference on this CPU (as sepconv optimize does)")
+    fast = optimize_for_inference(new, example, candidates=("eager", "fused"))
     stages(f"writing {args.output} and {args.recipe}")
-    save(new, args.output, example)
+    meta = save(fast, args.output, example, portable=new)
     save_recipe(make_recipe(model, new, report.batchnorms), args.recipe)
     if not args.json:
-        print(f"wrote {args.output} (load it anywhere with sepconv.load) and {args.recipe} (sepconv.apply_recipe "
-              f"puts the converted weights into your own model class)")
+        print(f"wrote {args.output} (optimized for inference, backend {fast.backend!r}"
+              + (", with a portable copy for machines without the C++ kernels" if meta["needs_kernels"] else "")
+              + f"; load it anywhere with sepconv.load) and {args.recipe} (sepconv.apply_recipe puts the converted "
+              "weights into your own model class)")
     return 0
 
 

@@ -56,12 +56,37 @@ def _from_factory(path: str, factory: str, spec: str) -> "nn.Module":
     return model
 
 
+def _is_sepconv_archive(path: str) -> bool:
+    """Whether ``path`` is a program saved by sepconv (``sepconv.save``: a zip with its metadata)."""
+    import zipfile
+
+    from ..serialize import _META
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return _META in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _from_saved(path: str) -> "nn.Module":
     import torch
     from torch import nn
 
-    obj = _guarded(lambda: torch.load(path, map_location="cpu", weights_only=False),
-                   f"model: could not read {path!r} with torch.load")
+    if _is_sepconv_archive(path):
+        raise UsageError(f"model: {path!r} is a program saved by sepconv (convert/optimize --output), optimized for "
+                         "inference already: run it with sepconv.load; convert and optimize need the model's modules "
+                         "(a built-in name, FILE.py:FACTORY, or a torch.save'd model; for a converted one, "
+                         "sepconv.apply_recipe on your model class)")
+
+    def read():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:  # the pickle names the module of the model's class
+            raise ModuleNotFoundError(f"{exc} (the model's class must be importable: run from the folder of its "
+                                      "module, or add that folder to PYTHONPATH)") from None
+
+    obj = _guarded(read, f"model: could not read {path!r} with torch.load")
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], nn.Module):
         obj = obj["model"]
     if not isinstance(obj, nn.Module):
