@@ -360,3 +360,28 @@ def test_one_pass_refit_equals_the_layer_by_layer_passes():
         torch.testing.assert_close(one(x), two(x), rtol=1e-4, atol=1e-5)
         assert float((one(x) - net(x)).norm()) < float((convert(net, budget=0.4, example_input=x[:1])[0](x)
                                                         - net(x)).norm())
+
+
+@pytest.mark.parametrize("error,warns", [(0.99, False), (1.0, True), (1.7, True), (float("nan"), True)])
+def test_an_output_no_closer_than_zeros_is_warned_about(error, warns):
+    import warnings
+
+    from sepconv.convert.report import ConversionReport
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ConversionReport(output_error=error).warn_if_unusable("the example input")
+    expected = [f"convert: the converted model's output relative error is {error:.4f} on the example input: no closer "
+                "to the original's output than zeros; convert with calibration_data (your own inputs), a larger budget, "
+                "or distill it (sepconv.distill)"] if warns else []
+    assert [str(w.message) for w in caught] == expected and all(w.category is RuntimeWarning for w in caught)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_convert_checks_its_output_error_on_the_inputs_it_measured(monkeypatch, calibrated):
+    from sepconv.convert.report import ConversionReport
+
+    seen = []
+    monkeypatch.setattr(ConversionReport, "warn_if_unusable", lambda self, on, stacklevel=3: seen.append((self, on)))
+    _, report = convert(_net(), budget=0.5, example_input=X, calibration_data=torch.randn(4, 3, 10, 10) if calibrated else None)
+    assert seen == [(report, "the calibration data" if calibrated else "the example input")]

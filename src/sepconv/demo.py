@@ -16,6 +16,7 @@
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -121,8 +122,11 @@ def _convert_all(model, cfg, train_set, test_set, seed, console) -> tuple:
     results, kept = [], {}
     for budget in BUDGETS:
         for method in METHODS:
-            free, rep_free = convert(model, method=method, budget=budget, example_input=x_test[:1])
-            cal, rep_cal = convert(model, method=method, budget=budget, example_input=x_test[:1], calibration_data=calib)
+            with warnings.catch_warnings():  # the tables show every model's output error (and accuracy)
+                warnings.filterwarnings("ignore", "convert: the converted model's output relative error", RuntimeWarning)
+                free, rep_free = convert(model, method=method, budget=budget, example_input=x_test[:1])
+                cal, rep_cal = convert(model, method=method, budget=budget, example_input=x_test[:1],
+                                       calibration_data=calib)
             row = dict(method=method, budget=budget, macs=rep_cal.macs_after, params=rep_cal.params_after,
                        free=evaluate(free, test_set), calibrated=evaluate(cal, test_set),
                        err_free=_output_error(free, reference, x_test), err_calibrated=_output_error(cal, reference, x_test),

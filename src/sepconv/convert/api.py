@@ -119,6 +119,7 @@ def convert(
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
     unrefit = _refine(target, layers, converted, batches, inputs) if batches is not None else set()
     _fill_report(report, target, layers, choice, new_layers, probe, probe_inputs, reference, batches, unrefit)
+    report.warn_if_unusable("the example input" if batches is None else "the calibration data")
     return target, report
 
 

@@ -2,6 +2,7 @@
 model-level :class:`ConversionReport`, rendered as JSON, markdown or a ``rich`` table."""
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -52,6 +53,15 @@ class ConversionReport:
         d = asdict(self)
         d["macs_ratio"] = self.macs_ratio
         return d
+
+    def warn_if_unusable(self, on: str, stacklevel: int = 3) -> None:
+        """A ``RuntimeWarning`` where the converted model's output is no closer to the original's
+        than all zeros would be (relative output error 1 or more, measured ``on`` some inputs)."""
+        if self.output_error is not None and not self.output_error < 1.0:
+            warnings.warn(f"convert: the converted model's output relative error is {self.output_error:.4f} on {on}: "
+                          "no closer to the original's output than zeros; convert with calibration_data (your own "
+                          "inputs), a larger budget, or distill it (sepconv.distill)", RuntimeWarning,
+                          stacklevel=stacklevel)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
