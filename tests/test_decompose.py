@@ -202,3 +202,18 @@ def test_best_approximations_equal_composed_factors(structure, shape, groups):
             dense = D.compose_spatially_separable(v, h, groups)
         torch.testing.assert_close(approx[r][0], dense)
         assert approx[r][1] == pytest.approx(err, abs=1e-12)
+
+
+def test_a_layers_own_parameter_decomposes_without_autograd_warnings():
+    """``D.depthwise_separable(conv.weight)`` as the README writes it: the error is a plain number
+    (no "requires_grad=True to a scalar" warning); the factors still carry autograd, as functions
+    of the parameter."""
+    import warnings
+
+    conv = torch.nn.Conv2d(4, 6, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn, arg in ((D.depthwise_separable, 1), (D.blueprint_separable, 2), (D.spatially_separable, 2)):
+            a, b, err = fn(conv.weight, arg)
+            assert isinstance(err, float) and a.requires_grad and b.requires_grad
+        assert D.kernel_rank(torch.nn.Parameter(torch.ones(3, 3))) == 1

@@ -375,8 +375,9 @@ CONVERT_CASES = [
     (lambda: sepconv.convert(_net(), rank=1, example_input=_poisoned(-INF, (0, 1, 1, 1), (1, 3, 8, 8))), ValueError,
      "example_input: expected finite values, got -inf at index (0, 1, 1, 1)"),
     (lambda: sepconv.convert(_net(), rank=1, calibration_data=X8.long()), ValueError,
-     "calibration_data: the model cannot run batch 0 of shape (2, 3, 8, 8): layer '0' (Conv2d) failed on input of "
-     "shape (2, 3, 8, 8) (model input (2, 3, 8, 8)): Input type (long int) and bias type (float) should be the same"),
+     "calibration_data: the model cannot run batch 0 of shape (2, 3, 8, 8) and dtype torch.int64 (expected a "
+     "floating-point input?): layer '0' (Conv2d) failed on input of shape (2, 3, 8, 8) (model input (2, 3, 8, 8)): "
+     "Input type (long int) and bias type (float) should be the same"),
     (lambda: sepconv.convert(_net(), rank=1, calibration_data=[X8, X8[:0]]), ValueError,
      "calibration_data: expected a non-empty batch, got shape (0, 3, 8, 8) in batch 1"),
     (lambda: sepconv.convert(_net(), rank=1, calibration_data=3), TypeError,

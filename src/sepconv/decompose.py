@@ -177,6 +177,7 @@ def _truncate(u: Tensor, s: Tensor, vh: Tensor, r: int):
 
 
 def _rel_error(s: Tensor, r: int) -> float:
+    s = s.detach()  # a number for the caller: no autograd (factors of a Parameter still carry theirs)
     total = float((s**2).sum())
     if total == 0.0:
         return 0.0
@@ -382,7 +383,7 @@ def kernel_rank(kernel: Tensor, rtol: float = 1e-6) -> int:
     """
     _check_kernel(kernel)
     rtol = check_real("rtol", rtol)
-    s = torch.linalg.svdvals(kernel.double())
+    s = torch.linalg.svdvals(kernel.detach().double())
     if s.numel() == 0 or float(s[0]) == 0.0:
         return 0
     return int((s > rtol * s[0]).sum())

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the whole story on real data (digits), in about two minutes")
-    p.add_argument("--quick", action="store_true", help="a shorter run: the same network, trained and calibrated on less (about 55 s)")
+    p.add_argument("--quick", action="store_true", help="a shorter run: the same network, trained and calibrated on less (about 1 minute)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="sepconv-demo", help="directory for report.md and plots")
     p.set_defaults(func=cmd_demo)

@@ -60,6 +60,8 @@ def _check_runs(model: nn.Module, name: str, inputs: list[Tensor]) -> dict[tuple
             profiles[tuple(x.shape)] = C.profile(model, tuple(x.shape), dtype=x.dtype)
         except ValueError as exc:
             what = f"batch {i} of shape {tuple(x.shape)}" if name == "calibration_data" else f"an input of shape {tuple(x.shape)}"
+            if not x.is_floating_point():  # e.g. a conv or a pooling layer fed integers
+                what += f" and dtype {x.dtype} (expected a floating-point input?)"
             raise ValueError(f"{name}: the model cannot run {what}: {str(exc).removeprefix('profile: ')}") from exc
     return profiles
 
