@@ -105,9 +105,10 @@ def test_stage_lines_go_to_stderr_and_quiet_or_no_terminal_silences_them(tiny, c
                      f"refitting {n} converted layers on 24 samples (least squares, layer by layer)",
                      *[f"refitting layer {i}/{n}" for i in range(1, n + 1)],
                      "distilling for 1 epoch(s) on 24 samples",
-                     lines[-2],
+                     lines[-3],
+                     "optimizing the converted model for inference on this CPU (as sepconv optimize does)",
                      "writing small.pt2 and small.recipe.pt"]
-    assert re.fullmatch(r"distilled 1/1 epoch\(s\): output error \d\.\d{4} -> \d\.\d{4}", lines[-2])
+    assert re.fullmatch(r"distilled 1/1 epoch\(s\): output error \d\.\d{4} -> \d\.\d{4}", lines[-3])
     _, err = _convert(capsys, "--quiet")
     assert err == ""
     _, err = _convert(capsys)  # stderr is not a terminal here
