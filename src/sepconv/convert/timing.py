@@ -213,7 +213,7 @@ def _record(trial: Trial, fast: nn.Module, budget: float, trials: list[Trial], m
     """Append ``trial`` to ``trials``; where it met the budget, keep its optimized model in
     ``models`` (by the trial's id) to be measured again (:func:`keep`)."""
     trials.append(trial)
-    if trial.ratio <= within(budget):
+    if trial.met(budget):
         models[id(trial)] = fast
 
 

@@ -58,9 +58,9 @@ def keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool])
     also the one whose measurement most likely erred low: a model measured near the budget (above
     :data:`UNDER` of it) is measured again (``remeasure`` folds in one more run and says whether
     that run alone met the budget), and where the new run misses, it is marked ``rejected`` and the
-    next most exact is taken,
-    at most :data:`CONFIRMS` runs in all. A model measured far under the budget is kept without one
-    (run-to-run noise does not move it over). None where nothing within the budget holds.
+    next most exact is taken, at most :data:`CONFIRMS` runs in all. A model measured far under the
+    budget is kept without one (run-to-run noise does not move it over). None where nothing within
+    the budget holds.
 
     Example:
         >>> t = Trial({}, "", 0.5, 10.0, 4.0, 0.1)  # 0.4 of the original's time: far under 0.5
