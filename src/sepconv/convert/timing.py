@@ -42,8 +42,8 @@ from .trials import CONFIRMS, NOISE, UNDER, Trial, keep, next_fraction, within  
 
 ROUNDS = 10  # interleaved rounds of whole-model timings (at least)
 BLOCK = 3  # back-to-back calls per round
-# a side-by-side run of a fast model gets more rounds, to last about this long (a 0.5 ms model's 10
-# rounds took 30 ms, and two runs of the same model differed by 10-20%), at most MAX_SIDE_ROUNDS
+# a side-by-side run of a fast model gets more rounds, to last about this long (the digits CNN's 10
+# rounds took 30 ms at batch 1, and its time budgets were ruled by noise), at most MAX_SIDE_ROUNDS
 SIDE_SECONDS = 1.0
 MAX_SIDE_ROUNDS = 300
 MAX_ROUNDS = 3  # converted models built and measured, at most, to meet a time budget
