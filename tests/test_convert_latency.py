@@ -687,3 +687,29 @@ def test_a_kept_allocation_that_missed_when_measured_again_is_warned_about(monke
     assert [str(w.message) for w in caught] == [
         f"convert: the time budget was not reached as measured: the allocation measured {t['measured_ratio']:.3f} of the "
         "optimized original's time, budget 0.6 (the mean of 2 runs; measured again, it missed)"]
+
+
+def test_a_confirmation_times_fresh_optimizations_of_both_models(monkeypatch):
+    """optimize_for_inference picks its paths by timing: each optimization is a draw. The
+    confirmation run times the kept model optimized anew against the original optimized anew."""
+    built = nn.Identity()
+    first, fresh_original = nn.Identity(), nn.Identity()
+    optimized_calls, timed = [], []
+
+    def optimized(model, x, candidates=None):
+        optimized_calls.append(model)
+        return nn.Sequential(model)  # a new object per optimization
+
+    def side_by_side(original, converted, x):
+        timed.append((original, converted))
+        return 10.0, 4.9
+
+    monkeypatch.setattr(timing, "optimized", optimized)
+    monkeypatch.setattr(timing, "side_by_side", side_by_side)
+    monkeypatch.setattr(timing, "predicted_ms", lambda layers, choice, ms: 0.5 * ms)
+    kept, trials = timing.within_budget([], 0.5, 10.0, lambda ms, fraction: ({"a": object()}, ""),
+                                        lambda c: (built, 0.1), first, torch.zeros(1), redraw=lambda: fresh_original)
+    assert trials == [kept] and kept.runs == 2
+    assert optimized_calls == [built, built]  # optimized for the first run, and anew for the second
+    (o1, c1), (o2, c2) = timed
+    assert o1 is first and o2 is fresh_original and c1 is not c2 and c1[0] is c2[0] is built

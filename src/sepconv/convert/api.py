@@ -156,7 +156,8 @@ def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], f
             return trial, _rel(trial(probe), reference)
 
     by_macs = _by_macs(target, layers, found, probe, reference, method, batches, report.macs_before)
-    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, by_macs)
+    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, by_macs,
+                                        redraw=lambda: timing.optimized(model, probe))
     report.message = _kept_message(kept, trials, budget)
     report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
                           measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,

@@ -21,8 +21,8 @@ is charged the overhead the measurements say (least squares over the rounds so f
 A result measured well under its budget (below :data:`UNDER` of it) is corrected downward the
 same way and allocated again, for less error. Where the budget is out of reach as predicted, the
 fastest allocation is measured before the budget is refused. The kept result is the most exact of
-those that met the budget as measured (measured once more where it was close to the budget, and
-passed over if that run misses it), else the fastest measured (and ``convert`` warns by how much it
+those that met the budget as measured (measured once more where it was close to the budget, it and
+the original optimized anew, and passed over if that run misses it), else the fastest measured (and ``convert`` warns by how much it
 missed).
 """
 
@@ -201,20 +201,19 @@ def _fastest_ratio(layers: list[_Layer], latency_ms: float) -> float:
 def _measure(layers: list[_Layer], choice: dict, message: str, latency_ms: float, build: Callable[[dict], tuple],
              original: nn.Module, x: Tensor) -> tuple[Trial, nn.Module]:
     """Build ``choice``, optimize it and time it side by side with ``original``; the trial and the
-    optimized model."""
+    model built (not optimized: a confirmation optimizes it again, see :func:`within_budget`)."""
     predicted = predicted_ms(layers, choice, latency_ms) / latency_ms
     model, error = build(choice)
-    fast = optimized(model, x)
-    before, after = side_by_side(original, fast, x)
-    return Trial(choice, message, predicted, before, after, error), fast
+    before, after = side_by_side(original, optimized(model, x), x)
+    return Trial(choice, message, predicted, before, after, error), model
 
 
-def _record(trial: Trial, fast: nn.Module, budget: float, trials: list[Trial], models: dict) -> None:
-    """Append ``trial`` to ``trials``; where it met the budget, keep its optimized model in
-    ``models`` (by the trial's id) to be measured again (:func:`keep`)."""
+def _record(trial: Trial, model: nn.Module, budget: float, trials: list[Trial], models: dict) -> None:
+    """Append ``trial`` to ``trials``; where it met the budget, keep its model in ``models`` (by
+    the trial's id) to be measured again (:func:`keep`)."""
     trials.append(trial)
     if trial.met(budget):
-        models[id(trial)] = fast
+        models[id(trial)] = model
 
 
 def _measured_already(trials: list[Trial], choice: dict) -> bool:
@@ -238,9 +237,9 @@ def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], 
         choice = by_macs(fraction)
         if choice is None or _measured_already(trials, choice):
             return
-        trial, fast = _measure(layers, choice, "", latency_ms, build, original, x)
+        trial, model = _measure(layers, choice, "", latency_ms, build, original, x)
         trial.macs_fraction = fraction
-        _record(trial, fast, budget, trials, models)
+        _record(trial, model, budget, trials, models)
         if UNDER * budget <= trial.ratio <= within(budget):
             return
         points.append((fraction, trial.ratio))
@@ -249,7 +248,8 @@ def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], 
 
 def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose: Callable[[float, float], tuple],
                   build: Callable[[dict], tuple], original: nn.Module, x: Tensor,
-                  alternative: Optional[Callable[[float], Optional[dict]]] = None) -> tuple[Trial, list[Trial]]:
+                  alternative: Optional[Callable[[float], Optional[dict]]] = None,
+                  redraw: Optional[Callable[[], nn.Module]] = None) -> tuple[Trial, list[Trial]]:
     """Allocate, build, measure; while the measured ratio exceeds ``budget`` (or is far under it),
     correct and repeat; then measure allocations by MACs too (:func:`_along_macs`).
 
@@ -267,6 +267,11 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
             allocation by MACs at a fraction of the MACs, whose time the table may not foresee:
             measured after the loop (unless it was measured in it; :func:`_along_macs`) and kept
             on the same terms.
+        redraw: ``() -> the original optimized anew``, for the confirmation runs (:func:`keep`):
+            ``optimize_for_inference`` picks its paths by timing them, so each optimization is a
+            draw (the same ResNet-50 ran 47.8 ms on one, 44.7 ms on the next), and a user who
+            optimizes the original and the converted model gets draws of their own; a confirmation
+            therefore times a fresh optimization of both. None: ``original`` again.
 
     Returns:
         The kept trial (the most exact of those within the budget as measured, measured again
@@ -282,7 +287,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
     fit_times(layers, latency_ms)
     base = {id(c): c.ms for l in layers for c in l.candidates}
     trials: list[Trial] = []
-    models: dict[int, nn.Module] = {}  # the optimized model of each trial that met the budget, by its id
+    models: dict[int, nn.Module] = {}  # the model of each trial that met the budget, by its id
     history: list[tuple[int, float, float, float]] = []
     overhead = 0.0
     unreachable: Optional[ValueError] = None
@@ -300,8 +305,8 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
                 break
         if _measured_already(trials, choice):
             break  # the corrections changed nothing: measuring it again tells nothing new
-        trial, fast = _measure(layers, choice, message, latency_ms, build, original, x)
-        _record(trial, fast, budget, trials, models)
+        trial, model = _measure(layers, choice, message, latency_ms, build, original, x)
+        _record(trial, model, budget, trials, models)
         before, after = trials[-1].original_ms, trials[-1].measured_ms
         if unreachable is not None and after > within(budget) * before:
             break  # the fastest allocation misses too: the budget is out of reach
@@ -322,7 +327,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         raise ValueError(f"{unreachable}{measured}") from unreachable
 
     def remeasure(t: Trial) -> bool:
-        before, after = side_by_side(original, models[id(t)], x)
+        before, after = side_by_side(original if redraw is None else redraw(), optimized(models[id(t)], x), x)
         t.add_run(before, after)
         return after <= within(budget) * before
 
