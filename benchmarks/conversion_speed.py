@@ -212,7 +212,7 @@ def _key(r: dict) -> tuple:
 def merged(rows: list, models: list, points_only: bool = False) -> list:
     """``rows`` (of the ``models`` just run) with the tracked results' rows of every other model, in
     :data:`MODELS` order: rerunning one model replaces its rows, not the whole table; with
-    ``points_only`` (chosen budgets or costs) only the rows of the points run are replaced."""
+    ``points_only`` (chosen budgets, costs or batches) only the rows of the points run are replaced."""
     import json
 
     from _output import RESULTS
@@ -283,14 +283,16 @@ def main(argv=None) -> int:
     meta = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), torch=torch.__version__, threads=2, rounds=rounds,
                 block=args.block, quick=args.quick, seconds=round(time.perf_counter() - start, 1),
                 load_before=load, load_after=os.getloadavg()[0])
-    points_only = budgets is not None or len(costs) < 2
+    points_only = budgets is not None or len(costs) < 2 or args.batches is not None
     if args.update_results and (models is not None or points_only):  # the tracked rows not run again stay
         run = {r["model"] for r in rows}
         rows = merged(rows, models or list(MODELS.values()), points_only=points_only)
         meta["earlier_run"] = sorted({r["model"] for r in rows} - (set() if points_only else run), key=list(MODELS).index)
         if points_only:
             chosen = "" if budgets is None else f" at budgets {', '.join(map(str, next(iter(budgets.values()))))}"
-            meta["this_run"] = f"the rows of cost {' and '.join(costs)}{chosen} of {', '.join(sorted(run, key=list(MODELS).index))}"
+            at = "" if args.batches is None else f" at batch {' and '.join(map(str, batches))}"
+            meta["this_run"] = (f"the rows of cost {' and '.join(costs)}{chosen} of "
+                                f"{', '.join(sorted(run, key=list(MODELS).index))}{at}")
     comparisons = dominance(rows)
     write_results(out, "conversion_speed", dict(meta=meta, rows=rows, dominance=comparisons),
                   markdown(meta, rows) + dominance_markdown(comparisons))

@@ -209,6 +209,29 @@ def test_rerunning_chosen_points_of_every_model_keeps_the_other_tracked_rows(mon
     assert written["rows"] == [old[0], old[1], new[0]]
 
 
+def test_rerunning_one_batch_of_a_model_keeps_its_other_batches_tracked_rows(monkeypatch, tmp_path):
+    """--models resnet18 --batches 8: ResNet-18's batch-1 rows stay (a run that replaced all of
+    the model's rows lost them)."""
+    import json
+
+    import conversion_speed
+
+    monkeypatch.setattr(_output, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(conversion_speed, "output_dir", lambda p, a: str(tmp_path))
+    full = dict(macs_ratio=0.5, predicted_ratio=0.5, original_ms=10.0, converted_ms=5.0)
+    old = [{**_point("macs", 0.7, 0.2), **full}, {**_point("macs", 0.8, 0.3), **full, "batch": 8}]
+    (tmp_path / "conversion_speed.json").write_text(json.dumps({"rows": old}))
+    new = [{**_point("macs", 0.6, 0.25), **full, "batch": 8}]
+    monkeypatch.setattr(conversion_speed, "networks",
+                        lambda quick, only=None: [("ResNet-18", None, torch.zeros(1, 3, 8, 8))])
+    monkeypatch.setattr(conversion_speed, "points", lambda *a, **k: new)
+    written = {}
+    monkeypatch.setattr(conversion_speed, "write_results", lambda out, stem, data, table: written.update(data))
+    assert conversion_speed.main(["--models", "resnet18", "--batches", "8", "--update-results"]) == 0
+    assert written["rows"] == [old[0], new[0]]
+    assert written["meta"]["this_run"] == "the rows of cost macs and latency of ResNet-18 at batch 8"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--batches", "1,0"], "--batches: expected comma-separated positive ints, got '1,0'"),
     (["--batches", "x"], "--batches: expected comma-separated positive ints, got 'x'"),
