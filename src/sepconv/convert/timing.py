@@ -22,8 +22,8 @@ A result measured well under its budget (below :data:`UNDER` of it) is corrected
 same way and allocated again, for less error. Where the budget is out of reach as predicted, the
 fastest allocation is measured before the budget is refused. The kept result is the most exact of
 those that met the budget as measured (measured once more where it was close to the budget, it and
-the original optimized anew, and passed over if that run misses it), else the fastest measured (and ``convert`` warns by how much it
-missed).
+the original optimized anew, and passed over if that run misses it), else the fastest measured (and
+``convert`` warns by how much it missed).
 """
 
 import math
@@ -38,7 +38,7 @@ from .._timing import interleaved
 from ..latency import LatencyTable, _busy, _one_thread, fastest
 from .allocate import _dense_ms, fit_times, predicted_ms, time_floor
 from .candidates import _Layer
-from .trials import CONFIRMS, NOISE, UNDER, Trial, keep, next_fraction, within  # noqa: F401 (used as timing.X too)
+from .trials import CONFIRMS, NOISE, UNDER, Trial, keep, near, next_fraction, within  # noqa: F401 (used as timing.X too)
 
 ROUNDS = 10  # interleaved rounds of whole-model timings (at least)
 BLOCK = 3  # back-to-back calls per round
@@ -240,7 +240,7 @@ def _along_macs(layers: list[_Layer], budget: float, by_macs: Callable[[float], 
         trial, model = _measure(layers, choice, "", latency_ms, build, original, x)
         trial.macs_fraction = fraction
         _record(trial, model, budget, trials, models)
-        if UNDER * budget <= trial.ratio <= within(budget):
+        if near(trial.ratio, budget):
             return
         points.append((fraction, trial.ratio))
         fraction = next_fraction(points, budget)
@@ -310,7 +310,7 @@ def within_budget(layers: list[_Layer], budget: float, latency_ms: float, choose
         before, after = trials[-1].original_ms, trials[-1].measured_ms
         if unreachable is not None and after > within(budget) * before:
             break  # the fastest allocation misses too: the budget is out of reach
-        if UNDER * budget * before <= after <= within(budget) * before:
+        if near(after / before, budget):
             break  # within the budget, and not far under it
         n, cand, dense = _converted_sums(layers, choice, base)
         if n == 0:

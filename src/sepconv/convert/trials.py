@@ -51,6 +51,17 @@ def within(budget: float) -> float:
     return budget * (1.0 + NOISE)
 
 
+def near(ratio: float, budget: float) -> bool:
+    """Whether a measured ratio is within ``budget`` (:func:`within`) and not far under it (at
+    least :data:`UNDER` of it): where the search stops, and where a kept model is measured again.
+
+    Example:
+        >>> near(0.48, 0.5), near(0.44, 0.5), near(0.52, 0.5)
+        (True, False, False)
+    """
+    return UNDER * budget <= ratio <= within(budget)
+
+
 def keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool]) -> Optional[Trial]:
     """The most exact of ``trials`` within the budget as measured, confirmed where it was close.
 
@@ -69,7 +80,7 @@ def keep(trials: list[Trial], budget: float, remeasure: Callable[[Trial], bool])
     """
     confirms = CONFIRMS
     for t in sorted((t for t in trials if t.met(budget)), key=lambda t: t.error):
-        if t.ratio < UNDER * budget:
+        if not near(t.ratio, budget):  # far under it (it is within it)
             return t
         if confirms == 0:
             continue
