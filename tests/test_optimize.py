@@ -512,3 +512,66 @@ def test_interleaved_varies_each_candidates_neighbours():
     calls.clear()
     interleaved({k: (lambda k=k: calls.append(k)) for k in names}, rounds=12, warmup=1)
     assert [k for k in calls[len(names):]] == seq  # seeded: the same order on every call
+
+
+@pytest.mark.parametrize("timings,rounds,expected", [
+    ({"eager": 20.0, "fused": 21.0, "torchscript": 40.0}, 10, 49),  # 2000 ms over the two close ones (41 ms)
+    ({"eager": 20.0, "fused": 24.9}, 10, 45),                       # 24.9 <= 1.25 x 20: close
+    ({"eager": 20.0, "fused": 25.1}, 10, 0),                        # only one path close to the fastest
+    ({"eager": 0.1, "fused": 0.1}, 10, 200),                        # at most 20 x rounds
+    ({"eager": 0.1, "fused": 0.1}, 2, 40),
+    ({"eager": 150.0, "fused": 150.0}, 10, 0),                      # 10 rounds of 300 ms: long enough
+])
+def test_settle_rounds(timings, rounds, expected):
+    from sepconv.optimize.dispatch import settle_rounds
+
+    assert settle_rounds(timings, rounds) == expected
+
+
+def test_dispatch_times_the_close_paths_again_and_decides_on_that(fused_ext, monkeypatch):
+    """A first timing where TorchScript wins clearly, then a longer one of the paths close to it
+    where it is tied with the fused path: the tie rule takes the fused path, and the slow path is
+    not timed again."""
+    import sepconv.optimize.dispatch as O
+
+    calls = []
+
+    def fake(fns, rounds, warmup=1):
+        if set(fns) == {"eager", "fused"} and rounds == 1:  # the per-layer dispatch: let the kernel win
+            return {"eager": 2.0, "fused": 1.0}
+        calls.append((sorted(fns), rounds))
+        first = {"eager": 1.04, "fused": 1.05, "torchscript": 0.9, "fused+torchscript": 2.0}
+        return {k: first[k] if len(calls) == 1 else 1.0 for k in fns}
+
+    monkeypatch.setattr(O, "interleaved", fake)
+    layer = sepconv.SeparableConv2d(3, 10, 3).eval()
+    fast = optimize_for_inference(layer, torch.randn(1, 3, 15, 15), rounds=1)
+    assert calls == [(["eager", "fused", "fused+torchscript", "torchscript"], 1),
+                     (["eager", "fused", "torchscript"], 20)]  # 20 x rounds: the fake times are short
+    assert fast.backend == "fused"
+    assert fast.timings == {"eager": 1.0, "fused": 1.0, "torchscript": 1.0, "fused+torchscript": 2.0}
+
+
+def test_a_path_that_raises_in_the_second_timing_is_dropped(monkeypatch):
+    import sepconv.optimize.dispatch as O
+
+    runs = {"a": 0, "b": 0, "c": 0}
+
+    def path(name):
+        def run(x):
+            runs[name] += 1
+            if name == "b" and runs[name] > 1:
+                raise RuntimeError("out of memory")
+            return x
+        return run
+
+    def fake(fns, rounds, warmup=1):
+        for f in fns.values():
+            f()
+        return {k: {"a": 1.0, "b": 1.1, "c": 5.0}[k] for k in fns}
+
+    monkeypatch.setattr(O, "interleaved", fake)
+    correct, rejected = {k: path(k) for k in "abc"}, {}
+    timings = O._measure(correct, torch.zeros(1), 10, rejected)
+    assert set(correct) == {"a", "c"} and timings == {"a": 1.0, "c": 5.0}
+    assert rejected == {"b": "failed on the example input: RuntimeError: out of memory"}
