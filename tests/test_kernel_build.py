@@ -11,13 +11,16 @@ from sepconv import _fused, cli
 from sepconv.doctor import report, vector_isa
 
 
-def test_build_directory_is_private_to_the_environment(monkeypatch):
+def test_build_directory_is_private_to_the_environment_and_the_checkout(monkeypatch):
     here = _fused.build_directory()
     monkeypatch.setattr(sys, "prefix", "/some/other/venv")
     other = _fused.build_directory()
     assert os.path.dirname(here) == os.path.dirname(other) and here != other
     monkeypatch.setattr(_fused, "cpu_signature", lambda: "Another CPU [avx2 fma]")
-    assert _fused.build_directory() not in (here, other)
+    third = _fused.build_directory()
+    assert third not in (here, other)
+    monkeypatch.setattr(_fused, "_csrc", lambda: "/another/checkout/src/sepconv/csrc")  # installed in the same environment
+    assert _fused.build_directory() not in (here, other, third)
 
 
 def test_build_directory_honours_torch_extensions_dir(monkeypatch, tmp_path):

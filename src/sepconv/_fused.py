@@ -65,14 +65,17 @@ def cpu_signature() -> str:
 
 
 def build_directory() -> str:
-    """Where the kernels are built and cached: private to this Python environment, torch version and
-    CPU, so that two environments (or two machines sharing a home folder) never rebuild or load each
-    other's build. Under ``$TORCH_EXTENSIONS_DIR`` if set, else ``~/.cache/sepconv/kernels``."""
+    """Where the kernels are built and cached: private to this Python environment, torch version,
+    CPU and copy of the sources, so that two environments, two machines sharing a home folder or
+    two checkouts installed in one environment never rebuild or load each other's build (torch's
+    builder compiles again whenever the sources' paths change). Under ``$TORCH_EXTENSIONS_DIR`` if
+    set, else ``~/.cache/sepconv/kernels``."""
     import torch
 
     base = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sepconv", "kernels")
-    key = hashlib.sha256("\0".join((os.path.realpath(sys.prefix), torch.__version__, cpu_signature())).encode()).hexdigest()
+    key = hashlib.sha256("\0".join((os.path.realpath(sys.prefix), torch.__version__, cpu_signature(),
+                                   os.path.realpath(_csrc()))).encode()).hexdigest()
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.replace('+', '-')}"
     return os.path.join(base, f"{tag}-{key[:12]}")
 
