@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .fold import fold_batchnorm
-from .layers import _DepthwiseConvNd, _Padded
+from .layers._base import _Padded
+from .layers.depthwise import _DepthwiseConvNd
 from ._checks import check_module
 
 __all__ = ["Chain", "Folded", "chain_weights", "find_conv_bn", "fold_chains", "fold_conv_bn", "trace"]

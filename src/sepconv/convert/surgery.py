@@ -17,9 +17,8 @@ from ..layers import (
     SeparableConv2d,
     SeparableConv3d,
     SpatiallySeparableConv2d,
-    _dense_options,
-    _load_factors,
 )
+from ..layers._base import _dense_options, _load_factors
 from .candidates import _Candidate, _Layer, _nominal_shape, _skip_reason, _structures, weighted
 from .parallel import map_layers
 from .spectra import Spectrum

@@ -25,7 +25,9 @@ MARGIN = 0.9
 
 
 def _separable(m: nn.Module) -> bool:
-    from ..layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd, _SeparableConvNd
+    from ..layers import SpatiallySeparableConv2d
+    from ..layers.blueprint import _BlueprintSeparableConvNd
+    from ..layers.separable import _SeparableConvNd
 
     return isinstance(m, (_SeparableConvNd, _BlueprintSeparableConvNd, SpatiallySeparableConv2d))
 

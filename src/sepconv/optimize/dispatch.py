@@ -39,7 +39,8 @@ STEM_MAX_K = 64
 
 def _fused_class(m: nn.Module) -> Optional[type]:
     """The fused module class that can replace ``m``, or None."""
-    from ..layers import BlueprintSeparableConv2d, SeparableConv2d, _foldable_bn
+    from ..layers import BlueprintSeparableConv2d, SeparableConv2d
+    from ..layers._base import _foldable_bn
 
     if (isinstance(m, SeparableConv2d) and m.padding_mode == "zeros"
             and not m._dynamic and all(d == 1 for d in m.dilation) and isinstance(m.norm, nn.Identity)

@@ -115,7 +115,7 @@ class FusedBlueprintConv2d(nn.Module):
 
     def __init__(self, layer: nn.Module, act_out: int) -> None:
         super().__init__()
-        from ..layers import _bn_affine
+        from ..layers._base import _bn_affine
 
         pw, dw = layer.pointwise, layer.depthwise
         c, n, r = layer.in_channels, layer.out_channels, layer.rank

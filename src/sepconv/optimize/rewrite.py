@@ -8,8 +8,8 @@ from torch import nn
 
 from ..fold import fold_batchnorm
 from ..graph import fold_conv_bn
-from ..layers import _foldable_bn as _foldable
-from ..layers import _SeparableConvNd
+from ..layers._base import _foldable_bn as _foldable
+from ..layers.separable import _SeparableConvNd
 from .fused import FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .._checks import check_module
 
@@ -61,7 +61,8 @@ def _lower(model: nn.Module) -> nn.Module:
     """Replace sepconv layers whose padding their child convs do themselves by a plain
     ``nn.Sequential`` of those children (identities dropped): the same ops without the layer's
     input checks and extra module calls, which matter at batch 1. Modifies ``model``."""
-    from ..layers import SpatiallySeparableConv2d, _BlueprintSeparableConvNd
+    from ..layers import SpatiallySeparableConv2d
+    from ..layers.blueprint import _BlueprintSeparableConvNd
 
     def lowered(m: nn.Module) -> Optional[nn.Module]:
         if getattr(m, "_explicit", True):
