@@ -316,8 +316,9 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
             built, checked against the unoptimized model (relative error <= 1e-4, NaNs and
             infinities at the same places) and timed (interleaved medians of ``rounds`` runs;
             the paths within 25% of the fastest are timed again, together, for about 2 s or at
-            most ``20 * rounds`` rounds) and the fastest correct one is kept (within 10% of the fastest, a path with fused layers
-            is preferred: its pooled outputs make it insensitive to the allocator's state). A
+            most ``20 * rounds`` rounds) and the fastest correct one is kept (within 10% of the
+            fastest, a path with fused layers is preferred: its pooled outputs make it
+            insensitive to the allocator's state). A
             path that cannot be built, raises or differs is dropped and the reason recorded in
             the result's ``rejected``; if none is left, the original model is returned (with a
             ``RuntimeWarning``). Before that, each separable layer is timed on its own input as it
