@@ -255,11 +255,17 @@ def settle_rounds(timings: dict, rounds: int) -> int:
         >>> settle_rounds({"eager": 20.0, "torchscript": 40.0}, 10)
         0
     """
-    close = [t for t in timings.values() if t <= CLOSE * min(timings.values())]
+    close = _close(timings)
     if len(close) < 2:
         return 0
-    wanted = min(SETTLE_MAX * rounds, math.ceil(SETTLE_MS / max(sum(close), 1e-6)))
+    wanted = min(SETTLE_MAX * rounds, math.ceil(SETTLE_MS / max(sum(timings[k] for k in close), 1e-6)))
     return wanted if wanted > rounds else 0
+
+
+def _close(timings: dict) -> list[str]:
+    """The paths in ``timings`` (ms) within :data:`CLOSE` of the fastest (none if it is empty)."""
+    fastest = min(timings.values(), default=0.0)
+    return [k for k, t in timings.items() if t <= CLOSE * fastest]
 
 
 def _measure(correct: dict, x: Tensor, rounds: int, rejected: dict) -> dict:
@@ -267,9 +273,9 @@ def _measure(correct: dict, x: Tensor, rounds: int, rejected: dict) -> dict:
     timed again for longer (:func:`settle_rounds`); one that raises during the timing is moved
     to ``rejected``."""
     timings = _timed(correct, x, rounds, rejected)
-    again = settle_rounds(timings, rounds) if len(timings) > 1 else 0
+    again = settle_rounds(timings, rounds)
     if again:
-        names = [k for k, t in timings.items() if t <= CLOSE * min(timings.values())]
+        names = _close(timings)
         close = {k: correct[k] for k in names}
         settled = _timed(close, x, again, rejected)
         for k in names:
