@@ -10,12 +10,12 @@ from ..padding import PaddingArg
 from .layer import (
     Shape,
     _input_shape,
+    _shape,
     blueprint_separable_conv_cost,
     conv_cost,
     separable_conv_cost,
     spatially_separable_conv_cost,
 )
-from .model import _shape
 
 
 @dataclass

@@ -14,6 +14,10 @@ from ..padding import PaddingArg, normalize_padding, resolve_pads
 Shape = tuple[int, ...]
 
 
+def _shape(s) -> str:
+    return "x".join(str(v) for v in s)
+
+
 @dataclass(frozen=True)
 class LayerCost:
     """Cost of one layer, from shapes. ``parts`` holds the factors of a separable layer.

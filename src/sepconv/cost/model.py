@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._checks import check_module
-from .layer import Shape, _itemsize
+from .layer import Shape, _itemsize, _shape
 
 CATEGORIES = ("conv 1x1", "depthwise conv", "conv", "grouped conv", "transposed conv", "fully connected")
 
@@ -125,10 +125,6 @@ class ModelCost:
         for cat, v in self.breakdown.items():
             b.add_row(cat, f"{v['macs']:,}", f"{v['macs_share']:.2%}", f"{v['params']:,}", f"{v['params_share']:.2%}")
         return Group(t, b)
-
-
-def _shape(s) -> str:
-    return "x".join(str(v) for v in s)
 
 
 class _Uncacheable(Exception):
