@@ -54,6 +54,22 @@ def to_tuple(name: str, value: object, n: int, *, minimum: int = 1) -> tuple[int
     return tuple(int(i) for i in items)
 
 
+def to_tuples(lead: tuple[str, object], *others: tuple[str, object], hint: str = "") -> tuple[tuple[int, ...], ...]:
+    """``(name, value)`` pairs as tuples of positive ints, all as long as the first, a sequence
+    that sets the number of dims (the others may also be one int, repeated); ``hint`` follows
+    "a sequence of positive ints" in the first one's TypeError.
+
+    Example:
+        >>> to_tuples(("kernel_size", [3, 5]), ("stride", 1))
+        ((3, 5), (1, 1))
+    """
+    name, value = lead
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name}: expected a sequence of positive ints{hint}, got {value!r}")
+    n = len(value)
+    return tuple(to_tuple(k, v, n) for k, v in (lead, *others))
+
+
 def check_padding_mode(padding_mode: object) -> str:
     """Check ``padding_mode`` is one of torch's four modes."""
     if padding_mode not in PADDING_MODES:

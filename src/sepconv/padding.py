@@ -17,7 +17,7 @@ per call ("dynamic"). An even kernel (or an odd total) gives asymmetric pads, wh
 from collections.abc import Sequence
 from typing import List, Optional, Tuple, Union
 
-from ._checks import PADDING_STRINGS, to_tuple
+from ._checks import PADDING_STRINGS, to_tuple, to_tuples
 
 PaddingArg = Union[str, int, Sequence[int]]
 
@@ -63,12 +63,8 @@ def same_pads(
     Raises:
         TypeError, ValueError: unless all four are sequences of the same number of positive ints.
     """
-    if isinstance(kernel_size, (str, bytes)) or not isinstance(kernel_size, Sequence):
-        raise TypeError(f"kernel_size: expected a sequence of positive ints, got {kernel_size!r}")
-    n = len(kernel_size)
-    kernel_size = to_tuple("kernel_size", kernel_size, n)
-    input_size, stride, dilation = (to_tuple(name, v, n) for name, v in
-                                    (("input_size", input_size), ("stride", stride), ("dilation", dilation)))
+    kernel_size, input_size, stride, dilation = to_tuples(
+        ("kernel_size", kernel_size), ("input_size", input_size), ("stride", stride), ("dilation", dilation))
     pads = []
     for n, k, s, d in zip(input_size, kernel_size, stride, dilation):
         out = -(-n // s)

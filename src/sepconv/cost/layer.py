@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_positive_int, to_tuple
+from .._checks import check_positive_int, to_tuple, to_tuples
 from ..padding import PaddingArg, normalize_padding, resolve_pads
 
 Shape = tuple[int, ...]
@@ -86,13 +86,10 @@ def conv_output_size(
         >>> conv_output_size((224, 224), (3, 3), (2, 2), 'same', (1, 1))
         (112, 112)
     """
-    if isinstance(input_size, (str, bytes)) or not isinstance(input_size, Sequence):
-        raise TypeError(f"input_size: expected a sequence of positive ints (the spatial size), got {input_size!r}")
-    n = len(input_size)
-    input_size = to_tuple("input_size", input_size, n)
-    kernel_size, stride, dilation = (to_tuple(name, v, n) for name, v in
-                                     (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)))
-    pads = resolve_pads(normalize_padding(padding, n), kernel_size, stride, dilation, input_size)
+    input_size, kernel_size, stride, dilation = to_tuples(
+        ("input_size", input_size), ("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation),
+        hint=" (the spatial size)")
+    pads = resolve_pads(normalize_padding(padding, len(input_size)), kernel_size, stride, dilation, input_size)
     out = []
     for size, k, s, d, (b, a) in zip(input_size, kernel_size, stride, dilation, pads):
         span = size + b + a - (k - 1) * d - 1
