@@ -2,8 +2,9 @@
 (``csrc/fused_dwpw.cpp``, ``torch.ops.sepconv.fused_dwpw``), the fused blueprint separable
 convolution (``csrc/blueprint.cpp``, ``blueprint_pwdw``), dense convolution with few inputs
 per output and linear layers on the same GEMM (``csrc/dense.cpp``, ``conv2d_gemm``,
-``linear_gemm``) and the strip-wise separable filter (``csrc/separable_filter.cpp``,
-``torch.ops.sepconv.separable_filter2d``).
+``linear_gemm``), the strip-wise separable filter (``csrc/separable_filter.cpp``,
+``torch.ops.sepconv.separable_filter2d``) and the optimized model's input copy to channels_last
+(``csrc/layout.cpp``, ``to_channels_last``).
 
 Why a C++ extension: the point of fusion is that the depthwise tile is consumed by the pointwise
 GEMM while it is still in cache (and, for the filter, that a strip's vertical result is filtered
@@ -38,8 +39,8 @@ from typing import Optional
 
 _lock = threading.Lock()
 _state: dict = {}
-SOURCES = ("fused_dwpw.cpp", "blueprint.cpp", "separable_filter.cpp", "dense.cpp", "isa.cpp", "isa_avx512.cpp", "isa_avx2.cpp",
-           "isa_generic.cpp")
+SOURCES = ("fused_dwpw.cpp", "blueprint.cpp", "separable_filter.cpp", "dense.cpp", "layout.cpp", "isa.cpp", "isa_avx512.cpp",
+           "isa_avx2.cpp", "isa_generic.cpp")
 HEADERS = ("common.h", "gemm.h", "kernels.h", "isa_impl.h")
 ISA_ENV = "SEPCONV_ISA"  # forces an instruction set's kernels: avx512, avx2 or generic
 
@@ -245,6 +246,10 @@ def _register_fake() -> None:
         ho = _out_size("blueprint_pwdw", "height", x.shape[2], pt, pb, kh, sh)
         wo = _out_size("blueprint_pwdw", "width", x.shape[3], pl, pr, kw, sw)
         return x.new_empty((x.shape[0], dw.shape[2], ho, wo)).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("sepconv::to_channels_last")
+    def _(x):
+        return x.new_empty(x.shape).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("sepconv::conv2d_gemm")
     def _(x, w, bias, n_out, act, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr):

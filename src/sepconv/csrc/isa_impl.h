@@ -486,10 +486,33 @@ static void filter_shift(const float* src, const float* k, i64 taps, float* dst,
   weighted_rows([src](i64 j) { return src + j; }, k, taps, dst, n);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Layout
+
+// See Kernels::interleave. Three planes (an RGB input) have their own loop, which the compiler
+// vectorizes with permutes; other counts pixel by pixel.
+static void interleave(const float* src, i64 plane, i64 C, float* dst, i64 n) {
+  if (C == 3) {
+    const float* __restrict r = src;
+    const float* __restrict g = src + plane;
+    const float* __restrict b = src + 2 * plane;
+    float* __restrict d = dst;
+    for (i64 p = 0; p < n; ++p) {
+      d[3 * p] = r[p];
+      d[3 * p + 1] = g[p];
+      d[3 * p + 2] = b[p];
+    }
+    return;
+  }
+  for (i64 p = 0; p < n; ++p)
+    for (i64 c = 0; c < C; ++c) dst[p * C + c] = src[c * plane + p];
+}
+
 static void fence() {
 #if SEPCONV_STREAM
   _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
 #endif
 }
 
-extern const Kernels table = {SEPCONV_ISA_NAME, VL, MR, COLS, depthwise, gemm, conv_row, filter_rows, filter_shift, fence};
+extern const Kernels table = {SEPCONV_ISA_NAME, VL, MR, COLS, depthwise, gemm, conv_row, filter_rows, filter_shift, interleave,
+                               fence};

@@ -45,6 +45,9 @@ struct Kernels {
   void (*filter_rows)(const float* const* rows, const float* k, int64_t taps, float* dst, int64_t n);
   // dst[w] = sum_t k[t] src[w + t], w < n (its horizontal pass)
   void (*filter_shift)(const float* src, const float* k, int64_t taps, float* dst, int64_t n);
+  // dst[p C + c] = src[c plane + p], p < n, c < C: n pixels of C planes interleaved (one row of
+  // an NCHW image to NHWC)
+  void (*interleave)(const float* src, int64_t plane, int64_t C, float* dst, int64_t n);
   // orders streaming stores before the caller publishes the output (a no-op without them)
   void (*fence)();
 };

@@ -10,6 +10,14 @@ from torch import Tensor, nn
 from .. import _fused
 
 
+def _to_channels_last(x: Tensor) -> Tensor:
+    """``x.contiguous(memory_format=torch.channels_last)``; an NCHW float32 image batch by the
+    kernels' copy where they are loaded (``csrc/layout.cpp``: vectorized, into a reused buffer)."""
+    if _fused.loaded() is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+        return torch.ops.sepconv.to_channels_last(x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class InferenceModule(nn.Module):
     """The result of :func:`optimize_for_inference`: inference-only, input made channels_last.
 
@@ -65,8 +73,8 @@ class InferenceModule(nn.Module):
                 "optimize_for_inference returned an inference-only model (BatchNorm folded, frozen graph); "
                 "train the original model and optimize it again, or call it under torch.no_grad()"
             )
-        if self.channels_last and x.dim() == 4:  # an unbatched input runs as the layers take it
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
+            x = _to_channels_last(x)  # (an unbatched input runs as the layers take it)
         modules = self._modules  # not nn.Module.__getattr__: ~1 us per submodule lookup
         eager = modules.get("eager")
         module = eager if eager is not None and tuple(x.shape[1:]) != self.shape else modules["module"]
