@@ -254,6 +254,56 @@ def test_torchscript(layer):
     torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
 
 
+def _same_strided_layers():
+    S = sepconv
+    for k in (2, 3, 4):  # (k - 1) < stride - 1 for k = 2 at stride 3: the pads' max(., 0) matters
+        for stride in (2, 3):
+            yield S.SeparableConv2d(6, 10, k, stride, "same")
+            yield S.SeparableConv2d(6, 10, k, stride, "same", padding_mode="reflect")
+            yield S.DepthwiseConv2d(6, k, 2, stride, "same")
+            yield S.BlueprintSeparableConv2d(6, 10, k, stride, "same")
+            yield S.SpatiallySeparableConv2d(6, 10, k, 2, stride=stride, padding="same")
+    yield S.SeparableConv1d(6, 10, 3, 2, "same")
+    yield S.DepthwiseConv3d(6, (3, 2, 3), 1, (2, 3, 2), "same")
+
+
+@pytest.mark.parametrize("layer", list(_same_strided_layers()), ids=lambda m: f"{type(m).__name__}({m.extra_repr()})")
+def test_traced_same_padding_follows_the_input_size(layer):
+    """padding='same' with a stride depends on the input size: a traced layer recomputes the pads
+    for each input (the trace once froze the example's: a 33x35 input gave a 16x17 output, not
+    17x18), as the scripted one does."""
+    import warnings
+
+    layer.eval()
+    n = layer._n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(layer, torch.randn(1, 6, *[12] * n))
+    scripted = torch.jit.script(layer)
+    for size in (12, 13, 14, 9, 31):
+        x = torch.randn(2, 6, *[size + i for i in range(n)])
+        y = layer(x)
+        assert traced(x).shape == y.shape
+        torch.testing.assert_close(traced(x), y)
+        torch.testing.assert_close(scripted(x), y)
+
+
+def test_traced_functional_same_padding_follows_the_input_size():
+    import warnings
+
+    import sepconv.functional as SF
+
+    torch.manual_seed(0)
+    dw, pw = torch.randn(6, 1, 3, 3), torch.randn(10, 6, 1, 1)
+    f = lambda x: SF.separable_conv2d(x, dw, pw, stride=2, padding="same")  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(f, torch.randn(1, 6, 12, 12))
+    for h, w in ((13, 14), (9, 31), (12, 12)):
+        x = torch.randn(1, 6, h, w)
+        torch.testing.assert_close(traced(x), f(x))
+
+
 @pytest.mark.parametrize("layer", [m for m in _all_layers() if m._n == 2], ids=lambda m: type(m).__name__)
 def test_channels_last(layer):
     layer.eval()

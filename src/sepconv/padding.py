@@ -17,6 +17,8 @@ per call ("dynamic"). An even kernel (or an odd total) gives asymmetric pads, wh
 from collections.abc import Sequence
 from typing import List, Optional, Tuple, Union
 
+import torch
+
 from ._checks import PADDING_STRINGS, to_tuple, to_tuples
 
 PaddingArg = Union[str, int, Sequence[int]]
@@ -114,6 +116,35 @@ def to_fpad(pads: Sequence[Tuple[int, int]]) -> List[int]:
 def is_symmetric(pads: Sequence[Tuple[int, int]]) -> bool:
     """True when every dim pads the same amount on both sides."""
     return all(b == a for b, a in pads)
+
+
+@torch.jit.unused
+def traced_same_fpad(x: torch.Tensor, kernel_size: List[int], stride: List[int], dilation: List[int]) -> List[int]:
+    """:func:`same_fpad` of ``x``'s size under ``torch.jit.trace``: 0-dim tensors computed by
+    tensor ops, which the trace records, so that the traced graph pads every input for its own
+    size (Python arithmetic on the sizes would be frozen at the example's). ``total = max((k - 1)
+    d - (n - 1) mod s, 0)``, the same pads as :func:`same_fpad`."""
+    n = len(kernel_size)
+    sizes = torch._shape_as_tensor(x)[-n:]
+    out: list = []
+    for i in range(n - 1, -1, -1):
+        total = torch.clamp((kernel_size[i] - 1) * dilation[i] - torch.remainder(sizes[i] - 1, stride[i]), min=0)
+        before = torch.div(total, 2, rounding_mode="floor")
+        out += [before, total - before]
+    return out
+
+
+@torch.jit.unused
+def _has_tensor(fpad: List[int]) -> bool:
+    return any(isinstance(p, torch.Tensor) for p in fpad)
+
+
+def traced_pads(fpad: List[int]) -> bool:
+    """Whether ``fpad`` came from :func:`traced_same_fpad` (tensors): then no decision may depend
+    on their values (a trace would freeze it), and they are always applied with ``F.pad``."""
+    if not torch.jit.is_tracing():
+        return False
+    return _has_tensor(fpad)
 
 
 def same_fpad(input_size: List[int], kernel_size: List[int], stride: List[int], dilation: List[int]) -> List[int]:

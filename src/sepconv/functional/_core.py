@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_padding_mode, to_tuple
-from ..padding import PaddingArg, normalize_padding, same_fpad, static_pads, to_fpad
+from ..padding import PaddingArg, normalize_padding, same_fpad, static_pads, to_fpad, traced_pads, traced_same_fpad
 
 
 # --------------------------------------------------------------------------------------------
@@ -26,9 +26,9 @@ def check_input(x: Tensor, n: int, channels: int) -> None:
 
 def pad_input(x: Tensor, fpad: List[int], padding_mode: str) -> Tensor:
     """Pad ``x`` with the ``F.pad``-ordered ``fpad`` using a torch ``padding_mode``."""
-    nonzero = False
+    nonzero = traced_pads(fpad)  # pads that follow a traced input's size: always applied
     for p in fpad:
-        if p != 0:
+        if not nonzero and p != 0:
             nonzero = True
     if not nonzero:
         return x
@@ -54,9 +54,9 @@ def conv_nd(
     """
     n = weight.dim() - 2
     conv_pad: List[int] = [0] * n
-    symmetric = True
+    symmetric = not traced_pads(fpad)  # pads that follow a traced input's size: always by F.pad
     for i in range(n):
-        if fpad[2 * i] != fpad[2 * i + 1]:
+        if symmetric and fpad[2 * i] != fpad[2 * i + 1]:
             symmetric = False
     if padding_mode == "zeros" and symmetric:
         conv_pad = [fpad[2 * (n - 1 - i)] for i in range(n)]
@@ -73,6 +73,8 @@ def input_fpad(x: Tensor, static_fpad: List[int], dynamic: bool, kernel: List[in
     """The pads for this input: the static ones, or TF 'same' computed from ``x``'s size."""
     if not dynamic:
         return static_fpad
+    if torch.jit.is_tracing():  # pads the trace recomputes for each input's size
+        return traced_same_fpad(x, kernel, stride, dilation)
     n = len(kernel)
     sizes: List[int] = [int(s) for s in x.shape[-n:]]
     return same_fpad(sizes, kernel, stride, dilation)
@@ -156,7 +158,9 @@ def _geometry(
     pad = normalize_padding(padding, n)
     check_padding_mode(padding_mode)
     pads = static_pads(pad, kernel, stride_t, dilation_t)
-    if pads is None:
+    if pads is None and torch.jit.is_tracing():  # pads the trace recomputes for each input's size
+        fpad = traced_same_fpad(x, list(kernel), list(stride_t), list(dilation_t))
+    elif pads is None:
         fpad = same_fpad([int(s) for s in x.shape[-n:]], list(kernel), list(stride_t), list(dilation_t))
     else:
         fpad = to_fpad(pads)
