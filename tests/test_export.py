@@ -52,3 +52,23 @@ def test_torch_compile_matches_eager():
     x = torch.randn(2, 4, 17, 19)
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_traced_onnx_export_recomputes_same_padding_per_size():
+    """The tracing exporter with dynamic height and width: 'same' padding with a stride follows
+    each input's size in onnxruntime (it had the example's pads frozen in)."""
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+    layer = sepconv.SeparableConv2d(8, 16, 3, stride=2, padding="same").eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (torch.randn(1, 8, 32, 32),), f, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}})
+    session = onnxruntime.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    for h, w in ((33, 35), (32, 31), (9, 10)):
+        x = torch.randn(1, 8, h, w)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.as_tensor(session.run(None, {"x": x.numpy()})[0]), layer(x), rtol=1e-4, atol=1e-5)
