@@ -290,3 +290,29 @@ def test_compile_backend_refuses_pickling_clearly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pickle.loads(pickle.dumps(InferenceModule(nn.Identity(), "eager", False, {})))
+
+
+def test_a_model_in_training_mode_is_optimized_as_in_eval_mode_with_a_warning():
+    """optimize_for_inference computes what model.eval() does; a model passed in training mode
+    (BatchNorm on batch statistics) says so instead of silently differing, and stays as it was."""
+    from sepconv import optimize_for_inference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()).train()
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.warns(RuntimeWarning, match=re.escape(
+            "optimize_for_inference: the model (and 3 more modules) is in training mode: the result computes what model.eval() "
+            "does (BatchNorm with its running statistics, Dropout off), not the training-mode outputs; call "
+            "model.eval() first")):
+        fast = optimize_for_inference(model, x, rounds=1, candidates=("eager",))
+    assert model.training and all(m.training for m in model.modules())  # the user's model is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    model.eval()[1].train()  # one submodule in training mode: named
+    with pytest.warns(RuntimeWarning, match=re.escape("optimize_for_inference: submodule '1' is in training mode: ")):
+        optimize_for_inference(model, x, rounds=1, candidates=("eager",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimize_for_inference(model.eval(), x, rounds=1, candidates=("eager",))

@@ -352,11 +352,18 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
 
     Example:
         >>> from sepconv.models import mobilenet_v1
-        >>> fast = optimize_for_inference(mobilenet_v1(0.25), torch.randn(1, 3, 64, 64), rounds=2)
+        >>> fast = optimize_for_inference(mobilenet_v1(0.25).eval(), torch.randn(1, 3, 64, 64), rounds=2)
         >>> fast.backend in BACKENDS
         True
     """
     check_arguments(model, example_input, rounds, candidates)
+    training = [name for name, m in model.named_modules() if m.training]
+    if training:
+        who = "the model" if training[0] == "" else f"submodule {training[0]!r}"
+        more = f" (and {len(training) - 1} more modules)" if len(training) > 1 else ""
+        warnings.warn(f"optimize_for_inference: {who}{more} is in training mode: the result computes what model.eval() "
+                      "does (BatchNorm with its running statistics, Dropout off), not the training-mode outputs; call "
+                      "model.eval() first", RuntimeWarning, stacklevel=2)
     folded, batchnorms = _fold(model)
     four_d = example_input is None or example_input.dim() == 4
     if four_d:
