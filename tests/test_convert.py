@@ -2,6 +2,7 @@
 
 import copy
 import io
+import re
 import warnings
 
 import pytest
@@ -168,9 +169,13 @@ def test_1d_and_3d_convs_are_converted():
     new3, report3 = convert(net3, method="blueprint", rank=1, example_input=x3)
     assert isinstance(new3[0], sepconv.BlueprintSeparableConv3d)
     torch.testing.assert_close(new3(x3), net3(x3))
-    with pytest.warns(UserWarning, match="no eligible convolution"):
+    with pytest.warns(UserWarning, match=re.escape("no convolution can be converted: '0': spatial needs a 2-D kernel")):
         _, rep = convert(net, method="spatial", example_input=x)
     assert rep.skipped and all("spatial needs a 2-D kernel" in why for _, why in rep.skipped)
+    with pytest.raises(ValueError, match=re.escape(  # a budget that nothing can be converted to meet: refused
+            "budget: expected at least 1.0, the whole model (no convolution can be converted: '0': spatial needs a "
+            "2-D kernel with kh > 1 and kw > 1 (and 1 more)), got 0.5")):
+        convert(net, method="spatial", budget=0.5, example_input=x)
 
 
 def test_skipped_layers_are_listed():
@@ -241,11 +246,28 @@ def test_nan_weights_name_the_layer():
 
 def test_no_eligible_convolution_returns_model_unchanged():
     net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten(), nn.Linear(800, 2))
-    with pytest.warns(UserWarning, match="no eligible convolution"):
+    message = "no convolution can be converted: '0': 1x1 kernel: nothing to separate; the model is returned unchanged"
+    with pytest.warns(UserWarning, match=re.escape(message)):
         new, report = convert(net, example_input=X)
-    assert "no eligible convolution" in report.message
+    assert report.message == message
     torch.testing.assert_close(new(X), net(X))
     assert [type(m) for m in new.modules()] == [type(m) for m in net.modules()]
+    with pytest.warns(UserWarning, match=re.escape("the model has no convolution to convert")):
+        convert(nn.Sequential(nn.Flatten(), nn.Linear(300, 2)), example_input=X)
+    with pytest.warns(UserWarning, match=re.escape("no convolution can be converted")):
+        convert(net, budget=1.0, example_input=X)  # the whole model: met
+
+
+def test_a_budget_no_conversion_can_meet_is_refused():
+    """Grouped convs only: nothing to convert, so a budget below 1 is refused as out of reach
+    (it was returned at 100% of the MACs with a warning), at either cost."""
+    net = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=2)).eval()
+    message = ("budget: expected at least 1.0, the whole model (no convolution can be converted: '0': grouped conv "
+               "(groups=2): already grouped (and 1 more)), got 0.5")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        convert(net, budget=0.5, example_input=torch.randn(1, 8, 12, 12))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        convert(net, budget=0.5, cost="latency", example_input=torch.randn(1, 8, 12, 12))
 
 
 def test_calibration_notes_for_3d_layers():

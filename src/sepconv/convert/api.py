@@ -336,9 +336,24 @@ def _layer_shapes(model: nn.Module, probe: Optional[Tensor], profiles: dict, rep
     return {r.name: r for r in prof.layers}
 
 
+def _nothing_to_convert(report: ConversionReport, returned: bool) -> str:
+    """Why no conv can be converted: the first skipped one's reason, else that there is none
+    (``returned``: the report reaches the user, who can read the rest in it)."""
+    if not report.skipped:
+        return "the model has no convolution to convert (a conv with groups == 1 and a kernel > 1)"
+    name, why = report.skipped[0]
+    n = len(report.skipped) - 1
+    more = "" if n == 0 else f" (and {n} more, see report.skipped)" if returned else f" (and {n} more)"
+    return f"no convolution can be converted: '{name}': {why}{more}"
+
+
 def _unchanged(target: nn.Module, found, report: ConversionReport) -> tuple[nn.Module, ConversionReport]:
-    """No eligible conv: the model as it is (but for its folded BatchNorms), with a warning."""
-    report.message = "no eligible convolution (groups == 1, kernel > 1) was found; the model is returned unchanged"
+    """No eligible conv: the model as it is (but for its folded BatchNorms), with a warning; a
+    budget below the whole model cannot be met, and is refused like any other out of reach."""
+    if report.budget is not None and report.budget < 1.0:
+        raise ValueError(f"budget: expected at least 1.0, the whole model ({_nothing_to_convert(report, False)}), "
+                         f"got {report.budget}")
+    report.message = f"{_nothing_to_convert(report, True)}; the model is returned unchanged"
     if found is not None and found.chains:
         fold_chains(target, found.chains)
         report.message += " but for its folded BatchNorms"
