@@ -407,3 +407,13 @@ def test_convert_checks_its_output_error_on_the_inputs_it_measured(monkeypatch, 
     monkeypatch.setattr(ConversionReport, "warn_if_unusable", lambda self, on, stacklevel=3: seen.append((self, on)))
     _, report = convert(_net(), budget=0.5, example_input=X, calibration_data=torch.randn(4, 3, 10, 10) if calibrated else None)
     assert seen == [(report, "the calibration data" if calibrated else "the example input")]
+
+
+def test_a_model_failing_on_the_example_names_example_input():
+    """The example input (not calibration data) is named where the model fails on it."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    with pytest.raises(ValueError, match=re.escape("example_input: the model failed on this input of shape (1, 3, 12, 12): "
+                                                   "RuntimeError: Input type (double) and bias type (float)")):
+        convert(net, budget=0.5, example_input=torch.randn(1, 3, 12, 12, dtype=torch.float64))
+    with pytest.raises(ValueError, match=re.escape("calibration_data: the model failed on batch 0 of shape (2, 3, 12, 12)")):
+        convert(net, budget=0.5, calibration_data=[torch.randn(2, 3, 12, 12, dtype=torch.float64)])

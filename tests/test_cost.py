@@ -260,6 +260,11 @@ def test_profile_names_the_failing_layer():
 def test_cost_bad_input():
     with pytest.raises(TypeError, match="input_size: expected a shape like"):
         C.profile(nn.Conv2d(3, 3, 3), "1x3x8x8")
+    # a tensor instead of its shape: named by dtype and shape (its repr, the data, was the message)
+    with pytest.raises(TypeError) as info:
+        C.profile(nn.Conv2d(3, 3, 3), torch.randn(1, 3, 32, 32))
+    assert str(info.value) == ("input_size: expected a shape like (1, 3, 224, 224) or a list of shapes, got a "
+                               "torch.float32 tensor of shape (1, 3, 32, 32) (pass its .shape)")
     with pytest.raises(TypeError, match="model: expected an nn.Module, got str"):
         C.profile("mobilenet", (1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"input_shape: expected \(B, C, \*spatial\) with 1 to 3 spatial dims, got \(3, 8\)"):

@@ -19,6 +19,23 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PADDING_STRINGS = ("valid", "same")
 
 
+def describe(value: object, limit: int = 80) -> str:
+    """``value`` for an error message: a tensor by its dtype and shape (its repr is its data), any
+    other value by its repr, cut at ``limit`` characters.
+
+    Example:
+        >>> import torch
+        >>> describe(torch.zeros(1, 3, 8, 8))
+        'a torch.float32 tensor of shape (1, 3, 8, 8)'
+    """
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` as an int if it is a positive integer, else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -97,8 +97,8 @@ def convert(
     rows = _layer_shapes(model, probe, profiles, report)
     found = find_conv_bn(target) if fold_bn else None  # BatchNorms wherever forward calls them; folded at the surgery
     report.batchnorms = found.batchnorms if found else {}
-    unbatched = None if probe is None else (f"{'example_input' if example_input is not None else 'calibration_data'}: "
-                                            f"expected a batched input, got shape {tuple(probe.shape)}")
+    source = "example_input" if example_input is not None else "calibration_data"  # what the probe came from
+    unbatched = None if probe is None else f"{source}: expected a batched input, got shape {tuple(probe.shape)}"
     layers, report.skipped = _find_layers(target, method, found, rows, unbatched)
     if not layers:
         return _unchanged(target, found, report)
@@ -109,7 +109,7 @@ def convert(
         inputs = _capture_inputs(model, [l.name for l in layers], batches)
         _covariances(layers, inputs)
     _rank_candidates(layers, method, rank)
-    probe_inputs, reference = _reference(model, layers, probe)  # taken before any surgery: model may be target
+    probe_inputs, reference = _reference(model, layers, probe, source)  # before any surgery: model may be target
     if cost == "latency":
         choice = _latency_choice(model, target, layers, found, probe, reference, method, budget, batches, report)
     else:
@@ -363,12 +363,14 @@ def _unchanged(target: nn.Module, found, report: ConversionReport) -> tuple[nn.M
     return target, report
 
 
-def _reference(model: nn.Module, layers: list[_Layer], probe: Optional[Tensor]) -> tuple[dict, Optional[Tensor]]:
-    """Each layer's input and the model's output on the probe, for the report's output errors."""
+def _reference(model: nn.Module, layers: list[_Layer], probe: Optional[Tensor],
+               source: str) -> tuple[dict, Optional[Tensor]]:
+    """Each layer's input and the model's output on the probe (from the argument ``source``), for
+    the report's output errors."""
     if probe is None:
         return {}, None
     outputs: list = []
-    inputs = _capture_inputs(model, [l.name for l in layers], [probe], outputs)
+    inputs = _capture_inputs(model, [l.name for l in layers], [probe], outputs, source=source)
     return inputs, outputs[0]
 
 

@@ -71,10 +71,12 @@ class _Reached(BaseException):
 
 
 def _capture_inputs(model: nn.Module, names: list[str], batches: list[Tensor],
-                    outputs: Optional[list] = None, stop: bool = False) -> dict[str, list[Tensor]]:
+                    outputs: Optional[list] = None, stop: bool = False,
+                    source: str = "calibration_data") -> dict[str, list[Tensor]]:
     """Inputs of the named modules over all batches (model in eval mode, no grad); the model's
     outputs are appended to ``outputs`` if given. With ``stop`` (one name, a module called once
-    per forward), each forward pass ends as soon as that module's input is captured."""
+    per forward), each forward pass ends as soon as that module's input is captured. ``source``:
+    the argument the batches came from, named where the model fails on one."""
     got: dict[str, list[Tensor]] = {n: [] for n in names}
 
     def hook(n: str, a: tuple) -> None:
@@ -93,7 +95,8 @@ def _capture_inputs(model: nn.Module, names: list[str], batches: list[Tensor],
                 except _Reached:
                     continue
                 except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    raise ValueError(f"calibration_data: the model failed on batch {i} of shape {tuple(x.shape)}: "
+                    where = f"batch {i}" if source == "calibration_data" else "this input"
+                    raise ValueError(f"{source}: the model failed on {where} of shape {tuple(x.shape)}: "
                                      f"{type(exc).__name__}: {exc}") from exc
                 if outputs is not None:
                     outputs.append(y)

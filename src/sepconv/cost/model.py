@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .._checks import check_module
+from .._checks import check_module, describe
 from .layer import Shape, _itemsize, _shape
 
 CATEGORIES = ("conv 1x1", "depthwise conv", "conv", "grouped conv", "transposed conv", "fully connected")
@@ -250,7 +250,9 @@ def _parse_input_size(input_size) -> list[tuple[int, ...]]:
           and all(isinstance(v, Sequence) and not isinstance(v, str) for v in input_size)):
         shapes = [tuple(v) for v in input_size]
     else:
-        raise TypeError(f"input_size: expected a shape like (1, 3, 224, 224) or a list of shapes, got {input_size!r}")
+        hint = " (pass its .shape)" if isinstance(input_size, torch.Tensor) else ""
+        raise TypeError(f"input_size: expected a shape like (1, 3, 224, 224) or a list of shapes, got "
+                        f"{describe(input_size)}{hint}")
     for s in shapes:
         if not s or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in s):
             raise ValueError(f"input_size: expected positive ints, got {s}")
