@@ -56,6 +56,19 @@ def test_profile_file_factory_and_saved_model(capsys, tmp_path):
     assert code == 0 and json.loads(out)["macs"] == 8 * 8 * 4 * 27
 
 
+def test_a_factory_imports_the_modules_next_to_its_file(capsys, tmp_path, monkeypatch):
+    """FILE.py:FACTORY is imported as `python FILE.py` would run it: a module next to it imports
+    (it failed with ModuleNotFoundError), also from another working folder."""
+    (tmp_path / "blocks_beside.py").write_text("import torch.nn as nn\ndef stem():\n    return nn.Conv2d(3, 4, 3)\n")
+    src = tmp_path / "net_beside.py"
+    src.write_text("from blocks_beside import stem\ndef make():\n    return stem()\n")
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the folder it adds is gone after the test
+    code, out, err = run(capsys, "profile", f"{src}:make", "--input", "1x3x10x10", "--json")
+    assert code == 0, err
+    assert json.loads(out)["macs"] == 8 * 8 * 4 * 27
+
+
 @pytest.mark.parametrize("argv,message", [
     (["explain", "--input", "15x15", "--filters", "3"], "sepconv: error: --input: expected 3 sizes, got 2 in '15x15'"),
     (["explain", "--input", "15xAx3", "--filters", "3"], "sepconv: error: --input: expected sizes separated by 'x'"),

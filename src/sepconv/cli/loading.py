@@ -1,6 +1,7 @@
 """The MODEL argument: a built-in name, ``FILE.py:FACTORY`` or a ``torch.save``'d model."""
 
 import os
+import sys
 from typing import TYPE_CHECKING, Optional
 
 from .common import UsageError, _guarded
@@ -44,6 +45,11 @@ def _from_factory(path: str, factory: str, spec: str) -> "nn.Module":
 
     if not os.path.isfile(path):
         raise UsageError(f"model: file {path!r} not found" if not os.path.exists(path) else f"model: {path!r} is not a file")
+    # imported as `python FILE.py` would run it: modules next to it importable (its folder first on
+    # sys.path, for the rest of this process: the factory may import them when it is called)
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     module_spec = importlib.util.spec_from_file_location("_sepconv_user_model", path)
     module = importlib.util.module_from_spec(module_spec)
     _guarded(lambda: module_spec.loader.exec_module(module), f"model: could not import {path!r}")
