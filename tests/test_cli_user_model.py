@@ -382,3 +382,20 @@ def test_a_model_torch_export_cannot_save_is_refused_before_the_conversion(workd
     err = capsys.readouterr().err
     assert err.startswith("sepconv: error: model: cannot be saved as a self-contained program: torch.export failed (")
     assert err.count("\n") == 1 and not os.path.exists("o.pt2")
+
+
+def test_a_loaded_program_refuses_other_sizes_clearly(tmp_path):
+    """Any batch size runs; other sizes than the saved example's are refused with a ValueError
+    naming both (torch.export's guard raised a bare AssertionError)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    sepconv.save(sepconv.optimize_for_inference(model, x, rounds=1, candidates=("eager",)), tmp_path / "m.pt2", x)
+    loaded = sepconv.load(tmp_path / "m.pt2")
+    with torch.no_grad():
+        assert loaded(torch.randn(5, 3, 16, 16)).shape == (5, 8, 16, 16)
+        for bad in (torch.randn(1, 3, 20, 16), torch.randn(1, 4, 16, 16), torch.randn(3, 16, 16)):
+            with pytest.raises(ValueError) as info:
+                loaded(bad)
+            assert str(info.value) == (f"input: expected shape (*, 3, 16, 16) (any batch size; the program in "
+                                       f"{str(tmp_path / 'm.pt2')!r} was saved for these sizes: convert or optimize "
+                                       f"again with an example of the size you need), got {tuple(bad.shape)}")

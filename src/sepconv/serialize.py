@@ -183,7 +183,8 @@ def load(path: PathLike) -> nn.Module:
     """The runnable module saved by :func:`save` (or ``sepconv convert/optimize --output``).
 
     Needs neither the model's code nor the class it was built from. It takes inputs of any batch
-    size with the other sizes of the saved example (``info["input_shape"]``); other sizes raise.
+    size with the other sizes of the saved example (``info["input_shape"]``); other sizes raise a
+    ``ValueError`` naming both.
     If the program calls the fused C++ kernels, they are built or loaded first; where they cannot
     be, the portable program saved with it runs instead (``RuntimeWarning``), and without one a
     ``RuntimeError`` says why.
@@ -225,7 +226,24 @@ def load(path: PathLike) -> nn.Module:
         warnings.simplefilter("ignore")
         module = torch.export.load(io.BytesIO(data)).module()
     module.info = {**meta, "program": name}
+    if isinstance(meta.get("input_shape"), list):
+        module.register_forward_pre_hook(_shape_check(meta["input_shape"], path))
     return module
+
+
+def _shape_check(shape: list, path: str):
+    """A forward pre-hook refusing an input of other sizes than the saved program's (any batch):
+    a ``ValueError`` saying which, where the program's own guard raised a bare AssertionError."""
+    expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+    def hook(_module, args):
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and (x.dim() != len(shape) or
+                                            any(s is not None and s != n for s, n in zip(shape, x.shape))):
+            raise ValueError(f"input: expected shape {expected} (any batch size; the program in {path!r} was saved "
+                             f"for these sizes: convert or optimize again with an example of the size you need), "
+                             f"got {tuple(x.shape)}")
+    return hook
 
 
 # --------------------------------------------------------------------------------------------
