@@ -242,9 +242,10 @@ def cmd_convert(args) -> int:
     if args.cost == "latency" and args.budget is None:
         raise UsageError("--cost latency: a budget of time; expected --budget (a fraction of the optimized model's "
                          "measured time), got none")
-    for name in ("calibrate", "distill_epochs"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative int, got {getattr(args, name)}")
+    if args.calibrate is not None and args.calibrate < 1:  # (0 read as "all of them")
+        raise UsageError(f"--calibrate: expected a positive int (how many samples), got {args.calibrate}")
+    if args.distill_epochs < 0:
+        raise UsageError(f"--distill-epochs: expected a non-negative int, got {args.distill_epochs}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr: expected a positive number, got {args.lr}")
     stages = Stages(quiet=args.quiet or not (args.progress or sys.stderr.isatty()))
@@ -359,14 +360,15 @@ def add_convert_parser(sub) -> None:
                         "on it, the rest is fit on; with fewer, the errors are in-sample")
     p.add_argument("--mean", help="per-channel mean subtracted from --calibration-data, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", help="per-channel std dividing --calibration-data, e.g. 0.229,0.224,0.225")
-    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+    p.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="use only the first N samples of --calibration-data; for a digits model without it, "
                         "refine with N bundled digit images")
     p.add_argument("--distill-epochs", type=int, default=0, metavar="E",
                    help="then distill from the original for E epochs on the same data (soft targets, no labels); "
                         "if that makes the measured output error worse, the model from before is kept")
     p.add_argument("--lr", type=float, default=3e-4, help="distillation learning rate")
-    p.add_argument("--output", help="the converted model, self-contained (load with sepconv.load), written atomically")
+    p.add_argument("--output", help="required: the converted model, self-contained (load with sepconv.load), written "
+                                    "atomically")
     p.add_argument("--recipe", help="the recipe for sepconv.apply_recipe (default: next to --output, "
                                     "e.g. small.pt2 -> small.recipe.pt)")
     chatter = p.add_mutually_exclusive_group()
@@ -387,5 +389,6 @@ def add_optimize_parser(sub) -> None:
     p.add_argument("model", help="a built-in name, FILE.py:FACTORY, or a torch.save'd model file")
     p.add_argument("--input", help="BxCxHxW input size the paths are timed on, e.g. 1x3x224x224")
     p.add_argument("--rounds", type=int, default=10, help="timing rounds per candidate path")
-    p.add_argument("--output", help="the optimized model, self-contained (load with sepconv.load), written atomically")
+    p.add_argument("--output", help="required: the optimized model, self-contained (load with sepconv.load), written "
+                                    "atomically")
     p.set_defaults(func=cmd_optimize, recipe=False)
