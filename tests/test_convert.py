@@ -215,6 +215,10 @@ X = torch.randn(1, 3, 10, 10)
     (dict(budget=1.5), ValueError, "budget: expected a fraction of the MACs in (0, 1], got 1.5"),
     (dict(budget=1.5, cost="latency"), ValueError,
      "budget: expected a fraction of the optimized model's measured time in (0, 1], got 1.5"),
+    (dict(budget="0.5"), TypeError, "budget: expected a fraction of the MACs in (0, 1] (a number), got '0.5' (str)"),
+    (dict(budget=True), TypeError, "budget: expected a fraction of the MACs in (0, 1] (a number), got True (bool)"),
+    (dict(budget=float("nan")), ValueError, "budget: expected a fraction of the MACs in (0, 1], got nan"),
+    (dict(tolerance="0.1"), TypeError, "tolerance: expected a relative error in [0, 1) (a number), got '0.1' (str)"),
     (dict(rank=0), ValueError, "rank: expected a positive int, got 0"),
     (dict(rank=1.5), TypeError, "rank: expected a positive int, got 1.5"),
     (dict(budget=0.5, rank=2), ValueError, "expected at most one of budget, rank, tolerance, got budget and rank"),
@@ -417,3 +421,19 @@ def test_a_model_failing_on_the_example_names_example_input():
         convert(net, budget=0.5, example_input=torch.randn(1, 3, 12, 12, dtype=torch.float64))
     with pytest.raises(ValueError, match=re.escape("calibration_data: the model failed on batch 0 of shape (2, 3, 12, 12)")):
         convert(net, budget=0.5, calibration_data=[torch.randn(2, 3, 12, 12, dtype=torch.float64)])
+
+
+def test_calibration_data_may_be_a_dataset_of_samples():
+    """A Dataset (as distill takes) is batched in order: the same conversion as its tensor."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    x = torch.randn(70, 3, 12, 12)
+    batches = [x[:64], x[64:]]
+    a, _ = convert(net, budget=0.5, calibration_data=batches)
+    b, _ = convert(net, budget=0.5, calibration_data=TensorDataset(x))
+    c, _ = convert(net, budget=0.5, calibration_data=TensorDataset(x, torch.zeros(70)))  # (input, target) samples
+    d, _ = convert(net, budget=0.5, calibration_data=DataLoader(TensorDataset(x), batch_size=64))
+    for m in (b, c, d):
+        torch.testing.assert_close(m(x), a(x))

@@ -56,7 +56,8 @@ def convert(
         example_input: an input batch; gives the layer shapes for MAC counts and the output
             errors in the report. Without it (and without calibration data) MACs are counted per
             output position, assuming 'same'-like padding.
-        calibration_data: a tensor or an iterable of batches (or ``(input, target)`` pairs) from
+        calibration_data: a tensor, an iterable of batches (or ``(input, target)`` pairs, e.g. a
+            ``DataLoader``) or a ``Dataset`` of samples (batched by 64, in order), from
             the real input distribution: ranks are allocated by output error, and each layer's
             last factor is refit by closed-form least squares to match the original layer's
             outputs given the converted model's own inputs (layer by layer, in order).
@@ -311,8 +312,11 @@ def _check_args(method, budget, rank, tolerance, allocation, cost="macs") -> Non
     if len(given) > 1:
         raise ValueError(f"expected at most one of budget, rank, tolerance, got {' and '.join(given)}")
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
-            what = "the optimized model's measured time" if cost == "latency" else "the MACs"
+        what = "the optimized model's measured time" if cost == "latency" else "the MACs"
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):  # a string, say: the wrong type
+            raise TypeError(f"budget: expected a fraction of {what} in (0, 1] (a number), got {budget!r} "
+                            f"({type(budget).__name__})")
+        if not 0 < budget <= 1:
             raise ValueError(f"budget: expected a fraction of {what} in (0, 1], got {budget!r}")
     if rank is not None:
         if isinstance(rank, bool) or not isinstance(rank, int):
@@ -320,7 +324,10 @@ def _check_args(method, budget, rank, tolerance, allocation, cost="macs") -> Non
         if rank < 1:
             raise ValueError(f"rank: expected a positive int, got {rank}")
     if tolerance is not None:
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+            raise TypeError(f"tolerance: expected a relative error in [0, 1) (a number), got {tolerance!r} "
+                            f"({type(tolerance).__name__})")
+        if not 0 <= tolerance < 1:
             raise ValueError(f"tolerance: expected a relative error in [0, 1), got {tolerance!r}")
 
 

@@ -28,10 +28,16 @@ def _check_input(name: str, x: Tensor, where: str = "") -> Tensor:
     return check_finite(name, x, where)
 
 
+CAL_BATCH = 64  # samples per batch where calibration_data is a Dataset of single samples
+
+
 def _batches(data) -> list[Tensor]:
-    """A tensor (one batch) or an iterable of batches / (input, target) pairs -> list of inputs."""
+    """A tensor (one batch), an iterable of batches / (input, target) pairs (e.g. a DataLoader), or
+    a torch ``Dataset`` of samples (batched by :data:`CAL_BATCH`, in order) -> list of inputs."""
     if isinstance(data, Tensor):
         return [_check_input("calibration_data", data)]
+    if isinstance(data, torch.utils.data.Dataset):
+        data = torch.utils.data.DataLoader(data, batch_size=CAL_BATCH, shuffle=False)
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(f"calibration_data: expected a tensor or an iterable of batches, got {type(data).__name__}")
     out = []
