@@ -316,3 +316,21 @@ def test_a_model_in_training_mode_is_optimized_as_in_eval_mode_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         optimize_for_inference(model.eval(), x, rounds=1, candidates=("eager",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_paths_are_checked_at_their_own_precision(dtype):
+    """A float16/bfloat16 model's paths are checked to 4 x the dtype's epsilon, not float32's 1e-4
+    (every TorchScript path was rejected for a difference of a few roundings: 1.1e-4)."""
+    from sepconv import optimize_for_inference
+    from sepconv.optimize.checks import relative_error, tolerance
+
+    assert tolerance(dtype) == 4 * torch.finfo(dtype).eps and tolerance(torch.float32) == 1e-4
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          sepconv.SeparableConv2d(16, 32, 3, padding=1)).eval().to(dtype)
+    x = torch.randn(2, 3, 24, 24, dtype=dtype)
+    fast = optimize_for_inference(model, x, rounds=1, candidates=("eager", "torchscript"))
+    assert not any("output differs" in why for why in fast.rejected.values()), fast.rejected
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= tolerance(dtype)

@@ -40,6 +40,18 @@ def check_arguments(model: object, example_input: object, rounds: object, candid
                 check_finite("model", t, f" of normalization statistic {f'{prefix}.{name}' if prefix else name!r}")
 
 
+def tolerance(dtype: torch.dtype) -> float:
+    """The relative error a path may show against the unoptimized model: 1e-4, or for a dtype
+    coarser than that (float16, bfloat16) 4 x its epsilon, since another order of the same sums
+    differs by a few roundings there (a float16 model's TorchScript path measured 1.1e-4).
+
+    Example:
+        >>> tolerance(torch.float32), tolerance(torch.bfloat16)
+        (0.0001, 0.03125)
+    """
+    return max(1e-4, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+
+
 def relative_error(out: object, ref: Tensor) -> float:
     """||out - ref|| / ||ref|| in float64 over the finite entries; infinite if ``out`` is not a
     tensor of ``ref``'s shape or its NaNs and infinities are not exactly ``ref``'s."""

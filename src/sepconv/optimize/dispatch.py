@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .. import _fused
 from .._timing import interleaved
-from .checks import CANDIDATES, check_arguments, reason, relative_error
+from .checks import CANDIDATES, check_arguments, reason, relative_error, tolerance
 from .densify import densify
 from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .module import InferenceModule
@@ -165,7 +165,7 @@ def _faster_graph(module: nn.Module, archive: bytes, fused: nn.Module, x: Tensor
         return module, archive
     other, other_archive = _trace(plain, x)
     with torch.inference_mode():
-        if relative_error(other(x), module(x)) > 1e-4:
+        if relative_error(other(x), module(x)) > tolerance(x.dtype):
             return module, archive
     t = interleaved({"all": lambda: module(x), "separable": lambda: other(x)}, rounds, warmup=2)
     return (other, other_archive) if t["separable"] < t["all"] else (module, archive)
@@ -225,8 +225,9 @@ def _fused_path(folded: nn.Module, x: Tensor, four_d: bool, rounds: int) -> nn.M
 
 
 def _check(paths: dict, x: Tensor, reference: Tensor, rejected: dict) -> dict:
-    """The paths whose output on ``x`` matches ``reference`` (relative error <= 1e-4) on three
-    calls (TorchScript's executor optimizes the graph again after its first calls)."""
+    """The paths whose output on ``x`` matches ``reference`` (relative error at most
+    :func:`~sepconv.optimize.checks.tolerance` of its dtype: 1e-4 in float32) on three calls
+    (TorchScript's executor optimizes the graph again after its first calls)."""
     correct = {}
     for name, m in paths.items():
         try:
@@ -236,11 +237,11 @@ def _check(paths: dict, x: Tensor, reference: Tensor, rejected: dict) -> dict:
         except Exception as exc:
             rejected[name] = f"failed on the example input: {reason(exc)}"
             continue
-        error = relative_error(out, reference)
-        if error <= 1e-4:
+        error, limit = relative_error(out, reference), tolerance(reference.dtype)
+        if error <= limit:
             correct[name] = m
         else:
-            rejected[name] = f"output differs from the original model's: relative error {error:.3g} > 0.0001"
+            rejected[name] = f"output differs from the original model's: relative error {error:.3g} > {limit:g}"
     return correct
 
 
@@ -319,7 +320,8 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         model: any module built from convs, sepconv layers, BatchNorm and activations, with
             finite parameters and normalization statistics.
         example_input: a representative batch (finite values). With it, every candidate path is
-            built, checked against the unoptimized model (relative error <= 1e-4, NaNs and
+            built, checked against the unoptimized model (relative error <= 1e-4; in float16 or
+            bfloat16, 4 x the dtype's epsilon; NaNs and
             infinities at the same places) and timed (interleaved medians of ``rounds`` runs;
             the paths within 25% of the fastest are timed again, together, for about 2 s or at
             most ``20 * rounds`` rounds) and the fastest correct one is kept (within 10% of the
