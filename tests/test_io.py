@@ -145,6 +145,14 @@ def test_devices_and_fifos_are_written_through_not_replaced(tmp_path):
     check_output_file(fifo, "--output")  # accepted, without opening it (that would wait for a reader)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_a_device_write_error_names_the_device():
+    """A write error on a device (no file name of its own) names the path the user gave."""
+    with pytest.raises(OSError) as info:
+        write_atomic("/dev/full", lambda f: f.write(b"x" * 100_000))
+    assert str(info.value) == "[Errno 28] No space left on device: '/dev/full'"
+
+
 def test_a_symlink_is_written_through(tmp_path):
     target = tmp_path / "target.pt"
     target.write_bytes(b"old")

@@ -95,8 +95,11 @@ def write_atomic(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
     """
     path = _resolved(path)
     if _special(path):  # /dev/null, a FIFO...: renaming over it would replace the device itself
-        with open(path, "wb") as f:
-            write(f)
+        try:
+            with open(path, "wb") as f:
+                write(f)
+        except OSError as exc:  # e.g. /dev/full: a write error has no file name of its own
+            raise _named(exc, path, (None, path)) from None
         return
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f"{temp_prefix(path)}{os.getpid()}-{os.urandom(4).hex()}")

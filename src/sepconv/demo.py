@@ -304,5 +304,5 @@ def run_demo(args) -> int:
     write_atomic(path, lambda f: f.write(report.encode("utf-8")))
     console.print(f"\nWrote {path}, {len(plots)} plots and digits_cnn.pt in {out_dir}/ ({elapsed:.0f} s). "
                   f"Try: sepconv convert {os.path.join(out_dir, 'digits_cnn.pt')} --input 1x1x16x16 --budget 0.3 "
-                  "--calibrate 256 --output small.pt")
+                  "--calibrate 256 --output small.pt2")
     return 0
