@@ -437,3 +437,35 @@ def test_calibration_data_may_be_a_dataset_of_samples():
     d, _ = convert(net, budget=0.5, calibration_data=DataLoader(TensorDataset(x), batch_size=64))
     for m in (b, c, d):
         torch.testing.assert_close(m(x), a(x))
+
+
+def _refit_case(samples: int, seed: int = 0):
+    """A pointwise last factor whose SVD weights are the true ones plus a small error, and
+    calibration inputs with their true outputs plus noise: (child, inputs, targets, truth)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    truth = nn.Conv2d(64, 8, 1)
+    child = nn.Conv2d(64, 8, 1)
+    with torch.no_grad():
+        child.weight.copy_(truth.weight + 0.02 * torch.randn(truth.weight.shape, generator=g))
+        child.bias.copy_(truth.bias)
+    x = torch.randn(samples, 64, 2, 2, generator=g)
+    with torch.no_grad():
+        y = truth(x) + 0.3 * torch.randn(samples, 8, 2, 2, generator=g)
+    return child, [x], [y], truth
+
+
+def test_refit_is_validated_on_held_out_samples():
+    """The last factor's refit generalizes: with few noisy calibration rows (12 samples x 4
+    positions for 65 unknowns) it is no worse than the SVD factor on new inputs, where plain least
+    squares was 3.6x worse (1.05 against 0.29); with plenty of rows it moves toward the truth."""
+    from sepconv.convert.calibrate import _refit_last, _rel
+
+    fresh = torch.randn(64, 64, 2, 2, generator=torch.Generator().manual_seed(9))
+    for samples, at_most in ((12, 1.0), (16, 1.0), (400, 0.5)):
+        child, xs, ys, truth = _refit_case(samples)
+        with torch.no_grad():
+            before = _rel(child(fresh), truth(fresh))
+            assert _refit_last(child, xs, ys)
+            after = _rel(child(fresh), truth(fresh))
+        assert after <= at_most * before, (samples, before, after)

@@ -144,33 +144,97 @@ def _chunks(x: Tensor, conv, *others: Tensor, rows: int = 8192):
         yield (x[i:i + step], *[o[i:i + step] for o in others])
 
 
-def _refit_last(child: nn.Module, inputs: list[Tensor], targets: list[Tensor]) -> bool:
-    """Closed-form least squares for the last factor (a conv) so that child(inputs) ~ targets.
+# ridge strengths (x the mean diagonal of the fit rows' Gram matrix) tried by _refit_last, from
+# almost plain least squares to staying near the SVD factor
+_SHRINK = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+_VALIDATE_EVERY = 4  # every 4th calibration sample validates the refit (with 4 or more samples)
 
-    Returns False, leaving ``child`` unchanged, if the solution is not finite."""
+
+def _moments(child: nn.Module, z: Tensor, y: Tensor) -> tuple:
+    """The sufficient statistics of a least-squares fit of ``child`` (a conv) from inputs ``z`` to
+    outputs ``y``, per group ``g``: Gram (g, F, F), cross (g, F, O), patch sums (g, F), output sums
+    (g, O), sums of squared outputs (g,), and the number of rows, in float64."""
     g = child.groups
-    per_in = child.in_channels // g
-    per_out = child.out_channels // g
-    gram = cross = psum = ysum = None
-    count = 0
-    for z, y in (piece for z, y in zip(inputs, targets) for piece in _chunks(z, child, y)):
-        p = _patches(z, child)  # (L, Cin*K), grouped by input channel
-        pt = p.reshape(p.shape[0], g, -1).transpose(0, 1).double()  # (g, L, F)
-        yt = y.movedim(1, -1).reshape(-1, g, per_out).transpose(0, 1).double()  # (g, L, O)
-        parts = (pt.transpose(1, 2) @ pt, pt.transpose(1, 2) @ yt, pt.sum(1), yt.sum(1))
-        if gram is None:
-            gram, cross, psum, ysum = parts
-        else:
-            gram, cross, psum, ysum = gram + parts[0], cross + parts[1], psum + parts[2], ysum + parts[3]
-        count += p.shape[0]
-    if child.bias is not None:  # augment with a constant feature for the bias
+    p = _patches(z, child)  # (L, Cin*K), grouped by input channel
+    pt = p.reshape(p.shape[0], g, -1).transpose(0, 1).double()  # (g, L, F)
+    yt = y.movedim(1, -1).reshape(-1, g, child.out_channels // g).transpose(0, 1).double()  # (g, L, O)
+    return (pt.transpose(1, 2) @ pt, pt.transpose(1, 2) @ yt, pt.sum(1), yt.sum(1), yt.pow(2).sum((1, 2)), p.shape[0])
+
+
+def _add(a: Optional[tuple], b: tuple) -> tuple:
+    return b if a is None else tuple(x + y for x, y in zip(a, b))
+
+
+def _augmented(child: nn.Module, m: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """``(gram, cross, yy)``, with a constant feature for the bias where ``child`` has one."""
+    gram, cross, psum, ysum, yy, count = m
+    if child.bias is not None:
+        g = gram.shape[0]
         top = torch.cat([gram, psum.unsqueeze(-1)], -1)
         bottom = torch.cat([psum, psum.new_full((g, 1), float(count))], -1).unsqueeze(1)
         gram = torch.cat([top, bottom], 1)
         cross = torch.cat([cross, ysum.unsqueeze(1)], 1)
-    ridge = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
+    return gram, cross, yy
+
+
+def _current(child: nn.Module) -> Tensor:
+    """``child``'s weights (and bias) in the fit's layout, (g, F (+ 1), O)."""
+    g, per_out = child.groups, child.out_channels // child.groups
+    w = child.weight.detach().double().reshape(g, per_out, -1).transpose(1, 2)
+    if child.bias is None:
+        return w
+    return torch.cat([w, child.bias.detach().double().reshape(g, 1, per_out)], 1)
+
+
+def _sse(sol: Tensor, gram: Tensor, cross: Tensor, yy: Tensor) -> float:
+    """The summed squared error of the solution ``sol`` on rows with these statistics."""
+    return float(((sol * (gram @ sol)).sum((1, 2)) - 2 * (sol * cross).sum((1, 2)) + yy).sum())
+
+
+def _refit_last(child: nn.Module, inputs: list[Tensor], targets: list[Tensor]) -> bool:
+    """Closed-form least squares for the last factor (a conv) so that child(inputs) ~ targets,
+    shrunk toward its current (SVD) weights by a ridge chosen on held-out samples.
+
+    With few samples per unknown a plain refit fits the calibration data and generalizes worse
+    than the SVD factor (a random-weight ResNet-18 on 48 images: 0.010 output error on them, 0.068
+    on others, against 0.046 at a smaller budget). So with 4 or more samples, every 4th validates:
+    ``W = argmin |PW - Y|^2 + lambda |W - W_svd|^2`` is solved on the others for each lambda of
+    :data:`_SHRINK`, the lambda (or the SVD factor itself) with the least error on the held-out
+    samples is taken, and solved again on all of them. Returns False, leaving ``child`` unchanged,
+    if the solution is not finite."""
+    g = child.groups
+    per_in = child.in_channels // g
+    fit = val = None
+    seen = 0
+    total = sum(z.shape[0] for z in inputs)
+    for z_all, y_all in zip(inputs, targets):
+        for z, y in _chunks(z_all, child, y_all):
+            index = torch.arange(seen, seen + z.shape[0])
+            held = (index % _VALIDATE_EVERY == _VALIDATE_EVERY - 1) & (total >= _VALIDATE_EVERY)
+            seen += z.shape[0]
+            if bool((~held).any()):
+                fit = _add(fit, _moments(child, z[~held], y[~held]))
+            if bool(held.any()):
+                val = _add(val, _moments(child, z[held], y[held]))
+    current = _current(child)
+    gram, cross, _ = _augmented(child, fit)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
-    sol = torch.linalg.solve(gram + ridge[:, None, None] * eye, cross)  # (g, features, per_out)
+    scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
+
+    def solve(gram: Tensor, cross: Tensor, shrink: float) -> Tensor:
+        return torch.linalg.solve(gram + shrink * scale * eye, cross + shrink * scale * current)
+
+    shrink = _SHRINK[0]
+    if val is not None:
+        vgram, vcross, vyy = _augmented(child, val)
+        errors = {c: _sse(solve(gram, cross, c), vgram, vcross, vyy) for c in _SHRINK}
+        shrink = min(errors, key=errors.get)
+        if _sse(current, vgram, vcross, vyy) <= errors[shrink]:
+            return True  # the SVD factor generalizes best: kept as it is
+        whole = _augmented(child, _add(fit, val))
+        gram, cross = whole[0], whole[1]
+        scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
+    sol = solve(gram, cross, shrink)  # (g, features, per_out)
     bias = sol[:, -1, :].reshape(-1) if child.bias is not None else None
     w = (sol[:, :-1, :] if child.bias is not None else sol).permute(0, 2, 1)
     w = w.reshape(child.out_channels, per_in, *child.kernel_size).to(child.weight.dtype)
