@@ -62,7 +62,7 @@ def test_densify_replaces_with_the_exact_dense_conv(monkeypatch):
 
 
 def test_a_saved_module_without_the_attribute_loads_with_none_densified(tmp_path):
-    fast = optimize_for_inference(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), rounds=1)
+    fast = optimize_for_inference(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), torch.randn(1, 3, 8, 8), rounds=1)
     del fast.__dict__["densified"]
     torch.save(fast, tmp_path / "m.pt")
     assert torch.load(tmp_path / "m.pt", weights_only=False).densified == []
