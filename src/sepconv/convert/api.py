@@ -60,7 +60,8 @@ def convert(
             ``DataLoader``) or a ``Dataset`` of samples (batched by 64, in order), from
             the real input distribution: ranks are allocated by output error, and each layer's
             last factor is refit by closed-form least squares to match the original layer's
-            outputs given the converted model's own inputs (layer by layer, in order).
+            outputs given the converted model's own inputs (layer by layer, in order), shrunk
+            toward the SVD factor by a ridge chosen on every 4th sample, held out.
         fold_bn: fold each BatchNorm that takes a conv's output into that conv before factorizing,
             wherever ``forward`` calls them (see :func:`sepconv.graph.fold_conv_bn`); the BatchNorm
             becomes ``nn.Identity``. The report's ``batchnorms`` says, per BatchNorm, into which
