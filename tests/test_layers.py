@@ -370,3 +370,25 @@ def test_from_dense_low_rank_is_the_svd_optimum():
         sepconv.SeparableConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(TypeError, match="conv: expected nn.Conv2d, got Linear"):
         sepconv.BlueprintSeparableConv2d.from_dense(nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["SeparableConv", "BlueprintSeparableConv"])
+def test_unbatched_input_with_a_norm_between_the_factors(kind, n):
+    """An unbatched input gives the batched result: the BatchNorm (and a per-channel PReLU)
+    between the factors saw an unbatched (C, L) as (N, C) and silently normalized the wrong axis
+    (or raised from inside torch for 2-D and 3-D)."""
+    torch.manual_seed(n)
+    cls = getattr(sepconv, f"{kind}{n}d")
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[n]
+    mid = 4 if kind == "SeparableConv" else 6
+    layer = cls(4, 6, 3, stride=3, padding=1, norm_layer=bn, act_layer=lambda: nn.PReLU(mid)).eval()
+    with torch.no_grad():
+        layer.norm.running_mean.uniform_(-1, 1)
+        layer.norm.running_var.uniform_(0.5, 2)
+        layer.act.weight.uniform_(0, 1)
+    size = {1: (13,), 2: (7, 8), 3: (5, 4, 6)}[n]  # 1-D: a depthwise output of length 5, not 4 or 6
+    x = torch.randn(4, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer(x[None])[0])
+        torch.testing.assert_close(torch.jit.script(layer)(x), layer(x[None])[0])

@@ -83,9 +83,12 @@ class _BlueprintSeparableConvNd(_Padded):
             SF.check_input(x, self._n, self.in_channels)
         else:
             self._check_call(x, self.pointwise.weight.dtype)
+        unbatched = x.dim() == self._n + 1  # a batch of one: see SeparableConvNd.forward
+        if unbatched:
+            x = x.unsqueeze(0)
         # A 1x1 conv commutes with every padding mode: pad the intermediate, not the input.
-        y = self.act(self.norm(self.pointwise(x)))
-        return self.depthwise(self._pad(y))
+        y = self.depthwise(self._pad(self.act(self.norm(self.pointwise(x)))))
+        return y.squeeze(0) if unbatched else y
 
     def to_dense(self, input_size=None) -> nn.Module:
         """The exactly equivalent standard ``nn.ConvNd``; see :meth:`SeparableConv2d.to_dense`.

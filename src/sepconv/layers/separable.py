@@ -83,7 +83,13 @@ class _SeparableConvNd(_Padded):
             SF.check_input(x, self._n, self.in_channels)
         else:
             self._check_call(x, self.depthwise.weight.dtype)
-        return self.pointwise(self.act(self.norm(self.depthwise(self._pad(x)))))
+        # an unbatched input runs as a batch of one: a norm (or a per-channel activation) between
+        # the factors reads dim 1 as the channels (BatchNorm1d took an unbatched (C, L) as (N, C))
+        unbatched = x.dim() == self._n + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        y = self.pointwise(self.act(self.norm(self.depthwise(self._pad(x)))))
+        return y.squeeze(0) if unbatched else y
 
     def to_dense(self, input_size=None) -> nn.Module:
         """The exactly equivalent standard ``nn.ConvNd`` (``groups=1``), with explicit padding.
