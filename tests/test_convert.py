@@ -469,3 +469,14 @@ def test_refit_is_validated_on_held_out_samples():
             assert _refit_last(child, xs, ys)
             after = _rel(child(fresh), truth(fresh))
         assert after <= at_most * before, (samples, before, after)
+
+
+def test_distill_on_unlabelled_data_reports_no_accuracy():
+    """Distilling on inputs alone has no labels to score: train_accuracy is None, not 0.0."""
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    student = copy.deepcopy(teacher)
+    history = sepconv.distill(student, teacher, TensorDataset(torch.randn(16, 3, 10, 10)), epochs=2, progress=False)
+    assert history.train_accuracy == [None, None]

@@ -55,7 +55,8 @@ __all__ = ["train", "distill", "evaluate", "History", "save_atomic"]
 
 @dataclass
 class History:
-    """Per-epoch metrics of a run (``eval_accuracy`` only when eval data was given)."""
+    """Per-epoch metrics of a run (``eval_accuracy`` only when eval data was given;
+    ``train_accuracy`` None for an epoch of unlabelled data)."""
 
     epochs: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
@@ -248,8 +249,8 @@ def _finite_loss(loss_fn: Callable, out: Tensor, x: Tensor, y: Optional[Tensor],
 
 def _epoch(net: nn.Module, data: Dataset, steps: list, world: int, loss_fn, opt, sched, bar, task,
            epoch: int) -> Tensor:
-    """One epoch; returns (summed loss, correct, samples) of this process."""
-    totals = torch.zeros(3, dtype=torch.float64)
+    """One epoch; returns (summed loss, correct, samples, labelled samples) of this process."""
+    totals = torch.zeros(4, dtype=torch.float64)
     for step, (indices, batch_indices) in enumerate(steps):
         x, y = _split(_together(world, _take, data, indices, batch_indices[0]))
         out = net(x)
@@ -260,10 +261,11 @@ def _epoch(net: nn.Module, data: Dataset, steps: list, world: int, loss_fn, opt,
         opt.step()
         sched.step()
         correct = float((out.argmax(1) == y).sum()) if y is not None else 0.0
-        totals += torch.tensor([float(loss.detach()), correct, len(indices)], dtype=torch.float64)
+        labelled = len(indices) if y is not None else 0
+        totals += torch.tensor([float(loss.detach()), correct, len(indices), labelled], dtype=torch.float64)
         if bar is not None:
             bar.update(task, advance=1, loss=float(totals[0] / max(totals[2], 1)),
-                       acc=float(totals[1] / max(totals[2], 1)))
+                       acc=f" acc {float(totals[1] / totals[3]):.3f}" if totals[3] > 0 else "")
     return totals
 
 
@@ -273,9 +275,9 @@ def _progress(enabled: bool, description: str, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"), TimeRemainingColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}{task.fields[acc]}"), TimeRemainingColumn(),
                    transient=True)
-    task = bar.add_task(description, total=total, loss=0.0, acc=0.0)
+    task = bar.add_task(description, total=total, loss=0.0, acc="")
     bar.start()
     return bar, task
 
@@ -309,7 +311,8 @@ def _fit(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: in
                     dist.all_reduce(totals)
                 history.epochs.append(epoch)
                 history.train_loss.append(float(totals[0] / totals[2]))
-                history.train_accuracy.append(float(totals[1] / totals[2]))
+                # unlabelled data (distillation without labels): no accuracy, not 0%
+                history.train_accuracy.append(float(totals[1] / totals[3]) if totals[3] > 0 else None)
                 if eval_data is not None:
                     history.eval_accuracy.append(evaluate(model, eval_data))
                 if checkpoint and rank == 0:
