@@ -97,19 +97,11 @@ def measure(task: str, repeats: int, threads: int) -> dict:
 
 def machine() -> dict:
     """CPU model, logical cores and the widest vector instruction set (from /proc/cpuinfo)."""
-    from sepconv.doctor import vector_isa
+    from sepconv import _fused
+    from sepconv.doctor import cpu_model, vector_isa
 
-    model, flags = "unknown", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags") and not flags:
-                    flags = line.split(":", 1)[1]
-    except OSError:
-        pass
-    return dict(cpu=model, cores=os.cpu_count(), vector_isa=vector_isa(flags))
+    flags = _fused.cpu_signature().partition(" [")[2].rstrip("]")
+    return dict(cpu=cpu_model(), cores=os.cpu_count(), vector_isa=vector_isa(flags))
 
 
 def markdown(meta: dict, rows: list) -> str:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sepconv.bench import copy_bandwidth, interleaved, layer_speed
-from sepconv.doctor import vector_isa
+from sepconv.doctor import cpu_model, vector_isa
 from sepconv.functional import separable_filter2d
 from sepconv.models import mobilenet_v1
 from sepconv.optimize import optimize_for_inference
@@ -195,15 +195,11 @@ def median(v):
 
 def machine() -> str:
     """CPU model, core count and vector instruction set, e.g. 'AMD EPYC 7B13, 2 cores, x86_64 AVX2 + FMA'."""
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read().splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
-        flags = next((line.split(":", 1)[1] for line in info if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
+    from sepconv import _fused
+
+    flags = _fused.cpu_signature().partition(" [")[2].rstrip("]")
     isa = vector_isa(flags) if flags else torch.backends.cpu.get_cpu_capability()
+    model = cpu_model()
     return f"{model}, {os.cpu_count()} cores, {platform.machine()} {isa}; sepconv kernels: {kernel_isa()}"
 
 

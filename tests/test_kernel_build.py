@@ -2,13 +2,14 @@
 CPU; the first build announced; a stale lock of a killed build never blocks; ``sepconv doctor``."""
 
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
 from sepconv import _fused, cli
-from sepconv.doctor import report, vector_isa
+from sepconv.doctor import cpu_model, report, vector_isa
 
 
 def test_build_directory_is_private_to_the_environment_and_the_checkout(monkeypatch):
@@ -42,6 +43,25 @@ def test_build_directory_honours_torch_extensions_dir(monkeypatch, tmp_path):
 ])
 def test_vector_isa(flags, isa):
     assert vector_isa(flags) == isa
+
+
+_CPUINFO = "processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\nmodel name\t: {name}\nflags\t\t: fpu avx2\n\n"
+
+
+@pytest.mark.parametrize("name,model,expected", [
+    ("AMD EPYC", 17, "AMD EPYC (family 25, model 17)"),  # a virtual machine's generic name: Zen 4
+    ("AMD EPYC", 1, "AMD EPYC (family 25, model 1)"),  # and Zen 3, told apart
+    ("AMD EPYC 7B13 64-Core Processor", 1, "AMD EPYC 7B13 64-Core Processor"),  # a model number: as it is
+])
+def test_cpu_model_tells_generic_names_apart(tmp_path, name, model, expected):
+    path = tmp_path / "cpuinfo"
+    # two processors: the first one's block is read (the second's model differs on purpose)
+    path.write_text(_CPUINFO.format(i=0, model=model, name=name) + _CPUINFO.format(i=1, model=99, name="other"))
+    assert cpu_model(str(path)) == expected
+
+
+def test_cpu_model_without_cpuinfo_names_the_platform(tmp_path):
+    assert cpu_model(str(tmp_path / "missing")) == (platform.processor() or platform.machine())
 
 
 def test_a_stale_build_lock_does_not_block_a_new_process():

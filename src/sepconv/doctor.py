@@ -32,6 +32,35 @@ def vector_isa(flags: str) -> str:
     return "SSE" if "sse2" in names else "unknown"
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name. Where it is a generic name without a model number, as virtual machines
+    often show ("AMD EPYC", "Intel(R) Xeon(R) Processor"), the x86 family and model numbers are
+    added: they tell the CPU generations apart (AMD family 25 is Zen 3 at model 1, Zen 4 at model 17).
+
+    Args:
+        cpuinfo: the file to read (Linux's ``/proc/cpuinfo``); without it, the platform's name.
+
+    Example:
+        >>> isinstance(cpu_model(), str)
+        True
+    """
+    fields: dict = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip() and fields:
+                    break  # the first processor's block
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("model name", "cpu family", "model"):
+                    fields.setdefault(key, value)
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if not any(c.isdigit() for c in name) and "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def report(build: bool = True) -> list[str]:
     """Lines describing this installation.
 
@@ -46,8 +75,8 @@ def report(build: bool = True) -> list[str]:
 
     from . import __version__
 
-    signature = _fused.cpu_signature()
-    model, _, flags = signature.partition(" [")
+    flags = _fused.cpu_signature().partition(" [")[2]
+    model = cpu_model()
     lines = [
         f"sepconv {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
         f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
