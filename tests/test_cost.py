@@ -214,6 +214,40 @@ def test_profile_equals_flop_counter_and_numel(make, shape):
     assert sum(r.macs for r in report.layers) == report.macs
 
 
+class _VectorProducts(nn.Module):
+    """Multiply-adds through the ops FlopCounterMode does not count: a matrix times a vector (mv,
+    addmv), a dot product, addbmm."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 4))
+        self.v = nn.Parameter(torch.randn(6))
+        self.b = nn.Parameter(torch.randn(2, 4, 5))
+
+    def forward(self, x):  # x: (3, 4)
+        h = x @ self.w.t()  # mm: 3 * 4 * 6
+        y = h @ self.v  # mv: 3 * 6
+        z = torch.addmv(self.v.new_zeros(6), self.w, x[0])  # 6 * 4
+        d = torch.dot(self.v, self.v)  # 6
+        e = torch.addbmm(x.new_zeros(3, 5), x.expand(2, 3, 4), self.b)  # 2 * 3 * 4 * 5
+        return y.sum() + z.sum() + d + e.sum()
+
+
+@pytest.mark.parametrize("make,shape,expected", [
+    # nn.Bilinear: one multiply-add per sample, output feature and pair of input features
+    (lambda: nn.Bilinear(5, 7, 3), [(4, 5), (4, 7)], 4 * 3 * 5 * 7),
+    (lambda: nn.Bilinear(5, 7, 3, bias=False), [(2, 6, 5), (2, 6, 7)], 2 * 6 * 3 * 5 * 7),
+    (_VectorProducts, (3, 4), 3 * 4 * 6 + 3 * 6 + 6 * 4 + 6 + 2 * 3 * 4 * 5),
+])
+def test_profile_counts_bilinear_and_vector_products(make, shape, expected):
+    """Hand-derived counts: these ops used to count 0 MACs (as FlopCounterMode still does)."""
+    torch.manual_seed(0)
+    model = make()
+    report = C.profile(model, shape)
+    assert report.macs == expected
+    assert report.params == n_params(model)
+
+
 def test_profile_rows_and_renderings():
     model = mobilenet_v1(0.25, num_classes=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -219,10 +219,29 @@ class _OpCounter(TorchDispatchMode):
         elif packet in (aten.mm, aten.addmm):
             a, b = (args[0], args[1]) if packet is aten.mm else (args[1], args[2])
             self._add(int(a.shape[0] * a.shape[1] * b.shape[1]), "fully connected")
-        elif packet in (aten.bmm, aten.baddbmm):
+        elif packet in (aten.bmm, aten.baddbmm, aten.addbmm):
             a, b = (args[0], args[1]) if packet is aten.bmm else (args[1], args[2])
             self._add(int(a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]), "fully connected")
+        elif packet in (aten.mv, aten.addmv):  # a matrix times a vector (matmul with a 1-D operand)
+            a = args[0] if packet is aten.mv else args[1]
+            self._add(int(a.shape[0] * a.shape[1]), "fully connected")
+        elif packet in (aten.dot, aten.vdot):
+            self._add(int(args[0].shape[0]), "fully connected")
+        elif packet is aten._trilinear:  # nn.Bilinear: one multiply-add per (sample, out, in1, in2)
+            self._add(_trilinear_macs(*args[:6]), "fully connected")
         return out
+
+
+def _trilinear_macs(i1, i2, i3, expand1, expand2, expand3) -> int:
+    """``aten._trilinear``'s products: the size of the space its three inputs broadcast to, each
+    unsqueezed at its ``expand`` dims (for ``nn.Bilinear``: batch x out x in1 x in2)."""
+    full = [1] * (i1.dim() + len(expand1))
+    for t, expand in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        sizes = iter(t.shape)
+        for d in range(len(full)):
+            if d not in expand:
+                full[d] = max(full[d], next(sizes))
+    return math.prod(full)
 
 
 _NO_WORK = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Flatten, nn.Unflatten)
