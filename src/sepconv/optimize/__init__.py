@@ -41,7 +41,8 @@ output comparison; :mod:`.dispatch` the candidate paths, their checks and the me
 (:func:`optimize_for_inference`).
 """
 
-from .dispatch import BACKENDS, CANDIDATES, STEM_MAX_K, TIE, _fuse, _fused_class, optimize_for_inference
+from .checks import CANDIDATES
+from .dispatch import BACKENDS, STEM_MAX_K, TIE, _fuse, _fused_class, optimize_for_inference
 from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d, release_buffers
 from .module import InferenceModule
 from .rewrite import _CONVS, _inplace_activations, _lower, fold_batchnorms

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .. import _fused
 from .._timing import interleaved
-from .checks import CANDIDATES, check_arguments, reason, relative_error, tolerance
+from .checks import check_arguments, reason, relative_error, tolerance
 from .densify import densify
 from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
 from .module import InferenceModule
