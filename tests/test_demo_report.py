@@ -304,3 +304,34 @@ def test_explain_names_the_layers_run_as_their_dense_convolution():
         "1.20x faster than the optimized original with 2.0x fewer MACs (eager path); 1 of its separable layers runs as "
         "the dense convolution its factors compose to (features.3: the same outputs, measured faster here than the "
         "factors).")
+
+
+def test_data_free_points_sit_at_their_own_macs():
+    """A data-free conversion may choose other structures than the calibrated one: the data-free
+    panel plots it at its own MACs, the other panels at the calibrated model's."""
+    results = _results()
+    results[0]["macs_free"] = 7_000_000  # depthwise 50%: 6,000,000 MACs calibrated
+    fig = accuracy_figure(results, BASE, TWIN)
+    free, cal, _ = fig.axes
+    xs = {l.get_label(): list(l.get_xdata()) for l in free.get_lines()}
+    assert xs["depthwise"] == [3.0, 7.0]
+    assert {l.get_label(): list(l.get_xdata()) for l in cal.get_lines()}["depthwise"] == [3.0, 6.0]
+
+
+def test_summary_gives_a_data_free_model_its_own_macs():
+    import io
+
+    from rich.console import Console
+
+    from sepconv.demo import _summary
+
+    results = _results()
+    for r in results:
+        r.update(params=r["macs"] // 100, macs_free=r["macs"], params_free=r["macs"] // 100)
+    results[0].update(macs_free=7_000_000, params_free=71_000)
+    lines = _summary(Console(file=io.StringIO(), width=200), dict(BASE, params=120_000), dict(TWIN, params=15_000), results)
+    rows = [line for line in lines if line.startswith("| converted: depthwise")]
+    assert rows[0].split(" | ")[4] == "50.00% (7,000,000 MACs, 71,000 params)"
+    assert rows[1].split(" | ")[4] == "50.00%"  # the same allocation: nothing added
+    assert lines[-1] == ("MACs and params: the calibrated (and distilled) model's; a data-free conversion that chose "
+                         "other structures or ranks gives its own in brackets.")

@@ -82,7 +82,9 @@ def accuracy_figure(results: list, base: dict, twin: dict, n_test: Optional[int]
                      "overlap (the report breaks ties by output error)", fontsize=10)
     share = twin["macs"] / base["macs"]
     for ax, (stage, title) in zip(axes, STAGES):
-        ys = _curves(ax, results, "macs", stage, 1e6)
+        # the data-free models at their own MACs (their allocation may differ from the calibrated one)
+        ys = _curves(ax, [dict(r, macs=r.get("macs_free", r["macs"])) for r in results] if stage == "free" else results,
+                     "macs", stage, 1e6)
         _references(ax, ys, (base["macs"] / 1e6, base["acc"]), (twin["macs"] / 1e6, twin["acc"]), f"twin {share:.0%}")
         ax.set_title(f"{title} (accuracy axis fitted to this panel)")
         ax.set_xlabel("MACs per image (millions); labels: share of the original's MACs")
