@@ -575,3 +575,28 @@ def test_a_path_that_raises_in_the_second_timing_is_dropped(monkeypatch):
     timings = O._measure(correct, torch.zeros(1), 10, rejected)
     assert set(correct) == {"a", "c"} and timings == {"a": 1.0, "c": 5.0}
     assert rejected == {"b": "failed on the example input: RuntimeError: out of memory"}
+
+
+@pytest.mark.parametrize("candidates", [("torchscript",), ("fused", "torchscript"), ("eager",)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_give_what_the_original_gives(candidates, bad):
+    """A frozen TorchScript graph (oneDNN's fused ReLU and max-pool) turned a NaN input into
+    numbers: an input with NaN or Inf now runs the eager path wherever the chosen path would not
+    reproduce the original's NaN, and a finite input still runs the chosen path."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          sepconv.SeparableConv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    fast = sepconv.optimize_for_inference(model, x, candidates=candidates, rounds=1)
+    bad_x = x.clone()
+    bad_x[1, 2, 3, 4] = bad
+    with torch.no_grad():
+        want = model(bad_x)
+    got = fast(bad_x)
+    assert torch.isnan(want[1]).all() and not torch.isnan(want[0]).any()  # the probe means something
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    if fast.backend == "torchscript":
+        assert fast.nonfinite_to_eager  # oneDNN's fused conv + ReLU and max-pool: NaN would become numbers
+    torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

@@ -402,4 +402,19 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         return InferenceModule(correct[best], best, four_d, timings, rejected=rejected, batchnorms=batchnorms,
                                densified=densified)
     return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]),
-                           rejected=rejected, archive=archives.get(best), batchnorms=batchnorms, densified=densified)
+                           rejected=rejected, archive=archives.get(best), batchnorms=batchnorms, densified=densified,
+                           nonfinite_to_eager=not _propagates_nan(correct[best], reference_model, x))
+
+
+def _propagates_nan(module: nn.Module, reference_model: nn.Module, x: Tensor) -> bool:
+    """Whether ``module`` gives NaN where the original model does for an input with one NaN (at
+    its centre). A frozen TorchScript graph may not: oneDNN's fused ReLU and max-pool turn NaN into
+    numbers, so a corrupted input would give plausible outputs."""
+    probe = x.clone()
+    probe[tuple(s // 2 for s in probe.shape)] = float("nan")
+    try:
+        with torch.inference_mode():
+            got, want = module(probe), reference_model(probe)
+        return bool(torch.equal(torch.isnan(got), torch.isnan(want)))
+    except Exception:  # noqa: BLE001 (a model that refuses NaN inputs: route them to the eager path)
+        return False

@@ -39,12 +39,16 @@ class InferenceModule(nn.Module):
             or why it was left alone, e.g. ``{'layer1.0.bn1': "folded into 'layer1.0.conv1'"}``.
         densified: the separable layers (qualified names) that run as the dense conv they compose
             to, because that measured clearly faster on this machine (same outputs).
+        nonfinite_to_eager: True where the chosen path (a frozen TorchScript graph) would turn NaN
+            inputs into numbers: an input with NaN or Inf then runs the eager path, which gives
+            NaN where the original model does (a check costing one sum over the input).
     """
 
     def __init__(self, module: nn.Module, backend: str, channels_last: bool, timings: dict,
                  eager: Optional[nn.Module] = None, shape: Optional[tuple] = None,
                  rejected: Optional[dict] = None, archive: Optional[bytes] = None,
-                 batchnorms: Optional[dict] = None, densified: Optional[list] = None) -> None:
+                 batchnorms: Optional[dict] = None, densified: Optional[list] = None,
+                 nonfinite_to_eager: bool = False) -> None:
         super().__init__()
         self.module = module
         self.backend = backend
@@ -53,6 +57,7 @@ class InferenceModule(nn.Module):
         self.rejected = dict(rejected or {})
         self.batchnorms = dict(batchnorms or {})
         self.densified = list(densified or [])
+        self.nonfinite_to_eager = nonfinite_to_eager and eager is not None
         self._archive = archive  # the frozen TorchScript graph, saved by torch.jit (see __getstate__)
         # a traced graph has the example's sizes baked in (e.g. TF 'same' pads): other sizes run eager
         self.eager = eager
@@ -78,6 +83,9 @@ class InferenceModule(nn.Module):
         modules = self._modules  # not nn.Module.__getattr__: ~1 us per submodule lookup
         eager = modules.get("eager")
         module = eager if eager is not None and tuple(x.shape[1:]) != self.shape else modules["module"]
+        # (a sum is NaN or Inf if any element is, or if it overflows: then the eager path runs, as correct)
+        if self.nonfinite_to_eager and module is not eager and not torch.isfinite(x.sum()):
+            module = eager
         if not self._context or torch.is_inference_mode_enabled():
             return module(x)
         with torch.inference_mode():
@@ -99,13 +107,14 @@ class InferenceModule(nn.Module):
         super().__setstate__(state)
         self.__dict__.setdefault("batchnorms", {})  # saved before BatchNorm outcomes were recorded
         self.__dict__.setdefault("densified", [])
+        self.__dict__.setdefault("nonfinite_to_eager", False)  # saved before NaN inputs were routed
         if self._archive is None:
             return
         if "fused" in self.backend and _fused.load() is None:  # the graph calls the kernels' ops
             warnings.warn(f"InferenceModule: the fused kernels are not available here; the loaded model runs its "
                           f"eager path instead of {self.backend!r}", RuntimeWarning, stacklevel=2)
             self._modules["module"], self._modules["eager"] = self._modules["eager"], None
-            self.backend, self.shape, self._archive = "eager", None, None
+            self.backend, self.shape, self._archive, self.nonfinite_to_eager = "eager", None, None, False
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's: the archive is ours, read at once
