@@ -80,8 +80,8 @@ CASES = [
      "model: 'sd.pt' holds a OrderedDict, expected a whole nn.Module saved with torch.save(model, path)"),
     (["profile", "empty.pt"], "model: could not read 'empty.pt' with torch.load: EOFError: Ran out of input"),
     (["profile", "gone.pt"], "model: could not read 'gone.pt' with torch.load: ModuleNotFoundError: No module named "
-                             "'gonemod_sepconv' (the model's class must be importable: run from the folder of its "
-                             "module, or add that folder to PYTHONPATH)"),
+                             "'gonemod_sepconv' (the model's class must be importable: it is looked for in the current "
+                             "folder and the model file's folder; add the folder of its module to PYTHONPATH)"),
     (["optimize", "archive.pt2", "--input", "1x3x8x8", *OUT],
      "model: 'archive.pt2' is a program saved by sepconv (convert/optimize --output), optimized for inference already: "
      "run it with sepconv.load; convert and optimize need the model's modules (a built-in name, FILE.py:FACTORY, or a "

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,3 +400,25 @@ def test_a_loaded_program_refuses_other_sizes_clearly(tmp_path):
             assert str(info.value) == (f"input: expected shape (*, 3, 16, 16) (any batch size; the program in "
                                        f"{str(tmp_path / 'm.pt2')!r} was saved for these sizes: convert or optimize "
                                        f"again with an example of the size you need), got {tuple(bad.shape)}")
+
+
+@pytest.mark.parametrize("where", ["current folder", "model file's folder"])
+def test_the_sepconv_command_loads_a_saved_model_whose_class_is_in_a_user_file(tmp_path, where):
+    """``torch.save(model)`` pickles the class by its module's name: the installed ``sepconv``
+    command (whose sys.path, unlike ``python -m``'s, holds neither folder) finds that module in the
+    current folder or next to the model file, as the script that saved the model did."""
+    exe = Path(sys.executable).with_name("sepconv")
+    if not exe.exists():
+        pytest.skip("the sepconv command is not installed next to this Python")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mynet_for_cli_test.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 8, 3)\n\n    def forward(self, x):\n        return self.conv(x)\n")
+    subprocess.run([sys.executable, "-c", "import torch, mynet_for_cli_test; torch.save(mynet_for_cli_test.Net(), 'net.pt')"],
+                   cwd=models, check=True, timeout=600)
+    cwd, path = (models, "net.pt") if where == "current folder" else (tmp_path, os.path.join("models", "net.pt"))
+    done = subprocess.run([str(exe), "profile", path, "--input", "1x3x16x16"], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert "42,336" in done.stdout  # 14 x 14 outputs x 8 channels x 27 taps

@@ -85,12 +85,20 @@ def _from_saved(path: str) -> "nn.Module":
                          "(a built-in name, FILE.py:FACTORY, or a torch.save'd model; for a converted one, "
                          "sepconv.apply_recipe on your model class)")
 
+    # the pickle names the module of the model's class: importable, as in the script that saved it
+    # (`python script.py` or `python -m`), from the current folder or from the file's folder (the
+    # `sepconv` command's own sys.path has neither)
+    for folder in (os.path.dirname(os.path.abspath(path)), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
     def read():
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as exc:  # the pickle names the module of the model's class
-            raise ModuleNotFoundError(f"{exc} (the model's class must be importable: run from the folder of its "
-                                      "module, or add that folder to PYTHONPATH)") from None
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(f"{exc} (the model's class must be importable: it is looked for in the current "
+                                      "folder and the model file's folder; add the folder of its module to "
+                                      "PYTHONPATH)") from None
 
     obj = _guarded(read, f"model: could not read {path!r} with torch.load")
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], nn.Module):
