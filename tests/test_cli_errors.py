@@ -5,7 +5,6 @@ away (``| head``: 141, quietly).
 """
 
 import os
-import signal
 import subprocess
 import sys
 import zipfile

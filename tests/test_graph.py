@@ -3,6 +3,7 @@ leave alone, and its use by optimize_for_inference and convert."""
 
 import copy
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -272,11 +273,15 @@ def test_convert_folds_graph_batchnorms_and_reports_them():
 def test_convert_leaves_a_training_mode_batchnorm_and_says_why():
     model = resnet_basic().double()
     model.layer1[0].bn2.train()
-    new, report = convert(model, example_input=torch.randn(1, 3, 32, 32, dtype=F64))
+    with pytest.warns(RuntimeWarning, match=r"^convert: BatchNorm 'layer1.0.bn2' is in training mode, so it is not folded "
+                                            r"into its conv .*; call model.eval\(\) first$"):
+        new, report = convert(model, example_input=torch.randn(1, 3, 32, 32, dtype=F64))
     assert report.batchnorms["layer1.0.bn2"] == REASON_TRAIN
     assert isinstance(new.layer1[0].bn2, nn.BatchNorm2d) and _count_bn(new) == 1
     assert "BatchNorms folded 13 of 14" in report.to_markdown()
-    _, report = convert(model, example_input=torch.randn(1, 3, 32, 32, dtype=F64), fold_bn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to fold, nothing to say
+        _, report = convert(model, example_input=torch.randn(1, 3, 32, 32, dtype=F64), fold_bn=False)
     assert report.batchnorms == {}
 
 

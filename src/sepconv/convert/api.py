@@ -275,6 +275,12 @@ def _checked_inputs(model, method, budget, rank, tolerance, allocation, example_
             raise TypeError(f"{flag}: expected a bool, got {value!r}")
     for pname, p in model.named_parameters():
         check_finite("model", p, f" of parameter '{pname}'")
+    training = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if fold_bn and training:
+        more = f" (and {len(training) - 1} more)" if len(training) > 1 else ""
+        warnings.warn(f"convert: BatchNorm {training[0]!r}{more} is in training mode, so it is not folded into its conv "
+                      "(in training mode it normalizes by each batch's statistics, not its running ones); call "
+                      "model.eval() first", RuntimeWarning, stacklevel=3)
     batches = _batches(calibration_data) if calibration_data is not None else None
     profiles = {}
     if example_input is not None:
