@@ -407,8 +407,8 @@ def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor
     Example:
         >>> sobel = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]])
         >>> col, row = separate_kernel(sobel)
-        >>> col.tolist(), row.tolist()  # (the middle tap is -0.0, equal to 0.0)
-        ([1.0, 2.0, 1.0], [-1.0, -0.0, 1.0])
+        >>> col.tolist(), row.tolist()
+        ([1.0, 2.0, 1.0], [-1.0, 0.0, 1.0])
         >>> torch.equal(torch.outer(col, row), sobel)
         True
     """
@@ -423,7 +423,8 @@ def separate_kernel(kernel: Tensor, rtol: float = 1e-6) -> Optional[tuple[Tensor
     sign = torch.sign(row[nz][-1])  # the last non-zero entry positive: [-1, 0, 1], not [1, 0, -1]
     row, col = row / (scale * sign), col * (scale * sign)
     dtype = kernel.dtype if kernel.is_floating_point() else torch.get_default_dtype()
-    return col.to(dtype), row.to(dtype)
+    # + 0.0 turns a -0.0 (a zero tap times a negative sign) into 0.0, as the kernel writes it
+    return col.to(dtype) + 0.0, row.to(dtype) + 0.0
 
 
 def best_approximations(weight: Tensor, structure: str, ranks, groups: int = 1) -> dict:
