@@ -87,6 +87,11 @@ def test_functional_errors():
         SF.separable_filter2d(x, torch.ones(3), torch.ones(3), padding="full")
     with pytest.raises(ValueError, match=r"kernel_x: expected shape \(k,\) or \(3, k\), got \(2, 3\)"):
         SF.separable_filter2d(x, torch.ones(2, 3), torch.ones(3))
+    with pytest.raises(ValueError, match=r"^kernel_x: expected finite values, got nan at index \(1,\)$"):
+        SF.separable_filter2d(x, torch.tensor([1.0, float("nan"), 1.0]), torch.ones(3))
+    with pytest.raises(ValueError, match=r"^kernel_y: expected finite values, got inf at index \(2, 0\)$"):
+        SF.separable_filter2d(x, torch.ones(3), torch.ones(3, 3).index_put_((torch.tensor(2), torch.tensor(0)),
+                                                                             torch.tensor(float("inf"))))
     with pytest.raises(ValueError, match=r"image: expected H > 3 and W > 3 for border='reflect' with a 7x7 kernel, got 3x8"):
         SF.separable_filter2d(torch.ones(1, 1, 3, 8), torch.ones(7), torch.ones(7))
     with pytest.raises(ValueError, match=r"limit: expected None or a non-negative int, got -5"):

@@ -6,6 +6,7 @@ from typing import List
 import torch
 from torch import Tensor
 
+from .._checks import check_finite
 from ..padding import to_fpad
 from ._core import pad_input
 
@@ -69,6 +70,7 @@ def separable_filter2d(image: Tensor, kernel_x: Tensor, kernel_y: Tensor, paddin
     for name, k in (("kernel_y", kernel_y), ("kernel_x", kernel_x)):
         if not isinstance(k, Tensor):
             k = torch.as_tensor(k)
+        check_finite(name, k)  # filter weights: NaN or Inf would silently fill the output with NaN
         if k.dim() == 1:
             k = k.expand(c, k.shape[0])
         if k.dim() != 2 or k.shape[0] != c or k.shape[1] < 1:
