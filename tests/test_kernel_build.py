@@ -94,11 +94,16 @@ def test_doctor_names_the_cpu_isa_and_kernels(capsys):
     assert out[4].startswith(f"kernel ISA: {_fused.load().isa()} (") and out[4].endswith("; SEPCONV_ISA forces one)")
 
 
-def test_doctor_says_why_without_kernels(monkeypatch):
+def test_doctor_says_why_without_kernels(monkeypatch, tmp_path):
     monkeypatch.setattr(_fused, "_state", {"module": None, "error": "CalledProcessError: no compiler\nmore"})
     assert report()[-1] == "kernels: not available, the PyTorch path is used (CalledProcessError: no compiler)"
     monkeypatch.setattr(_fused, "_state", {})
-    assert report(build=False)[-1] == f"kernels: not loaded in this process (built on first use in {_fused.build_directory()})"
+    where, marker = _fused.build_directory(), tmp_path / "built-these-sources"
+    monkeypatch.setattr(_fused, "_marker", lambda directory: str(marker))  # what a finished build leaves
+    marker.touch()
+    assert report(build=False)[-1] == f"kernels: built in {where}, not loaded in this process"
+    marker.unlink()
+    assert report(build=False)[-1] == f"kernels: not built yet (built on first use, or by sepconv doctor, in {where})"
 
 
 def test_version_needs_no_torch_import():

@@ -112,21 +112,38 @@ def _exclusive(directory: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _flags() -> tuple:
+    """(compiler flags, linker flags) of the build."""
+    import torch
+
+    openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
+    # no -march: the build runs on any CPU of this architecture; the ISA files add their own targets
+    return ["-O3", *openmp], openmp
+
+
+def _marker(directory: str) -> str:
+    """The file a finished build of these sources with these flags leaves in ``directory``."""
+    cflags, openmp = _flags()
+    return os.path.join(directory, f"built-{_fingerprint(cflags + openmp)}")
+
+
+def built() -> bool:
+    """Whether this environment has a finished build of the current sources (never compiles)."""
+    return os.path.exists(_marker(build_directory()))
+
+
 def _build():
     """Build (or load the cached build of) the extension; says so on stderr when it compiles."""
     from torch.utils.cpp_extension import load as load_extension
-    import torch
 
     # the pip-installed ninja lives next to this interpreter, which may not be on PATH
     bindir = os.path.dirname(sys.executable)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-    # no -march: the build runs on any CPU of this architecture; the ISA files add their own targets
-    cflags = ["-O3", *openmp]
+    cflags, openmp = _flags()
     directory = build_directory()
     os.makedirs(directory, exist_ok=True)
-    marker = os.path.join(directory, f"built-{_fingerprint(cflags + openmp)}")
+    marker = _marker(directory)
     with _exclusive(directory):
         fresh = not os.path.exists(marker)
         if fresh:

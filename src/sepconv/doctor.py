@@ -94,7 +94,9 @@ def report(build: bool = True) -> list[str]:
     elif _fused.error():
         lines.append(f"kernels: not available, the PyTorch path is used ({_fused.error().splitlines()[0]})")
     else:
-        lines.append(f"kernels: not loaded in this process (built on first use in {_fused.build_directory()})")
+        where = _fused.build_directory()
+        lines.append(f"kernels: built in {where}, not loaded in this process" if _fused.built() else
+                     f"kernels: not built yet (built on first use, or by sepconv doctor, in {where})")
     return lines
 
 
