@@ -600,3 +600,17 @@ def test_non_finite_inputs_give_what_the_original_gives(candidates, bad):
     if fast.backend == "torchscript":
         assert fast.nonfinite_to_eager  # oneDNN's fused conv + ReLU and max-pool: NaN would become numbers
     torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("candidates", [("eager",), ("fused",), ("torchscript",)])
+def test_an_input_of_another_dtype_is_a_type_error(candidates):
+    """The optimized weights and graph take the example's dtype: another one is a TypeError saying
+    so (it was a RuntimeError from inside the TorchScript interpreter or a kernel)."""
+    model = nn.Sequential(sepconv.SeparableConv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    fast = sepconv.optimize_for_inference(model, x, candidates=candidates, rounds=1)
+    for dtype in (torch.float64, torch.int64):
+        with pytest.raises(TypeError, match=rf"^input: expected dtype torch.float32 \(the example input's, which the "
+                                            rf"model was optimized for\), got {dtype}$"):
+            fast(x.to(dtype))
+    torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

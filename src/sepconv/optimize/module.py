@@ -42,13 +42,15 @@ class InferenceModule(nn.Module):
         nonfinite_to_eager: True where the chosen path (a frozen TorchScript graph) would turn NaN
             inputs into numbers: an input with NaN or Inf then runs the eager path, which gives
             NaN where the original model does (a check costing one sum over the input).
+        input_dtype: the example input's dtype, the one the optimized weights and graph take (another
+            raises a ``TypeError``; ``None``: not checked).
     """
 
     def __init__(self, module: nn.Module, backend: str, channels_last: bool, timings: dict,
                  eager: Optional[nn.Module] = None, shape: Optional[tuple] = None,
                  rejected: Optional[dict] = None, archive: Optional[bytes] = None,
                  batchnorms: Optional[dict] = None, densified: Optional[list] = None,
-                 nonfinite_to_eager: bool = False) -> None:
+                 nonfinite_to_eager: bool = False, input_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.module = module
         self.backend = backend
@@ -58,6 +60,7 @@ class InferenceModule(nn.Module):
         self.batchnorms = dict(batchnorms or {})
         self.densified = list(densified or [])
         self.nonfinite_to_eager = nonfinite_to_eager and eager is not None
+        self.input_dtype = input_dtype
         self._archive = archive  # the frozen TorchScript graph, saved by torch.jit (see __getstate__)
         # a traced graph has the example's sizes baked in (e.g. TF 'same' pads): other sizes run eager
         self.eager = eager
@@ -73,6 +76,9 @@ class InferenceModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+        if self.input_dtype is not None and x.dtype != self.input_dtype:
+            raise TypeError(f"input: expected dtype {self.input_dtype} (the example input's, which the model was optimized "
+                            f"for), got {x.dtype}")
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError(
                 "optimize_for_inference returned an inference-only model (BatchNorm folded, frozen graph); "
@@ -108,6 +114,7 @@ class InferenceModule(nn.Module):
         self.__dict__.setdefault("batchnorms", {})  # saved before BatchNorm outcomes were recorded
         self.__dict__.setdefault("densified", [])
         self.__dict__.setdefault("nonfinite_to_eager", False)  # saved before NaN inputs were routed
+        self.__dict__.setdefault("input_dtype", None)  # saved before input dtypes were checked
         if self._archive is None:
             return
         if "fused" in self.backend and _fused.load() is None:  # the graph calls the kernels' ops
