@@ -168,12 +168,15 @@ def _fold_target(name: str, m: nn.Module) -> Optional[tuple[str, nn.Module]]:
     return None
 
 
+TRAINING_MODE = "in training mode: it normalizes with each batch's statistics (call model.eval() first)"
+
+
 def _bn_reason(bn: nn.Module) -> str:
     """Why a BatchNorm cannot be folded whatever precedes it ('' if it can)."""
     if not bn.track_running_stats or bn.running_mean is None:
         return "no running statistics (track_running_stats=False): it normalizes with each batch's statistics"
     if bn.training:
-        return "in training mode: it normalizes with each batch's statistics (call model.eval() first)"
+        return TRAINING_MODE
     return ""
 
 

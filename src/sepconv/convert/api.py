@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .. import cost as C
 from .._checks import check_finite, check_module
-from ..graph import find_conv_bn, fold_chains
+from ..graph import TRAINING_MODE, find_conv_bn, fold_chains
 from .allocate import _choose, macs_within_time
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
@@ -99,6 +99,12 @@ def convert(
     rows = _layer_shapes(model, probe, profiles, report)
     found = find_conv_bn(target) if fold_bn else None  # BatchNorms wherever forward calls them; folded at the surgery
     report.batchnorms = found.batchnorms if found else {}
+    training = [name for name, why in report.batchnorms.items() if why == TRAINING_MODE]  # the folding's own reason
+    if training:
+        more = f" (and {len(training) - 1} more)" if len(training) > 1 else ""
+        warnings.warn(f"convert: BatchNorm {training[0]!r}{more} is in training mode, so it is not folded into its conv "
+                      "(in training mode it normalizes by each batch's statistics, not its running ones); call "
+                      "model.eval() first", RuntimeWarning, stacklevel=2)
     source = "example_input" if example_input is not None else "calibration_data"  # what the probe came from
     unbatched = None if probe is None else f"{source}: expected a batched input, got shape {tuple(probe.shape)}"
     layers, report.skipped = _find_layers(target, method, found, rows, unbatched)
@@ -275,12 +281,6 @@ def _checked_inputs(model, method, budget, rank, tolerance, allocation, example_
             raise TypeError(f"{flag}: expected a bool, got {value!r}")
     for pname, p in model.named_parameters():
         check_finite("model", p, f" of parameter '{pname}'")
-    training = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    if fold_bn and training:
-        more = f" (and {len(training) - 1} more)" if len(training) > 1 else ""
-        warnings.warn(f"convert: BatchNorm {training[0]!r}{more} is in training mode, so it is not folded into its conv "
-                      "(in training mode it normalizes by each batch's statistics, not its running ones); call "
-                      "model.eval() first", RuntimeWarning, stacklevel=3)
     batches = _batches(calibration_data) if calibration_data is not None else None
     profiles = {}
     if example_input is not None:
