@@ -2,9 +2,8 @@
 (:mod:`.candidates`, :mod:`.allocate`, :mod:`.surgery`, :mod:`.calibrate`, :mod:`.report`)."""
 
 import copy
-import dataclasses
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Optional, Union
 
 import torch
@@ -13,15 +12,14 @@ from torch import Tensor, nn
 from .. import cost as C
 from .._checks import check_finite, check_module
 from ..graph import TRAINING_MODE, find_conv_bn, fold_chains
-from .allocate import _choose, macs_within_time
 from .calibrate import _batches, _capture_inputs, _check_input, _check_runs, _covariances, _dense_apply, _refine, _rel
 from .candidates import NOMINAL_SIZE, _candidates, _Candidate, _Layer, _structures, _with_dense
 from .parallel import map_layers
-from .portfolio import best_choice, measure_sensitivities
+from .by_time import latency_choice
+from .portfolio import macs_choice
 from ..prior import input_scales
 from .report import ConversionReport, LayerConversion
 from .surgery import _find_layers, _operate
-from . import timing
 
 METHODS = ("auto", "depthwise", "blueprint", "spatial")
 ALLOCATIONS = ("global", "uniform")
@@ -119,9 +117,10 @@ def convert(
     _rank_candidates(layers, method, rank)
     probe_inputs, reference = _reference(model, layers, probe, source)  # before any surgery: model may be target
     if cost == "latency":
-        choice = _latency_choice(model, target, layers, found, probe, reference, method, budget, batches, report)
+        refit = None if batches is None else lambda trial, made: _refine(trial, layers, made, batches, inputs)
+        choice = latency_choice(model, target, layers, found, probe, reference, method, budget, batches, report, refit)
     else:
-        choice, report.message = _macs_choice(target, layers, found, probe, reference, method, batches,
+        choice, report.message = macs_choice(target, layers, found, probe, reference, method, batches,
                                               (budget, rank, tolerance, allocation, report.macs_before))
     new_layers = _operate(target, layers, choice, found)
     converted = {l.name: new_layers[l.name] for l in layers if choice[l.name].structure != "dense"}
@@ -129,125 +128,6 @@ def convert(
     _fill_report(report, target, layers, choice, new_layers, probe, probe_inputs, reference, batches, unrefit)
     report.warn_if_unusable("the example input" if batches is None else "the calibration data")
     return target, report
-
-
-def _latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], found, probe: Tensor,
-                    reference: Tensor, method: str, budget: float, batches, report: ConversionReport) -> dict:
-    """The choice under a time budget that holds as measured (:func:`timing.within_budget`): each
-    allocation is built on a copy of ``target``, optimized and timed side by side with the
-    optimized original, and corrected where it missed. Sets ``report.latency`` (and warns where
-    no allocation met the budget as measured)."""
-    if batches is None:  # data-free: each layer's error weighed by its measured effect on the output
-        measure_sensitivities(target, layers, found, probe, reference)
-    original = timing.optimized(model, probe)  # as deployed: what the budget is a fraction of
-    path = timing.optimized(model, probe, timing.LAYER_PATHS)  # the paths the layers are timed through
-    timing.attach_latencies(layers)
-    # the dense layers' times inside the model, and the model's own time from the same calls: the
-    # prediction's base, of which the predicted time may be the budget's fraction
-    latency_ms, inside = timing.in_context(path, [l.name for l in layers], probe)
-    timing.in_model_times(layers, inside)
-
-    def choose(ms: float, fraction: float) -> tuple[dict, str]:
-        args = (fraction, None, None, "global", report.macs_before, ms)
-        choice = _choose(layers, *args)
-        if batches is not None:  # allocated by output error already
-            return choice, ""
-        # the proxy checked on the example, against the MAC-shaped allocation of the same predicted time
-        shaped = macs_within_time(layers, fraction, ms, report.macs_before)
-        return best_choice(target, layers, choice, found, probe, reference, args,
-                           extra={"by-MACs": shaped} if shaped is not None else None,
-                           structures=method == "auto", who=method)
-
-    def build(choice: dict) -> tuple[nn.Module, float]:
-        trial = _trial(target, layers, choice, found)
-        with torch.no_grad():
-            return trial, _rel(trial(probe), reference)
-
-    by_macs = _by_macs(target, layers, found, probe, reference, method, batches, report.macs_before)
-    kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, by_macs,
-                                        redraw=lambda: timing.optimized(model, probe))
-    report.message = _kept_message(kept, trials, budget)
-    report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
-                          measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
-                          measured_ratio=kept.ratio, rounds=len(trials),
-                          trials=[dict(predicted_ratio=t.predicted_ratio, measured_ratio=t.ratio,
-                                       output_error=t.error, macs_fraction=t.macs_fraction, runs=t.runs,
-                                       rejected=t.rejected) for t in trials],
-                          batch=int(probe.shape[0]), threads=torch.get_num_threads())
-    if not kept.met(budget):
-        tried = f"the fastest of {len(trials)} allocations" if len(trials) > 1 else "the allocation"
-        over = (f"{kept.ratio / budget - 1:.0%} over" if kept.ratio > budget else
-                f"the mean of {kept.runs} runs; measured again, it missed")
-        note = (f"the time budget was not reached as measured: {tried} measured "
-                f"{kept.ratio:.3f} of the optimized original's time, budget {budget} ({over})")
-        report.message = f"{report.message}; {note}" if report.message else note
-        warnings.warn(f"convert: {note}", RuntimeWarning, stacklevel=3)
-    return kept.choice
-
-
-def _macs_choice(target: nn.Module, layers: list[_Layer], found, probe: Optional[Tensor], reference, method: str,
-                 batches, args: tuple) -> tuple[dict, str]:
-    """``cost="macs"``'s allocation under ``_choose``'s ``args`` (budget, rank, tolerance, allocation,
-    total MACs) and its message: data-free, ``auto`` under a budget checks its proxy on the example
-    against each single structure's allocation (:func:`~.portfolio.best_choice`)."""
-    choice = _choose(layers, *args)
-    if method == "auto" and args[0] is not None and batches is None:
-        return best_choice(target, layers, choice, found, probe, reference, (*args, None))
-    return choice, ""
-
-
-def _by_macs(target: nn.Module, layers: list[_Layer], found, probe: Tensor, reference: Tensor, method: str, batches,
-             total: int) -> Callable[[float], Optional[dict]]:
-    """``fraction -> choice``: the allocation by MACs at ``fraction`` of the MACs, None where no
-    allocation has that few. Of what ``cost="macs"`` chooses (the layers weighed alike) and the
-    same allocation with each layer weighed by its measured effect on the output (``layers``'
-    sensitivities), the one closer to the original on the example: where the MAC budget's model
-    fits the time budget as measured, the result is at least as close as that model. Measured by
-    :func:`timing.within_budget`, it shows what the time table cannot (on ResNet-50 at batch 8, 75%
-    of the MACs ran in 0.68 of the time where the table predicted more)."""
-    alike = [dataclasses.replace(l, sensitivity=1.0) for l in layers]
-
-    def at(fraction: float) -> Optional[dict]:
-        args = (fraction, None, None, "global", total)
-        try:
-            plain = _macs_choice(target, alike, found, probe, reference, method, batches, args)[0]
-            weighed = _macs_choice(target, layers, found, probe, reference, method, batches, args)[0]
-        except ValueError:  # no allocation has that few MACs
-            return None
-        if all(plain[k] is weighed[k] for k in plain):
-            return plain
-        return best_choice(target, layers, plain, found, probe, reference, (*args, None), extra={"weighed": weighed},
-                           structures=False)[0]
-    return at
-
-
-def _kept_message(kept: timing.Trial, trials: list, budget: float) -> str:
-    """``kept``'s message, or where an allocation by MACs (:func:`_by_macs`) was kept, why."""
-    if kept.macs_fraction is None:
-        return kept.message
-    others = [t for t in trials if t.macs_fraction is None]
-    met = [t.error for t in others if t.met(budget)]
-    if met:
-        why = f"closer to the original on the example (output error {kept.error:.4g} against {min(met):.4g})"
-    elif others:
-        fastest = min(others, key=lambda t: t.ratio)
-        runs = f", mean of {fastest.runs} runs" if fastest.runs > 1 else ""
-        why = f"the allocations by time missed the budget as measured (the fastest: {fastest.ratio:.3f}{runs})"
-    else:
-        why = "no allocation by time was predicted to fit"
-    return f"kept the allocation by {kept.macs_fraction:.3g} of the MACs, measured at {kept.ratio:.3f} of the time: {why}"
-
-
-def _trial(target: nn.Module, layers: list[_Layer], choice: dict, found) -> nn.Module:
-    """``target`` converted as ``choice`` says, on a copy (the module tree copied, the tensors
-    shared: the surgery assigns new parameters), in eval mode; ``target`` and the layers'
-    spectra stay as they were, for the next allocation and the final surgery."""
-    trial = copy.deepcopy(target, {id(t): t for t in (*target.parameters(), *target.buffers())})
-    spectra = [l.spectra for l in layers]
-    _operate(trial, layers, choice, found)
-    for l, s in zip(layers, spectra):
-        l.spectra = s
-    return trial.eval()
 
 
 def _weigh(layers: list[_Layer], model: nn.Module, report: ConversionReport) -> None:

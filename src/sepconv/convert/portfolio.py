@@ -146,3 +146,14 @@ def _approximation(l: _Layer, c: _Candidate) -> Tensor:
     if l.scale is not None:  # the input factor is divided by the scale (surgery._unscale_input)
         w = w / l.scale.to(w.dtype).view(1, -1, *([1] * (w.dim() - 2)))
     return w
+
+
+def macs_choice(target: nn.Module, layers: list[_Layer], found, probe: Optional[Tensor], reference, method: str,
+                 batches, args: tuple) -> tuple[dict, str]:
+    """``cost="macs"``'s allocation under ``_choose``'s ``args`` (budget, rank, tolerance, allocation,
+    total MACs) and its message: data-free, ``auto`` under a budget checks its proxy on the example
+    against each single structure's allocation (:func:`~.portfolio.best_choice`)."""
+    choice = _choose(layers, *args)
+    if method == "auto" and args[0] is not None and batches is None:
+        return best_choice(target, layers, choice, found, probe, reference, (*args, None))
+    return choice, ""
