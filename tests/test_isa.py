@@ -44,11 +44,14 @@ def test_the_widest_supported_isa_is_active_by_default(ext):
         assert _fused.isa() == (expected[0], "the widest this CPU supports")
 
 
-def test_blocking_follows_the_vector_width_and_l1(ext, isa):
+def test_blocking_follows_the_vector_width_and_the_caches(ext, isa):
     vl, mr, cols, kc = ext.blocking()
-    assert (vl, mr, cols) == {"avx512": (16, 14, 32), "avx2": (8, 6, 16), "generic": (8, 6, 16)}[isa]
+    assert (vl, mr, cols) == {"avx512": (16, 6, 64), "avx2": (8, 6, 16), "generic": (8, 6, 16)}[isa]
     l1, l2 = ext.cache_sizes()
-    assert kc == max(64, l1 // 2 // (cols * 4) // 16 * 16)  # a block of weight panels in half of L1
+    if cols >= 64:  # a block of weight panels in a quarter of L2 (streamed from there)
+        assert kc == max(64, l2 // 4 // (cols * 4) // 16 * 16)
+    else:  # in half of L1
+        assert kc == max(64, l1 // 2 // (cols * 4) // 16 * 16)
 
 
 def _sys_cache(level: int) -> int:

@@ -228,8 +228,7 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, isa, cin, cout, k, strid
 
 @pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112), (768, 784, 5)])
 def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size):
-    """Deep inputs (the GEMM sums over blocks of channels sized from the L1 cache: 192 for AVX-512
-    and 384 for AVX2 with a 48 KiB L1, so 520 splits on the first, 777 on both; 777 in two tiles;
+    """Deep inputs (777 in two tiles, and over the AVX2 channel block of 384 with a 48 KiB L1;
     plain stores), an output of 3.2 MB (plain stores) and one of 4.8 MB with C <= 384 (over 4 MB:
     streaming stores); weights over half of L2 (2.4 MB) in one tile: the threads split the weight
     panels (in whole register blocks: 49 panels) instead of the pixels."""
@@ -242,6 +241,28 @@ def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size
     ref = copy.deepcopy(layer).double()(x.double())
     with torch.inference_mode():
         out = fused(x)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemms_deeper_than_a_channel_block_sum_partial_blocks(fused_ext, isa, threads):
+    """Inputs deeper than 1.5 channel blocks (``blocking()``'s last value: from L1 for 16-column
+    blocks, from L2 for AVX-512's 64-column ones) are summed in blocks, the partial sums kept
+    between them: the fused dw+pw and the linear GEMM, with 80 and 72 outputs (a 64-column block
+    and a leftover of one panel, whole or half filled)."""
+    from sepconv.optimize import FusedLinear, FusedSeparableConv2d
+
+    kc = fused_ext.blocking()[3]
+    deep = 2 * kc + 37  # three channel blocks, the last one partial
+    torch.manual_seed(0)
+    layer = sepconv.SeparableConv2d(deep, 80, 3, 1, 1).eval()
+    x = torch.randn(1, deep, 4, 5)
+    out = _with_threads(threads, FusedSeparableConv2d(layer, 1), x)
+    torch.testing.assert_close(out.double(), copy.deepcopy(layer).double()(x.double()).relu(), rtol=1e-5, atol=1e-5)
+    linear = nn.Linear(deep, 72).eval()
+    a = torch.randn(9, deep)
+    out = _with_threads(threads, FusedLinear(linear, 0), a)
+    ref = nn.functional.linear(a.double(), linear.weight.double(), linear.bias.double())
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 

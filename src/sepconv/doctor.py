@@ -103,7 +103,7 @@ def report(build: bool = True) -> list[str]:
 def isa_line(module) -> str:
     """The active kernels' instruction set, its blocking, and why it was chosen.
 
-    Example: ``kernel ISA: avx512 (16-float vectors, GEMM blocks 14x32, channel blocks of 192;
+    Example: ``kernel ISA: avx512 (16-float vectors, GEMM blocks 6x64, channel blocks of 2048;
     caches L1d 48 KiB, L2 2048 KiB; the widest this CPU supports, of avx512, avx2, generic;
     SEPCONV_ISA forces one)``
     """

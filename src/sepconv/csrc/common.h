@@ -93,7 +93,7 @@ inline void parallel_claim(int64_t jobs, const Body& body) {
 // inference engine's arena, outputs of 1 MiB and more therefore come from a small caching
 // allocator: when the last reference to such a tensor's storage goes (tensor, views, NumPy
 // arrays, graph values: the storage's own refcount decides), its memory returns to an idle list
-// (at most POOL_SIZE blocks, the rest freed) and the next output of the same size reuses it.
+// (at most POOL_SIZE blocks, the rest freed) and the next output that fits reuses it.
 // Memory still referenced is never reused.
 constexpr int64_t POOL_MIN_BYTES = int64_t(1) << 20;
 constexpr size_t POOL_SIZE = 16;
@@ -124,8 +124,12 @@ struct PoolAllocator final : c10::Allocator {
     PooledBlock* block = nullptr;
     {
       std::lock_guard<std::mutex> lock(pool_mutex);
-      for (size_t i = 0; i < idle_blocks.size(); ++i)
-        if (idle_blocks[i]->bytes == n) {
+      // the most recently freed block that fits (up to 4x the size): its lines are the likeliest
+      // to be in cache still (often the input the previous layer just read), so writing the
+      // output does not first fetch every line from DRAM; the oldest block of the exact size was
+      // taken before (MobileNetV1 at batch 1: 1-2% faster whole, in one process, on Zen 4)
+      for (size_t i = idle_blocks.size(); i-- > 0;)
+        if (idle_blocks[i]->bytes >= n && idle_blocks[i]->bytes <= 4 * n) {
           block = idle_blocks[i];
           idle_blocks.erase(idle_blocks.begin() + i);
           break;

@@ -16,7 +16,7 @@
 // measured 10-45% slower at batch 8, where the input comes from DRAM). In the first and last
 // rows the same steps sum over the in-image tap rows only (a per-pixel path for them was 2.6x
 // slower per pixel: 27% of a 14x14 image); the first and last columns sum their in-image taps
-// pixel by pixel. GEMM: MR pixels x 16 (AVX2) or 32 (AVX-512) output channels of accumulators
+// pixel by pixel. GEMM: MR pixels x 16 (AVX2) or 64 (AVX-512) output channels of accumulators
 // against weights prepacked as (ceil(N / 16), C, 16) panels, reading the tile in place; a large
 // output of a shallow GEMM is written with streaming stores (it would only evict the next tile's
 // data from cache otherwise).
@@ -28,7 +28,7 @@
 //
 // The depthwise pass and the GEMM are the active instruction set's kernels (kernels.h, isa_impl.h:
 // AVX-512, AVX2 + FMA or the baseline, chosen at run time), this file the checks, tiles and threads;
-// the register blocks (MR rows x 16 or 32 columns) and the GEMM's channel blocks come from the
+// the register blocks (MR rows x 16 or 64 columns) and the GEMM's channel blocks come from the
 // vector width and the L1 size. Threads: at::parallel_for, i.e. torch's own pool and thread count (with
 // the OpenMP backend this file must be compiled with -fopenmp, or the loop runs on one thread).
 #include <ATen/Parallel.h>

@@ -113,7 +113,11 @@ int64_t l2_bytes() {
 }
 
 int64_t kc_block(const Kernels& k) {
-  // a block of weight panels (kc x cols floats) in half of L1, reused from there by every row step
+  // a block of weight panels (kc x cols floats) reused by every row step: in half of L1 for blocks
+  // of up to 32 columns; 64-column blocks (AVX-512) read 4 weight vectors per 6 broadcasts, which
+  // L2 serves at full speed, so their block fills a quarter of L2 instead (on Zen 4, 1024-deep
+  // GEMMs unsplit ran at the FMA peak, where 64-deep blocks would add a partial-sum pass every 64)
+  if (k.cols >= 64) return std::max<int64_t>(64, l2_bytes() / 4 / (k.cols * 4) / 16 * 16);
   return std::max<int64_t>(64, l1_bytes() / 2 / (k.cols * 4) / 16 * 16);
 }
 

@@ -10,9 +10,12 @@
 // leftover 8-channel blocks).
 //
 // GEMM register blocking, from the vector width and register count: a block is MR rows x COLS
-// columns, COLS = 16 x NP packed panels, NV = COLS / VL vectors per row, MR = (REGS - 4) / NV rows
-// (the other registers hold the NV weight vectors and a broadcast): 6 x 16 for AVX2 (12 ymm
-// accumulators), 14 x 32 for AVX-512 (28 zmm accumulators).
+// columns, COLS = 16 x NP packed panels, NV = COLS / VL vectors per row; rows_for(NV) rows (the
+// other registers hold the NV weight vectors and a broadcast): 6 x 16 for AVX2 (12 ymm
+// accumulators), 6 x 64 for AVX-512 (24 zmm accumulators: per channel 6 broadcasts and 4 weight
+// loads feed 24 FMAs, where 14 x 32 needed 14 + 2 for 28; on Zen 4 the 6 x 64 block ran a 32-deep
+// GEMM 1.25x as fast warm, 1.5x with its output not in cache, and deep ones 1.1x, near the FMA
+// peak). Leftover panels (N not a multiple of 64) run in blocks of 2 (14 rows) and 1.
 //
 // Depthwise (see fused_dwpw.cpp): steps of 4 output pixels x V vectors of channels (whole 64-byte
 // lines), so each weight load serves four pixels and 4 V FMA chains run independently; the first
@@ -25,9 +28,14 @@ struct Half { typedef float vec __attribute__((vector_size(32))); static constex
 typedef Full::vec vec;
 constexpr int VL = SEPCONV_VL;
 constexpr int NB = 16;                                  // floats per packed weight panel
-constexpr int NP = VL >= NB ? 2 : 1;                    // panels per GEMM block
+constexpr int NP = VL >= NB ? 4 : 1;                    // panels per GEMM block
 constexpr int COLS = NB * NP, NV = COLS / VL;           // columns, vectors per row of a block
-constexpr int MR = (SEPCONV_REGS - 4) / NV;             // rows per block
+// rows of a register block of J vectors per row: 6 for 64 columns, else as many as the registers
+// hold (at most 14)
+constexpr int rows_for(int J) {
+  return J * VL >= 64 ? 6 : ((SEPCONV_REGS - 4) / J < 14 ? (SEPCONV_REGS - 4) / J : 14);
+}
+constexpr int MR = rows_for(NV);                        // rows per full block
 
 static inline i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 static inline i64 imax(i64 a, i64 b) { return a > b ? a : b; }
@@ -76,7 +84,7 @@ template <class V> static inline V act_vec(V v, i64 act) {
 // otherwise kept one offset per row (14 for AVX-512) and spilled some of them inside the loop
 template <int R, int NPB>
 __attribute__((always_inline)) static inline void rows_x_panels(const float* a, i64 lda, i64 kc, const float* wp, i64 pstride,
-                                                                 vec (*acc)[NV]) {
+                                                                 vec (*acc)[NPB * NB / VL]) {
   constexpr int J = NPB * NB / VL;
   constexpr int NBASE = (R + 2) / 3;
   const float* base[NBASE];
@@ -98,7 +106,7 @@ __attribute__((always_inline)) static inline void rows_x_panels(const float* a, 
 // rows_x_panels for mr (1..R) rows
 template <int NPB, int R>
 __attribute__((always_inline)) static inline void rows_x_panels_n(int mr, const float* a, i64 lda, i64 kc, const float* wp,
-                                                                   i64 pstride, vec (*acc)[NV]) {
+                                                                   i64 pstride, vec (*acc)[NPB * NB / VL]) {
   if constexpr (R == 1) {
     rows_x_panels<1, NPB>(a, lda, kc, wp, pstride, acc);
   } else {
@@ -109,7 +117,7 @@ __attribute__((always_inline)) static inline void rows_x_panels_n(int mr, const 
 
 // act(accumulators) of mr rows into out (rows at stride N, the first `width` columns)
 template <int NPB>
-__attribute__((always_inline)) static inline void store_rows(float* out, i64 N, i64 width, int mr, vec (*acc)[NV], i64 act,
+__attribute__((always_inline)) static inline void store_rows(float* out, i64 N, i64 width, int mr, vec (*acc)[NPB * NB / VL], i64 act,
                                                               bool stream) {
   constexpr int J = NPB * NB / VL;
   alignas(64) float tmp[COLS];
@@ -126,13 +134,13 @@ __attribute__((always_inline)) static inline void store_rows(float* out, i64 N, 
   }
 }
 
-// P rows cut into ceil(P / MR) steps of near-equal size (for MR = 6, 6s and 5s for P = 49, not
+// P rows cut into ceil(P / R) steps of near-equal size (for R = 6, 6s and 5s for P = 49, not
 // eight 6s and a 1): a step of few rows loads as many weights as a full one for a fraction of the
 // multiply-adds
 struct Steps {
   i64 base, extra;  // the first `extra` steps have base + 1 rows, the others base
-  explicit Steps(i64 P) {
-    const i64 n = imax(1, (P + MR - 1) / MR);
+  Steps(i64 P, int R) {
+    const i64 n = imax(1, (P + R - 1) / R);
     base = P / n;
     extra = P % n;
   }
@@ -140,7 +148,7 @@ struct Steps {
 };
 
 template <int NPB>
-__attribute__((always_inline)) static inline void load_bias(const float* bias, i64 n0, vec (*acc)[NV], int mr) {
+__attribute__((always_inline)) static inline void load_bias(const float* bias, i64 n0, vec (*acc)[NPB * NB / VL], int mr) {
   constexpr int J = NPB * NB / VL;
   vec b[J];
   for (int j = 0; j < J; ++j) b[j] = bias ? load<vec>(bias + n0 + j * VL) : splat<vec>(0.f);
@@ -148,33 +156,63 @@ __attribute__((always_inline)) static inline void load_bias(const float* bias, i
     for (int j = 0; j < J; ++j) acc[m][j] = b[j];
 }
 
+// One step of R rows, R known at compile time, so that the accumulators stay in registers from
+// the bias (or partial sums) loaded to the results stored (with a runtime row count they were
+// spilled to the stack and loaded back around the channel loop: 24 stores and loads per step, ~10%
+// of a 32-deep GEMM): acc = bias (first channel block) or the partial sums in pp, += a x panels
+// over kc channels, then the partial sums stored (not the last channel block) or act(acc) into out
+template <int R, int NPB>
+__attribute__((always_inline)) static inline void row_step(const float* a, i64 lda, i64 kc, const float* wp, i64 pstride,
+                                                            const float* bias, i64 n0, bool first, bool last, float* pp,
+                                                            float* out, i64 N, i64 width, i64 act, bool stream) {
+  constexpr int J = NPB * NB / VL;
+  vec acc[R][J];
+  if (first) {
+    load_bias<NPB>(bias, n0, acc, R);
+  } else {
+    for (int m = 0; m < R; ++m)
+      for (int j = 0; j < J; ++j) acc[m][j] = load<vec>(pp + m * COLS + j * VL);
+  }
+  rows_x_panels<R, NPB>(a, lda, kc, wp, pstride, acc);
+  if (!last) {
+    for (int m = 0; m < R; ++m)
+      for (int j = 0; j < J; ++j) store(pp + m * COLS + j * VL, acc[m][j]);
+  } else if (width == J * VL && !stream) {  // the common case, unrolled: whole blocks, cached stores
+    for (int m = 0; m < R; ++m)
+      for (int j = 0; j < J; ++j) store(out + m * N + j * VL, act_vec(acc[m][j], act));
+  } else {
+    store_rows<NPB>(out, N, width, R, acc, act, stream);
+  }
+}
+
+// row_step for mr (1..R) rows
+template <int NPB, int R>
+__attribute__((always_inline)) static inline void row_step_n(int mr, const float* a, i64 lda, i64 kc, const float* wp, i64 pstride,
+                                                              const float* bias, i64 n0, bool first, bool last, float* pp,
+                                                              float* out, i64 N, i64 width, i64 act, bool stream) {
+  if constexpr (R == 1) {
+    row_step<1, NPB>(a, lda, kc, wp, pstride, bias, n0, first, last, pp, out, N, width, act, stream);
+  } else {
+    if (mr == R) row_step<R, NPB>(a, lda, kc, wp, pstride, bias, n0, first, last, pp, out, N, width, act, stream);
+    else row_step_n<NPB, R - 1>(mr, a, lda, kc, wp, pstride, bias, n0, first, last, pp, out, N, width, act, stream);
+  }
+}
+
 // One block of NPB panels from nb of the GEMM (see Kernels::gemm), prefetching from *pf
 template <int NPB>
 static void gemm_block(const float* t, i64 lda, i64 P, i64 C, const float* wpack, i64 N, i64 nb, const float* bias, i64 act, bool stream,
                        float* out, const char*& pf, const char* pf_end, i64 per_step, float* part, i64 KC) {
-  constexpr int J = NPB * NB / VL;
+  constexpr int R = rows_for(NPB * NB / VL);
   const i64 n0 = nb * NB, width = imin(NPB * NB, N - n0);
   const float* wpb = wpack + nb * C * NB;
-  const Steps row_steps(P);
+  const Steps row_steps(P, R);
   for (i64 k0 = 0; k0 < C; k0 += KC) {
     const i64 kc = imin(KC, C - k0);
     const bool first = k0 == 0, last = k0 + kc >= C;
     for (i64 pm = 0, step = 0; pm < P; pm += row_steps.rows(step), ++step) {
       for (i64 i = 0; i < per_step && pf < pf_end; ++i, pf += 64) __builtin_prefetch(pf, 0, 2);
-      const int mr = row_steps.rows(step);
-      vec acc[MR][NV];
-      float* pp = part + pm * COLS;
-      if (first) load_bias<NPB>(bias, n0, acc, mr);
-      else
-        for (int m = 0; m < mr; ++m)
-          for (int j = 0; j < J; ++j) acc[m][j] = load<vec>(pp + m * COLS + j * VL);
-      rows_x_panels_n<NPB, MR>(mr, t + pm * lda + k0, lda, kc, wpb + k0 * NB, C * NB, acc);
-      if (!last) {
-        for (int m = 0; m < mr; ++m)
-          for (int j = 0; j < J; ++j) store(pp + m * COLS + j * VL, acc[m][j]);
-        continue;
-      }
-      store_rows<NPB>(out + pm * N + n0, N, width, mr, acc, act, stream);
+      row_step_n<NPB, R>(row_steps.rows(step), t + pm * lda + k0, lda, kc, wpb + k0 * NB, C * NB, bias, n0, first, last,
+                         part + pm * COLS, out + pm * N + n0, N, width, act, stream);
     }
   }
 }
@@ -187,25 +225,39 @@ __attribute__((noinline)) static void gemm(const float* t, i64 lda, i64 P, i64 C
   // prefetch [pf, pf_end) into L2 spread evenly over the steps
   const i64 steps = imax(1, ((nb_end - nb_begin + NP - 1) / NP) * ((P + MR - 1) / MR) * ((C + KC - 1) / KC));
   const i64 per_step = pf_end > pf ? ((pf_end - pf) / 64 + steps - 1) / steps : 0;
-  for (i64 nb = nb_begin; nb < nb_end; nb += NP) {
-    if (NP == 2 && nb + 1 < nb_end)
-      gemm_block<NP>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
-    else
-      gemm_block<1>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+  for (i64 nb = nb_begin; nb < nb_end;) {  // blocks of NP panels, then of 2 and 1
+    const i64 left = nb_end - nb;
+    if constexpr (NP >= 4) {
+      if (left >= 4) {
+        gemm_block<4>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+        nb += 4;
+        continue;
+      }
+    }
+    if constexpr (NP >= 2) {
+      if (left >= 2) {
+        gemm_block<2>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+        nb += 2;
+        continue;
+      }
+    }
+    gemm_block<1>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+    nb += 1;
   }
 }
 
 template <int NPB>
 static void conv_row_block(const float* a, i64 count, i64 pixel_step, i64 kh, i64 row_len, i64 tap_step, const float* wpb,
                            i64 K, i64 N, i64 n0, const float* bias, i64 act, bool stream, float* out) {
-  const Steps col_steps(count);
+  constexpr int J = NPB * NB / VL, R = rows_for(J);
+  const Steps col_steps(count, R);
   const i64 width = imin(NPB * NB, N - n0);
   for (i64 ow = 0, step = 0; ow < count; ow += col_steps.rows(step), ++step) {
     const int mr = col_steps.rows(step);
-    vec acc[MR][NV];
+    vec acc[R][J];
     load_bias<NPB>(bias, n0, acc, mr);
     for (i64 i = 0; i < kh; ++i)
-      rows_x_panels_n<NPB, MR>(mr, a + ow * pixel_step + i * tap_step, pixel_step, row_len, wpb + i * row_len * NB, K * NB, acc);
+      rows_x_panels_n<NPB, R>(mr, a + ow * pixel_step + i * tap_step, pixel_step, row_len, wpb + i * row_len * NB, K * NB, acc);
     store_rows<NPB>(out + ow * N + n0, N, width, mr, acc, act, stream);
   }
 }
@@ -214,11 +266,18 @@ __attribute__((noinline)) static void conv_row(const float* a, i64 count, i64 pi
                                                const float* wpack, i64 K, i64 N, const float* bias, i64 act, bool stream,
                                                float* out) {
   const i64 blocks = (N + NB - 1) / NB;
-  for (i64 nb = 0; nb < blocks; nb += NP) {
-    if (NP == 2 && nb + 1 < blocks)
-      conv_row_block<NP>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
-    else
+  for (i64 nb = 0; nb < blocks;) {  // blocks of NP panels, then of 2 and 1 (as gemm)
+    const i64 left = blocks - nb;
+    const int take = NP >= 4 && left >= 4 ? 4 : (NP >= 2 && left >= 2 ? 2 : 1);
+    if constexpr (NP >= 4)
+      if (take == 4)
+        conv_row_block<4>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
+    if constexpr (NP >= 2)
+      if (take == 2)
+        conv_row_block<2>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
+    if (take == 1)
       conv_row_block<1>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
+    nb += take;
   }
 }
 
