@@ -103,18 +103,6 @@ __attribute__((always_inline)) static inline void rows_x_panels(const float* a, 
   }
 }
 
-// rows_x_panels for mr (1..R) rows
-template <int NPB, int R>
-__attribute__((always_inline)) static inline void rows_x_panels_n(int mr, const float* a, i64 lda, i64 kc, const float* wp,
-                                                                   i64 pstride, vec (*acc)[NPB * NB / VL]) {
-  if constexpr (R == 1) {
-    rows_x_panels<1, NPB>(a, lda, kc, wp, pstride, acc);
-  } else {
-    if (mr == R) rows_x_panels<R, NPB>(a, lda, kc, wp, pstride, acc);
-    else rows_x_panels_n<NPB, R - 1>(mr, a, lda, kc, wp, pstride, acc);
-  }
-}
-
 // act(accumulators) of mr rows into out (rows at stride N, the first `width` columns)
 template <int NPB>
 __attribute__((always_inline)) static inline void store_rows(float* out, i64 N, i64 width, int mr, vec (*acc)[NPB * NB / VL], i64 act,
@@ -246,20 +234,47 @@ __attribute__((noinline)) static void gemm(const float* t, i64 lda, i64 P, i64 C
   }
 }
 
+// One step of R pixels (R at compile time, as row_step) of conv_row_block: kh tap rows of row_len
+// channels each, summed into registers from the bias, then act(acc) stored
+template <int R, int NPB>
+__attribute__((always_inline)) static inline void conv_step(const float* a, i64 pixel_step, i64 kh, i64 row_len, i64 tap_step,
+                                                             const float* wpb, i64 K, const float* bias, i64 n0, float* out, i64 N,
+                                                             i64 width, i64 act, bool stream) {
+  constexpr int J = NPB * NB / VL;
+  vec acc[R][J];
+  load_bias<NPB>(bias, n0, acc, R);
+  for (i64 i = 0; i < kh; ++i)
+    rows_x_panels<R, NPB>(a + i * tap_step, pixel_step, row_len, wpb + i * row_len * NB, K * NB, acc);
+  if (width == J * VL && !stream) {
+    for (int m = 0; m < R; ++m)
+      for (int j = 0; j < J; ++j) store(out + m * N + j * VL, act_vec(acc[m][j], act));
+  } else {
+    store_rows<NPB>(out, N, width, R, acc, act, stream);
+  }
+}
+
+// conv_step for mr (1..R) pixels
+template <int NPB, int R>
+__attribute__((always_inline)) static inline void conv_step_n(int mr, const float* a, i64 pixel_step, i64 kh, i64 row_len,
+                                                               i64 tap_step, const float* wpb, i64 K, const float* bias, i64 n0,
+                                                               float* out, i64 N, i64 width, i64 act, bool stream) {
+  if constexpr (R == 1) {
+    conv_step<1, NPB>(a, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out, N, width, act, stream);
+  } else {
+    if (mr == R) conv_step<R, NPB>(a, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out, N, width, act, stream);
+    else conv_step_n<NPB, R - 1>(mr, a, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out, N, width, act, stream);
+  }
+}
+
 template <int NPB>
 static void conv_row_block(const float* a, i64 count, i64 pixel_step, i64 kh, i64 row_len, i64 tap_step, const float* wpb,
                            i64 K, i64 N, i64 n0, const float* bias, i64 act, bool stream, float* out) {
-  constexpr int J = NPB * NB / VL, R = rows_for(J);
+  constexpr int R = rows_for(NPB * NB / VL);
   const Steps col_steps(count, R);
   const i64 width = imin(NPB * NB, N - n0);
-  for (i64 ow = 0, step = 0; ow < count; ow += col_steps.rows(step), ++step) {
-    const int mr = col_steps.rows(step);
-    vec acc[R][J];
-    load_bias<NPB>(bias, n0, acc, mr);
-    for (i64 i = 0; i < kh; ++i)
-      rows_x_panels_n<NPB, R>(mr, a + ow * pixel_step + i * tap_step, pixel_step, row_len, wpb + i * row_len * NB, K * NB, acc);
-    store_rows<NPB>(out + ow * N + n0, N, width, mr, acc, act, stream);
-  }
+  for (i64 ow = 0, step = 0; ow < count; ow += col_steps.rows(step), ++step)
+    conv_step_n<NPB, R>(col_steps.rows(step), a + ow * pixel_step, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0,
+                        out + ow * N + n0, N, width, act, stream);
 }
 
 __attribute__((noinline)) static void conv_row(const float* a, i64 count, i64 pixel_step, i64 kh, i64 row_len, i64 tap_step,
