@@ -234,11 +234,11 @@ def markdown(meta, layers, nets, filters) -> str:
     lines += ["", "Targets:", "",
               "| target | measured | met |", "|---|---|---|",
               f"| optimized / naive channels_last >= 1.0 on every shape | min {min(onc):.3f} | {'yes' if min(onc) >= 1.0 else f'no, short by {1 - min(onc):.1%}'} |",
-              f"| optimized / naive channels_last, median >= 1.3 | median {median(onc):.2f} | {'yes' if median(onc) >= 1.3 else f'no, short by {1.3 - median(onc):.2f}'} |",
+              f"| optimized / naive channels_last, median >= 1.3 | median {median(onc):.3f} | {'yes' if median(onc) >= 1.3 else f'no, short by {1.3 - median(onc):.3f}'} |",
               f"| (limit) naive channels_last / pointwise GEMM alone, i.e. free depthwise + BLAS GEMM | median {median(bound):.2f} | "
               f"{'above 1.3' if median(bound) >= 1.3 else 'below 1.3: the median needs a GEMM faster than BLAS'} |",
-              f"| realized / theoretical over MobileNetV1 shapes, median >= 0.8 | median {median(rot):.2f} | {'yes' if median(rot) >= 0.8 else f'no, short by {0.8 - median(rot):.2f}'} |",
-              f"| realized / theoretical, minimum >= 0.5 | min {min(rot):.2f} | {'yes' if min(rot) >= 0.5 else f'no, short by {0.5 - min(rot):.2f}'} |"]
+              f"| realized / theoretical over MobileNetV1 shapes, median >= 0.8 | median {median(rot):.3f} | {'yes' if median(rot) >= 0.8 else f'no, short by {0.8 - median(rot):.3f}'} |",
+              f"| realized / theoretical, minimum >= 0.5 | min {min(rot):.3f} | {'yes' if min(rot) >= 0.5 else f'no, short by {0.5 - min(rot):.3f}'} |"]
     for r in nets:
         for key, engine in (("optimized_over_ort", "ONNX Runtime"), ("optimized_over_openvino", "OpenVINO")):
             if key in r:
