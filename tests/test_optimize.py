@@ -635,3 +635,25 @@ def test_an_input_of_another_dtype_is_a_type_error(candidates):
                                             rf"model was optimized for\), got {dtype}$"):
             fast(x.to(dtype))
     torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("candidates", [("eager",), ("fused",), ("torchscript",)])
+def test_an_input_of_another_rank_runs_where_the_model_takes_it_else_is_a_value_error(candidates):
+    """An unbatched image: a model without BatchNorms runs it as the original does; one whose
+    BatchNorm2d refused it (folded away in the optimized model) gives a ValueError naming the
+    expected rank, not a shape error from deep inside (it was 'mat1 and mat2 shapes cannot be
+    multiplied' from the classifier)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    plain = nn.Sequential(sepconv.SeparableConv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    fast = sepconv.optimize_for_inference(plain, x, candidates=candidates, rounds=1)
+    torch.testing.assert_close(fast(x[0]), plain(x[0]), rtol=1e-4, atol=1e-5)
+    normed = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(8 * 144, 10)).eval()
+    with pytest.raises(ValueError, match=r"^expected 4D input \(got 3D input\)$"):
+        normed(x[0])
+    fast = sepconv.optimize_for_inference(normed, x, candidates=candidates, rounds=1)
+    with pytest.raises(ValueError, match=r"^input: expected a 4-D input like the example input \(shape \(2, 3, 12, 12\)\), "
+                                         r"got shape \(3, 12, 12\): the optimized model does not run it \(.+\)$"):
+        fast(x[0])
+    torch.testing.assert_close(fast(x), normed(x), rtol=1e-4, atol=1e-5)

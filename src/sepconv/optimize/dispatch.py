@@ -400,10 +400,11 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[Tensor] = N
         best = min(tied, key=lambda k: timings[k])
     if best in ("eager", "fused"):  # no baked-in sizes: any input size runs this path
         return InferenceModule(correct[best], best, four_d, timings, rejected=rejected, batchnorms=batchnorms,
-                               densified=densified, input_dtype=x.dtype)
+                               densified=densified, input_dtype=x.dtype, input_shape=tuple(x.shape))
     return InferenceModule(correct[best], best, four_d, timings, eager=_lower(folded), shape=tuple(x.shape[1:]),
                            rejected=rejected, archive=archives.get(best), batchnorms=batchnorms, densified=densified,
-                           nonfinite_to_eager=not _propagates_nan(correct[best], reference_model, x), input_dtype=x.dtype)
+                           nonfinite_to_eager=not _propagates_nan(correct[best], reference_model, x), input_dtype=x.dtype,
+                           input_shape=tuple(x.shape))
 
 
 def _propagates_nan(module: nn.Module, reference_model: nn.Module, x: Tensor) -> bool:

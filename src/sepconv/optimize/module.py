@@ -44,13 +44,17 @@ class InferenceModule(nn.Module):
             NaN where the original model does (a check costing one sum over the input).
         input_dtype: the example input's dtype, the one the optimized weights and graph take (another
             raises a ``TypeError``; ``None``: not checked).
+        input_shape: the example input's shape. An input with another number of dimensions (e.g. an
+            unbatched image) runs where the model takes it; where it fails, a ``ValueError`` says
+            what was expected (the original model's BatchNorms, which checked it, are folded away).
     """
 
     def __init__(self, module: nn.Module, backend: str, channels_last: bool, timings: dict,
                  eager: Optional[nn.Module] = None, shape: Optional[tuple] = None,
                  rejected: Optional[dict] = None, archive: Optional[bytes] = None,
                  batchnorms: Optional[dict] = None, densified: Optional[list] = None,
-                 nonfinite_to_eager: bool = False, input_dtype: Optional[torch.dtype] = None) -> None:
+                 nonfinite_to_eager: bool = False, input_dtype: Optional[torch.dtype] = None,
+                 input_shape: Optional[tuple] = None) -> None:
         super().__init__()
         self.module = module
         self.backend = backend
@@ -61,6 +65,7 @@ class InferenceModule(nn.Module):
         self.densified = list(densified or [])
         self.nonfinite_to_eager = nonfinite_to_eager and eager is not None
         self.input_dtype = input_dtype
+        self.input_shape = input_shape
         self._archive = archive  # the frozen TorchScript graph, saved by torch.jit (see __getstate__)
         # a traced graph has the example's sizes baked in (e.g. TF 'same' pads): other sizes run eager
         self.eager = eager
@@ -92,6 +97,16 @@ class InferenceModule(nn.Module):
         # (a sum is NaN or Inf if any element is, or if it overflows: then the eager path runs, as correct)
         if self.nonfinite_to_eager and module is not eager and not torch.isfinite(x.sum()):
             module = eager
+        if self.input_shape is None or x.dim() == len(self.input_shape):
+            return self._run(module, x)
+        try:
+            return self._run(module, x)
+        except RuntimeError as exc:
+            raise ValueError(f"input: expected a {len(self.input_shape)}-D input like the example input (shape "
+                             f"{tuple(self.input_shape)}), got shape {tuple(x.shape)}: the optimized model does not run it "
+                             f"({exc})") from exc
+
+    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
         if not self._context or torch.is_inference_mode_enabled():
             return module(x)
         with torch.inference_mode():
@@ -115,6 +130,7 @@ class InferenceModule(nn.Module):
         self.__dict__.setdefault("densified", [])
         self.__dict__.setdefault("nonfinite_to_eager", False)  # saved before NaN inputs were routed
         self.__dict__.setdefault("input_dtype", None)  # saved before input dtypes were checked
+        self.__dict__.setdefault("input_shape", None)  # saved before input ranks were checked
         if self._archive is None:
             return
         if "fused" in self.backend and _fused.load() is None:  # the graph calls the kernels' ops
