@@ -402,6 +402,24 @@ def test_a_loaded_program_refuses_other_sizes_clearly(tmp_path):
                                        f"again with an example of the size you need), got {tuple(bad.shape)}")
 
 
+@pytest.mark.parametrize("candidates", [("eager",), ("fused",)])
+def test_a_loaded_program_refuses_another_dtype_clearly(tmp_path, candidates):
+    """An input of another dtype than the saved example's is a TypeError saying which (through the
+    fused kernels it was their RuntimeError, 'fused_dwpw: x: expected a 4-D float32 CPU tensor')."""
+    model = torch.nn.Sequential(sepconv.SeparableConv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    fast = sepconv.optimize_for_inference(model, x, rounds=1, candidates=candidates)
+    sepconv.save(fast, tmp_path / "m.pt2", x, portable=model)
+    loaded = sepconv.load(tmp_path / "m.pt2")
+    for dtype in (torch.float64, torch.int64):
+        with pytest.raises(TypeError) as info:
+            loaded(x.to(dtype))
+        assert str(info.value) == (f"input: expected dtype torch.float32 (the example input's, which the program in "
+                                   f"{str(tmp_path / 'm.pt2')!r} was saved for), got {dtype}")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("where", ["current folder", "model file's folder"])
 def test_the_sepconv_command_loads_a_saved_model_whose_class_is_in_a_user_file(tmp_path, where):
     """``torch.save(model)`` pickles the class by its module's name: the installed ``sepconv``

@@ -184,7 +184,7 @@ def load(path: PathLike) -> nn.Module:
 
     Needs neither the model's code nor the class it was built from. It takes inputs of any batch
     size with the other sizes of the saved example (``info["input_shape"]``); other sizes raise a
-    ``ValueError`` naming both.
+    ``ValueError`` naming both, another dtype than the example's (``info["dtype"]``) a ``TypeError``.
     If the program calls the fused C++ kernels, they are built or loaded first; where they cannot
     be, the portable program saved with it runs instead (``RuntimeWarning``), and without one a
     ``RuntimeError`` says why.
@@ -227,17 +227,23 @@ def load(path: PathLike) -> nn.Module:
         module = torch.export.load(io.BytesIO(data)).module()
     module.info = {**meta, "program": name}
     if isinstance(meta.get("input_shape"), list):
-        module.register_forward_pre_hook(_shape_check(meta["input_shape"], path))
+        dtype = getattr(torch, meta["dtype"], None) if isinstance(meta.get("dtype"), str) else None
+        module.register_forward_pre_hook(_shape_check(meta["input_shape"], path,
+                                                      dtype if isinstance(dtype, torch.dtype) else None))
     return module
 
 
-def _shape_check(shape: list, path: str):
+def _shape_check(shape: list, path: str, dtype: Optional[torch.dtype] = None):
     """A forward pre-hook refusing an input of other sizes than the saved program's (any batch):
-    a ``ValueError`` saying which, where the program's own guard raised a bare AssertionError."""
+    a ``ValueError`` saying which, where the program's own guard raised a bare AssertionError; and
+    one of another dtype than the saved example's: a ``TypeError`` (a kernel's RuntimeError before)."""
     expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
 
     def hook(_module, args):
         x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and dtype is not None and x.dtype != dtype:
+            raise TypeError(f"input: expected dtype {dtype} (the example input's, which the program in {path!r} was "
+                            f"saved for), got {x.dtype}")
         if isinstance(x, torch.Tensor) and (x.dim() != len(shape) or
                                             any(s is not None and s != n for s, n in zip(shape, x.shape))):
             raise ValueError(f"input: expected shape {expected} (any batch size; the program in {path!r} was saved "
