@@ -60,6 +60,13 @@ def latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], fo
     by_macs = _by_macs(target, layers, found, probe, reference, method, batches, report.macs_before)
     kept, trials = timing.within_budget(layers, budget, latency_ms, choose, build, original, probe, by_macs,
                                         redraw=lambda: timing.optimized(model, probe))
+    _report(report, kept, trials, budget, probe)
+    return kept.choice
+
+
+def _report(report: ConversionReport, kept: timing.Trial, trials: list, budget: float, probe: Tensor) -> None:
+    """Set ``report.message`` and ``report.latency`` from the kept trial and every trial; warn where
+    the runs of one model varied (a busy machine) or no allocation met the budget as measured."""
     report.message = _kept_message(kept, trials, budget)
     report.latency = dict(original_ms=kept.original_ms, predicted_ms=kept.predicted_ratio * kept.original_ms,
                           measured_ms=kept.measured_ms, predicted_ratio=kept.predicted_ratio,
@@ -73,7 +80,7 @@ def latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], fo
         runs = ", ".join(f"{r:.3f}" for r in varied[0].ratios)
         warnings.warn(f"convert: the side-by-side timings varied from run to run (the same two models measured {runs} "
                       "of the original's time): other work on the machine disturbs them, so the kept model's "
-                      "measured time is uncertain; convert again on a quiet machine", RuntimeWarning, stacklevel=3)
+                      "measured time is uncertain; convert again on a quiet machine", RuntimeWarning, stacklevel=4)
     if not kept.met(budget):
         tried = f"the fastest of {len(trials)} allocations" if len(trials) > 1 else "the allocation"
         over = (f"{kept.ratio / budget - 1:.0%} over" if kept.ratio > budget else
@@ -81,8 +88,7 @@ def latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], fo
         note = (f"the time budget was not reached as measured: {tried} measured "
                 f"{kept.ratio:.3f} of the optimized original's time, budget {budget} ({over})")
         report.message = f"{report.message}; {note}" if report.message else note
-        warnings.warn(f"convert: {note}", RuntimeWarning, stacklevel=3)
-    return kept.choice
+        warnings.warn(f"convert: {note}", RuntimeWarning, stacklevel=4)
 
 
 def _by_macs(target: nn.Module, layers: list[_Layer], found, probe: Tensor, reference: Tensor, method: str, batches,
