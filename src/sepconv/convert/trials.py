@@ -27,13 +27,17 @@ class Trial:
     measured_ms: float
     error: float  # the model output's relative error on the example input
     macs_fraction: Optional[float] = None  # an allocation by MACs (at this fraction of them), not by time
-    runs: int = 1  # side-by-side runs: original_ms and measured_ms are their means
     rejected: bool = False  # measured again (keep) and that run missed the budget
-    ratios: list = field(default_factory=list)  # each run's measured ratio, in order
+    ratios: list = field(default_factory=list)  # each side-by-side run's measured ratio, in order
 
     def __post_init__(self) -> None:
         if not self.ratios:
             self.ratios = [self.ratio]
+
+    @property
+    def runs(self) -> int:
+        """Side-by-side runs: ``original_ms`` and ``measured_ms`` are their means."""
+        return len(self.ratios)
 
     def met(self, budget: float) -> bool:
         """Whether it counts as within ``budget``: its mean ratio within it (:func:`within`), and
@@ -48,7 +52,6 @@ class Trial:
         """Fold in one more side-by-side run (the times become the means over the runs)."""
         self.original_ms = (self.original_ms * self.runs + original_ms) / (self.runs + 1)
         self.measured_ms = (self.measured_ms * self.runs + measured_ms) / (self.runs + 1)
-        self.runs += 1
         self.ratios.append(measured_ms / original_ms)
 
     def doubtful(self, budget: float) -> bool:

@@ -97,11 +97,11 @@ class InferenceModule(nn.Module):
         # (a sum is NaN or Inf if any element is, or if it overflows: then the eager path runs, as correct)
         if self.nonfinite_to_eager and module is not eager and not torch.isfinite(x.sum()):
             module = eager
-        if self.input_shape is None or x.dim() == len(self.input_shape):
-            return self._run(module, x)
         try:
             return self._run(module, x)
         except RuntimeError as exc:
+            if self.input_shape is None or x.dim() == len(self.input_shape):
+                raise
             raise ValueError(f"input: expected a {len(self.input_shape)}-D input like the example input (shape "
                              f"{tuple(self.input_shape)}), got shape {tuple(x.shape)}: the optimized model does not run it "
                              f"({exc})") from exc
