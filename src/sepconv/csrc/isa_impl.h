@@ -144,6 +144,59 @@ __attribute__((always_inline)) static inline void load_bias(const float* bias, i
     for (int j = 0; j < J; ++j) acc[m][j] = b[j];
 }
 
+// act(acc) of R rows into out: unrolled for whole blocks with cached stores (the common case),
+// else through store_rows (a partial block, or streaming stores)
+template <int R, int NPB>
+__attribute__((always_inline)) static inline void store_block(float* out, i64 N, i64 width, vec (*acc)[NPB * NB / VL], i64 act,
+                                                               bool stream) {
+  constexpr int J = NPB * NB / VL;
+  if (width == J * VL && !stream) {
+    for (int m = 0; m < R; ++m)
+      for (int j = 0; j < J; ++j) store(out + m * N + j * VL, act_vec(acc[m][j], act));
+  } else {
+    store_rows<NPB>(out, N, width, R, acc, act, stream);
+  }
+}
+
+// step.template operator()<mr>() with the runtime row count mr (1..R) as a compile-time one, so
+// that a step's accumulators are a fixed-size array the compiler keeps in registers. The callers'
+// lambdas are always_inline, as panel_blocks' are: called out of line, a 32-column GEMM ran 2.4x
+// slower
+template <int R, class F>
+__attribute__((always_inline)) static inline void with_rows(int mr, const F& step) {
+  if constexpr (R == 1) {
+    step.template operator()<1>();
+  } else {
+    if (mr == R) step.template operator()<R>();
+    else with_rows<R - 1>(mr, step);
+  }
+}
+
+// block.template operator()<NPB>(nb) over the panels [nb_begin, nb_end): blocks of NP panels,
+// then of 2 and 1 (N not a multiple of 16 NP)
+template <class F>
+__attribute__((always_inline)) static inline void panel_blocks(i64 nb_begin, i64 nb_end, const F& block) {
+  for (i64 nb = nb_begin; nb < nb_end;) {
+    const i64 left = nb_end - nb;
+    if constexpr (NP >= 4) {
+      if (left >= 4) {
+        block.template operator()<4>(nb);
+        nb += 4;
+        continue;
+      }
+    }
+    if constexpr (NP >= 2) {
+      if (left >= 2) {
+        block.template operator()<2>(nb);
+        nb += 2;
+        continue;
+      }
+    }
+    block.template operator()<1>(nb);
+    nb += 1;
+  }
+}
+
 // One step of R rows, R known at compile time, so that the accumulators stay in registers from
 // the bias (or partial sums) loaded to the results stored (with a runtime row count they were
 // spilled to the stack and loaded back around the channel loop: 24 stores and loads per step, ~10%
@@ -165,24 +218,8 @@ __attribute__((always_inline)) static inline void row_step(const float* a, i64 l
   if (!last) {
     for (int m = 0; m < R; ++m)
       for (int j = 0; j < J; ++j) store(pp + m * COLS + j * VL, acc[m][j]);
-  } else if (width == J * VL && !stream) {  // the common case, unrolled: whole blocks, cached stores
-    for (int m = 0; m < R; ++m)
-      for (int j = 0; j < J; ++j) store(out + m * N + j * VL, act_vec(acc[m][j], act));
   } else {
-    store_rows<NPB>(out, N, width, R, acc, act, stream);
-  }
-}
-
-// row_step for mr (1..R) rows
-template <int NPB, int R>
-__attribute__((always_inline)) static inline void row_step_n(int mr, const float* a, i64 lda, i64 kc, const float* wp, i64 pstride,
-                                                              const float* bias, i64 n0, bool first, bool last, float* pp,
-                                                              float* out, i64 N, i64 width, i64 act, bool stream) {
-  if constexpr (R == 1) {
-    row_step<1, NPB>(a, lda, kc, wp, pstride, bias, n0, first, last, pp, out, N, width, act, stream);
-  } else {
-    if (mr == R) row_step<R, NPB>(a, lda, kc, wp, pstride, bias, n0, first, last, pp, out, N, width, act, stream);
-    else row_step_n<NPB, R - 1>(mr, a, lda, kc, wp, pstride, bias, n0, first, last, pp, out, N, width, act, stream);
+    store_block<R, NPB>(out, N, width, acc, act, stream);
   }
 }
 
@@ -199,8 +236,10 @@ static void gemm_block(const float* t, i64 lda, i64 P, i64 C, const float* wpack
     const bool first = k0 == 0, last = k0 + kc >= C;
     for (i64 pm = 0, step = 0; pm < P; pm += row_steps.rows(step), ++step) {
       for (i64 i = 0; i < per_step && pf < pf_end; ++i, pf += 64) __builtin_prefetch(pf, 0, 2);
-      row_step_n<NPB, R>(row_steps.rows(step), t + pm * lda + k0, lda, kc, wpb + k0 * NB, C * NB, bias, n0, first, last,
-                         part + pm * COLS, out + pm * N + n0, N, width, act, stream);
+      with_rows<R>(row_steps.rows(step), [&]<int M>() __attribute__((always_inline)) {
+        row_step<M, NPB>(t + pm * lda + k0, lda, kc, wpb + k0 * NB, C * NB, bias, n0, first, last, part + pm * COLS,
+                         out + pm * N + n0, N, width, act, stream);
+      });
     }
   }
 }
@@ -213,25 +252,9 @@ __attribute__((noinline)) static void gemm(const float* t, i64 lda, i64 P, i64 C
   // prefetch [pf, pf_end) into L2 spread evenly over the steps
   const i64 steps = imax(1, ((nb_end - nb_begin + NP - 1) / NP) * ((P + MR - 1) / MR) * ((C + KC - 1) / KC));
   const i64 per_step = pf_end > pf ? ((pf_end - pf) / 64 + steps - 1) / steps : 0;
-  for (i64 nb = nb_begin; nb < nb_end;) {  // blocks of NP panels, then of 2 and 1
-    const i64 left = nb_end - nb;
-    if constexpr (NP >= 4) {
-      if (left >= 4) {
-        gemm_block<4>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
-        nb += 4;
-        continue;
-      }
-    }
-    if constexpr (NP >= 2) {
-      if (left >= 2) {
-        gemm_block<2>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
-        nb += 2;
-        continue;
-      }
-    }
-    gemm_block<1>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
-    nb += 1;
-  }
+  panel_blocks(nb_begin, nb_end, [&]<int NPB>(i64 nb) __attribute__((always_inline)) {
+    gemm_block<NPB>(t, lda, P, C, wpack, N, nb, bias, act, stream, out, pf, pf_end, per_step, part, KC);
+  });
 }
 
 // One step of R pixels (R at compile time, as row_step) of conv_row_block: kh tap rows of row_len
@@ -245,25 +268,7 @@ __attribute__((always_inline)) static inline void conv_step(const float* a, i64 
   load_bias<NPB>(bias, n0, acc, R);
   for (i64 i = 0; i < kh; ++i)
     rows_x_panels<R, NPB>(a + i * tap_step, pixel_step, row_len, wpb + i * row_len * NB, K * NB, acc);
-  if (width == J * VL && !stream) {
-    for (int m = 0; m < R; ++m)
-      for (int j = 0; j < J; ++j) store(out + m * N + j * VL, act_vec(acc[m][j], act));
-  } else {
-    store_rows<NPB>(out, N, width, R, acc, act, stream);
-  }
-}
-
-// conv_step for mr (1..R) pixels
-template <int NPB, int R>
-__attribute__((always_inline)) static inline void conv_step_n(int mr, const float* a, i64 pixel_step, i64 kh, i64 row_len,
-                                                               i64 tap_step, const float* wpb, i64 K, const float* bias, i64 n0,
-                                                               float* out, i64 N, i64 width, i64 act, bool stream) {
-  if constexpr (R == 1) {
-    conv_step<1, NPB>(a, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out, N, width, act, stream);
-  } else {
-    if (mr == R) conv_step<R, NPB>(a, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out, N, width, act, stream);
-    else conv_step_n<NPB, R - 1>(mr, a, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out, N, width, act, stream);
-  }
+  store_block<R, NPB>(out, N, width, acc, act, stream);
 }
 
 template <int NPB>
@@ -273,27 +278,18 @@ static void conv_row_block(const float* a, i64 count, i64 pixel_step, i64 kh, i6
   const Steps col_steps(count, R);
   const i64 width = imin(NPB * NB, N - n0);
   for (i64 ow = 0, step = 0; ow < count; ow += col_steps.rows(step), ++step)
-    conv_step_n<NPB, R>(col_steps.rows(step), a + ow * pixel_step, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0,
-                        out + ow * N + n0, N, width, act, stream);
+    with_rows<R>(col_steps.rows(step), [&]<int M>() __attribute__((always_inline)) {
+      conv_step<M, NPB>(a + ow * pixel_step, pixel_step, kh, row_len, tap_step, wpb, K, bias, n0, out + ow * N + n0, N, width,
+                        act, stream);
+    });
 }
 
 __attribute__((noinline)) static void conv_row(const float* a, i64 count, i64 pixel_step, i64 kh, i64 row_len, i64 tap_step,
                                                const float* wpack, i64 K, i64 N, const float* bias, i64 act, bool stream,
                                                float* out) {
-  const i64 blocks = (N + NB - 1) / NB;
-  for (i64 nb = 0; nb < blocks;) {  // blocks of NP panels, then of 2 and 1 (as gemm)
-    const i64 left = blocks - nb;
-    const int take = NP >= 4 && left >= 4 ? 4 : (NP >= 2 && left >= 2 ? 2 : 1);
-    if constexpr (NP >= 4)
-      if (take == 4)
-        conv_row_block<4>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
-    if constexpr (NP >= 2)
-      if (take == 2)
-        conv_row_block<2>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
-    if (take == 1)
-      conv_row_block<1>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
-    nb += take;
-  }
+  panel_blocks(0, (N + NB - 1) / NB, [&]<int NPB>(i64 nb) __attribute__((always_inline)) {
+    conv_row_block<NPB>(a, count, pixel_step, kh, row_len, tap_step, wpack + nb * K * NB, K, N, nb * NB, bias, act, stream, out);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
