@@ -28,7 +28,7 @@ std::string set_isa(const std::string& name);
 // the data caches' sizes (per core) from the OS, a common size where it does not say
 int64_t l1_bytes();
 int64_t l2_bytes();
-// the channel block of the GEMM's split sum for C channels (C: no split), from the L1 size
+// the channel block of the GEMM's split sum for C channels (C: no split), from the L2 size
 int64_t split_kc(const Kernels& k, int64_t C);
 
 // floor(a / b) for b > 0. C++ division truncates toward zero (-1 / 2 == 0), which for a negative
