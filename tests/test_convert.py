@@ -64,8 +64,15 @@ def test_budget_is_honoured(trained_digits_cnn, digits, budget):
     assert any(r.structure != "dense" for r in report.layers)
 
 
-@pytest.mark.parametrize("method", ["depthwise", "spatial", "auto"])
+@pytest.mark.parametrize("method", ["depthwise", "spatial"])
 def test_global_allocation_beats_uniform_share(trained_digits_cnn, digits, method):
+    """For one structure, the global allocation (the least summed squared weight error under the
+    budget) beats a uniform share on that objective, on the output and on the real test images.
+    ``auto`` is not compared so: it keeps the best of its own options on the example, and the
+    uniform share's best option can be another structure that happens to be closer (on one CPU the
+    uniform blueprint allocation measured output error 0.6165 against 0.6205 for the global
+    per-layer one). What ``auto`` guarantees is tested in
+    test_auto_is_never_worse_than_the_best_single_structure_on_the_example."""
     x = digits[1].tensors()[0]
     g, rg = convert(trained_digits_cnn, method=method, budget=0.3, example_input=x)
     u, ru = convert(trained_digits_cnn, method=method, budget=0.3, example_input=x, allocation="uniform")
