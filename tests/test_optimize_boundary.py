@@ -228,6 +228,11 @@ def test_nan_in_outputs_must_match_exactly():
     assert relative_error(torch.tensor([1.0, math.nan, -math.inf, -2.0]), ref) == math.inf
     assert relative_error(torch.tensor([1.0, math.nan, math.inf, -2.2]), ref) == pytest.approx(0.2 / math.sqrt(5))
     assert relative_error((ref,), ref) == math.inf and relative_error(ref[:2], ref) == math.inf
+    # all finite (the unmasked path): ||out - ref|| / ||ref||, whatever the memory format
+    finite = torch.tensor([3.0, -4.0, 0.0, 1e-3]).reshape(1, 4, 1, 1)
+    out = (finite + torch.tensor([0.0, 0.5, -1.0, 0.0]).reshape(1, 4, 1, 1)).contiguous(memory_format=torch.channels_last)
+    assert relative_error(out, finite) == pytest.approx(math.sqrt(1.25) / math.sqrt(25 + 1e-6), rel=1e-12)
+    assert relative_error(out, finite.expand(2, 4, 1, 1)) == math.inf
 
 
 # ---- saving, pickling and copying every backend ----

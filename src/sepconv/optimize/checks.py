@@ -59,6 +59,8 @@ def relative_error(out: object, ref: Tensor) -> float:
         return float("inf")
     a, b = out.detach().double(), ref.detach().double()
     fa, fb = torch.isfinite(a), torch.isfinite(b)
+    if bool(fa.all()) and bool(fb.all()):  # the usual case, without the masked copies (6x faster)
+        return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
     # NaN as 0, infinities as the extreme finite values: equal only if the same kind everywhere
     if not torch.equal(fa, fb) or not torch.equal(a[~fa].nan_to_num(0.0), b[~fb].nan_to_num(0.0)):
         return float("inf")
