@@ -228,9 +228,10 @@ def test_fused_kernel_fuzz_float64_reference(fused_ext, isa, cin, cout, k, strid
 
 @pytest.mark.parametrize("cin,cout,size", [(520, 24, 5), (777, 40, 9), (32, 64, 112), (32, 96, 112), (768, 784, 5)])
 def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size):
-    """Deep inputs (777 in two tiles; plain stores), an output of 3.2 MB (plain stores) and one of 4.8 MB with C <= 384 (over 4 MB:
-    streaming stores); weights over half of L2 (2.4 MB) in one tile: the threads split the weight
-    panels (in whole register blocks: 49 panels) instead of the pixels."""
+    """Deep inputs (777 in two tiles; plain stores), an output of 3.2 MB (plain stores) and one of
+    4.8 MB with C <= 384 (over 4 MB: streaming stores); weights over half of L2 (2.4 MB) in one
+    tile: the threads split the weight panels (in whole register blocks: 49 panels) instead of the
+    pixels."""
     from sepconv.optimize import FusedSeparableConv2d
 
     torch.manual_seed(0)
@@ -246,9 +247,8 @@ def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemms_deeper_than_a_channel_block_sum_partial_blocks(fused_ext, isa, threads):
     """Inputs deeper than 1.5 channel blocks (``blocking()``'s last value: a quarter of L2) are
-    summed in blocks, the partial sums kept
-    between them: the fused dw+pw and the linear GEMM, with 80 and 72 outputs (a 64-column block
-    and a leftover of one panel, whole or half filled)."""
+    summed in blocks, the partial sums kept between them: the fused dw+pw and the linear GEMM,
+    with 80 and 72 outputs (a 64-column block and a leftover of one panel, whole or half filled)."""
     from sepconv.optimize import FusedLinear, FusedSeparableConv2d
 
     kc = fused_ext.blocking()[3]
