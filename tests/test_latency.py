@@ -130,18 +130,56 @@ def test_a_smaller_rank_measured_slower_than_a_larger_one_gets_the_larger_ones_t
 def test_candidates_are_timed_on_a_channels_last_input_as_in_the_optimized_model(monkeypatch, tmp_path):
     """Inside the optimized model a layer gets a channels_last tensor; a contiguous one would add a
     layout copy to every timed call (about 12% of a 64-channel 56x56 conv here)."""
-    import sepconv.optimize
-
     seen = []
 
-    def fake(layer, x, rounds, candidates):
+    def fake(layer, x):
         seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-        return lambda x: x
+        return {"eager": lambda x: x}
 
-    monkeypatch.setattr(sepconv.optimize, "optimize_for_inference", fake)
+    monkeypatch.setattr(latency, "candidate_paths", fake)
     LatencyTable(rounds=1, path=str(tmp_path / "t.json")).times(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), {"depthwise": [1]},
                                                                  bias=False)
     assert seen == [True, True]
+
+
+def test_a_candidates_time_is_its_faster_path(monkeypatch, tmp_path, quiet):
+    """optimize_for_inference keeps the fused kernel for a layer only where it is faster: each
+    candidate's paths are timed in one run and the faster one's time is the candidate's."""
+    clock = {"dense|eager": 5.0, "dense|fused": 7.0, "depthwise:1|eager": 3.0, "depthwise:1|fused": 2.0}
+    monkeypatch.setattr(latency, "candidate_paths", lambda layer, x: {"eager": None, "fused": None})
+    monkeypatch.setattr(latency, "fastest", lambda fns, rounds, block=2: {k: clock[k] for k in fns})
+    table = LatencyTable(rounds=1, path=str(tmp_path / "t.json"))
+    ms = table.times(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), {"depthwise": [1]}, bias=False)
+    assert ms == {("dense", None): 5.0, ("depthwise", 1): 2.0}
+    assert table.measured == 2  # candidates, not paths
+
+
+@pytest.mark.parametrize("structure,rank,expected", [
+    ("dense", None, {"eager"}),                 # 16 x 3 x 3 inputs per output: not a stem-like conv
+    ("depthwise", 2, {"eager", "fused"}),
+    ("blueprint", 2, {"eager", "fused"}),
+    ("spatial", 2, {"eager", "fused"}),         # its (1, 3) conv has 2 x 3 inputs per output: the stem kernel
+])
+def test_candidate_paths_are_the_dispatchs_and_compute_the_layer(structure, rank, expected):
+    from sepconv import _fused
+
+    if _fused.load() is None:
+        pytest.skip(f"the fused kernels are not available here: {_fused.error()}")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+    layer = candidate_layer(structure, conv, rank, bias=True).eval()
+    with torch.no_grad():  # a BatchNorm-free layer with nonzero biases, in float64 as the reference
+        for p in layer.parameters():
+            p.normal_()
+    x = torch.randn(2, 16, 15, 11).contiguous(memory_format=torch.channels_last)
+    paths = latency.candidate_paths(layer, x)
+    assert set(paths) == expected
+    want = layer.double()(x.double())
+    for name, m in paths.items():
+        with torch.inference_mode():
+            got = m(x)
+        assert got.shape == want.shape
+        assert ((got.double() - want).norm() / want.norm()).item() < 1e-5, name
 
 
 def _threaded_clock(monkeypatch, ms_by_threads):

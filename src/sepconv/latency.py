@@ -2,9 +2,13 @@
 
 ``convert(..., cost="latency")`` allocates a time budget instead of a MAC budget. Time is what a
 candidate layer (a structure at a rank, or the dense conv itself) takes on this CPU through the
-path the converted model will use: each candidate is prepared with
-:func:`~sepconv.optimize.optimize_for_inference` (fused kernels where they apply and measure
-faster, else PyTorch's channels_last path) and timed on an input of the layer's own shape.
+path the converted model will use, :func:`~sepconv.optimize.optimize_for_inference`'s per-layer
+choice: each candidate is built on PyTorch's channels_last path and, where a fused kernel takes it
+(and matches it), on the fused kernel too (:func:`candidate_paths`); both are timed in the same
+run on an input of the layer's own shape, and the candidate's time is the faster one's, the path
+``optimize_for_inference`` keeps for such a layer. (Not ``optimize_for_inference`` itself per
+candidate: its own correctness checks and timings of each path cost more than the table's timing;
+the converted model is optimized, checked and measured whole afterwards.)
 
 Measuring smartly: latency is close to affine in the rank for one structure and shape, so only a
 few ranks per structure are timed (about ``samples``, spread geometrically over the ranks that
@@ -25,6 +29,7 @@ with the same layer shapes times nothing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -39,11 +44,11 @@ from torch import nn
 
 from . import _fused
 from ._io import write_atomic
-__all__ = ["LatencyTable", "candidate_layer", "fastest", "sample_ranks"]
+__all__ = ["LatencyTable", "candidate_layer", "candidate_paths", "fastest", "sample_ranks"]
 
 # how the table's times are measured; part of the cache key, so that a table measured another way
 # (format 1: medians, which a busy machine inflates several-fold) is measured again, not reused
-TABLE_FORMAT = 2  # 2: least times, inputs in channels_last
+TABLE_FORMAT = 3  # 2: least times, inputs in channels_last; 3: each candidate's faster path timed directly
 
 
 def cache_directory() -> str:
@@ -162,6 +167,33 @@ def candidate_layer(structure: str, conv: nn.Module, rank: Optional[int], bias: 
     raise ValueError(f"structure: expected 'dense', 'depthwise', 'blueprint' or 'spatial', got {structure!r}")
 
 
+def candidate_paths(layer: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
+    """The paths ``optimize_for_inference`` chooses between for ``layer`` inside a model, ready to
+    call on ``x`` (channels_last where 4-D): ``'eager'`` (BatchNorm folded, lowered, channels_last)
+    and, where fused kernels take the layer or its parts (a spatially separable layer's thin conv
+    is a stem-like dense conv) and reproduce them (relative error <= 1e-4, as the dispatch checks),
+    ``'fused'`` with every such part fused.
+
+    Example:
+        >>> from sepconv.layers import SeparableConv2d
+        >>> x = torch.randn(1, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+        >>> paths = candidate_paths(SeparableConv2d(8, 16, 3, padding=1).eval(), x)
+        >>> "eager" in paths
+        True
+    """
+    from .optimize import _fuse, _lower
+    from .optimize.rewrite import _fold
+
+    folded, _ = _fold(layer)
+    if x.dim() == 4:
+        folded = folded.to(memory_format=torch.channels_last)
+    paths = {"eager": _lower(copy.deepcopy(folded))}
+    fused = _fuse(folded, x, rounds=None) if x.dim() == 4 and x.dtype == torch.float32 else None
+    if fused is not None:
+        paths["fused"] = _lower(fused)
+    return paths
+
+
 def _layer_key(conv: nn.Module, in_shape: Sequence[int], bias: bool) -> str:
     return json.dumps([list(in_shape), conv.out_channels, list(conv.kernel_size), list(conv.stride),
                        conv.padding if isinstance(conv.padding, str) else list(conv.padding), list(conv.dilation),
@@ -247,26 +279,24 @@ class LatencyTable:
 
     def _measure(self, conv, in_shape, bias, which: dict) -> tuple[dict[str, float], bool]:
         """The candidates' times, and whether the machine was found busy (see :func:`_busy`)."""
-        from .optimize import optimize_for_inference
-
         torch.manual_seed(0)
         x = torch.randn(*in_shape, dtype=conv.weight.dtype)
         if x.dim() == 4:  # as the layer gets it inside the optimized model (channels_last from its
             # input on): not a layout copy of its input in every timed call, which the model does not pay
             x = x.contiguous(memory_format=torch.channels_last)
-        fns = {}
+        fns, paths_of = {}, {}
         for name, spec in which.items():
             structure, rank = spec if spec is not None else ("dense", None)
-            layer = candidate_layer(structure, conv, rank, bias).eval()
-            fast = optimize_for_inference(layer, x, rounds=2, candidates=("eager", "fused"))
-            fns[name] = lambda fast=fast: fast(x)
-        self.measured += len(fns)
+            paths = candidate_paths(candidate_layer(structure, conv, rank, bias).eval(), x)
+            paths_of[name] = [f"{name}|{p}" for p in paths]
+            fns.update({f"{name}|{p}": (lambda m=m: m(x)) for p, m in paths.items()})
+        self.measured += len(which)
         times = fastest(fns, self.rounds)
-        threads = torch.get_num_threads()
-        if threads == 1 or not _busy(times, fns, self.rounds):
-            return times, False
-        single = _one_thread(fns, self.rounds)
-        return {k: min(v, single[k]) for k, v in times.items()}, True
+        busy = torch.get_num_threads() > 1 and _busy(times, fns, self.rounds)
+        if busy:
+            single = _one_thread(fns, self.rounds)
+            times = {k: min(v, single[k]) for k, v in times.items()}
+        return {name: min(times[k] for k in keys) for name, keys in paths_of.items()}, busy
 
     def save(self) -> None:
         """Write the table to its cache file (atomically); errors are reported, never raised."""
