@@ -43,6 +43,9 @@ def test_profile_builtin_json_and_markdown(capsys):
     assert code == 0 and "149,497,088 MACs" in out and "| conv 1x1 |" in out
     code, out, _ = run(capsys, "profile", "mobilenet_v1:0.25", "--input", "1x3x128x128")
     assert code == 0 and "features.13.0.pointwise" in out
+    # written to a file or pipe (capsys), a table wider than 100 columns is printed whole, not cut
+    code, out, _ = run(capsys, "profile", "mobilenet_v1", "--input", "16x3x224x224")
+    assert code == 0 and "features.13.0.pointwise" in out and "16x1024x7x7" in out and "\u2026" not in out
 
 
 def test_profile_file_factory_and_saved_model(capsys, tmp_path):

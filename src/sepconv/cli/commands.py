@@ -2,7 +2,7 @@
 
 from .. import cli
 from .._io import check_output_dir
-from .common import DEMO_FILES, UsageError, _console, _emit, _int_arg, parse_shape
+from .common import DEMO_FILES, UsageError, _emit, _int_arg, parse_shape, print_wide
 
 
 def cmd_explain(args) -> int:
@@ -16,7 +16,7 @@ def cmd_explain(args) -> int:
     print(explain(shape, args.filters, kernel, args.stride, padding, depth_multiplier=args.depth_multiplier,
                   spatial=args.spatial, rank=args.rank))
     if args.table:
-        _console().print(compare(shape, args.filters, kernel, args.stride, padding,
+        print_wide(compare(shape, args.filters, kernel, args.stride, padding,
                                  depth_multiplier=args.depth_multiplier, rank=args.rank))
     return 0
 
@@ -68,7 +68,7 @@ def cmd_bench(args) -> int:
         t.add_column(col, justify="left" if col == "candidate" else "right")
     for k, v in r["ms"].items():
         t.add_row(k, f"{v:.3f}", f"{r['ms']['dense'] / v:.2f}x")
-    _console().print(t)
+    print_wide(t)
     print(f"theoretical (MAC ratio) {r['theoretical']:.2f}x; optimized realizes {r['realized_over_theoretical']:.0%} of it "
           f"({r['backend']} path); depthwise {r['depthwise_gbs']:.1f} GB/s vs copy {r['copy_gbs']:.1f} GB/s")
     print(f"optimized / naive channels_last {r['optimized_over_naive_cl']:.2f}x (a free depthwise plus the BLAS pointwise "

@@ -89,6 +89,20 @@ def _console():
     return console(width=max(100, Console().width))
 
 
+def print_wide(renderable) -> None:
+    """Print a table (or report) with :func:`_console`; when stdout is not a terminal (a file, a
+    pipe), as wide as the table needs, so that no layer name or number is cut to fit a width
+    nobody sees."""
+    from rich.measure import Measurement
+
+    out = _console()
+    if not out.is_terminal:
+        needed = Measurement.get(out, out.options.update_width(100_000), renderable).maximum
+        if needed > out.width:
+            out = console(width=needed)
+    out.print(renderable)
+
+
 def _emit(report, args) -> None:
     """Print a report as JSON, markdown, or a rich table, as the flags ask."""
     if args.json:
@@ -96,7 +110,7 @@ def _emit(report, args) -> None:
     elif args.markdown:
         print(report.to_markdown())
     else:
-        _console().print(report)
+        print_wide(report)
 
 
 def _int_arg(text: str, what: str) -> int:
