@@ -106,7 +106,7 @@ def _torch_file(path: str, shape: tuple):
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake
+    except Exception:  # noqa: BLE001 - any unreadable file is the same mistake
         raise UsageError(f"{WHAT}: cannot read {path!r}: expected a tensor (or a dict or list of tensors) saved "
                          f"with torch.save, a .npy array or a folder of images") from None
     if isinstance(obj, torch.Tensor):
