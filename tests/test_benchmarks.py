@@ -245,3 +245,16 @@ def test_conversion_speed_refuses_bad_numbers(capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         conversion_speed.main(args)
     assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
+
+
+def test_convert_time_table_shows_the_time_kept_of_latency_conversions():
+    import convert_time
+
+    meta = dict(date="today", cpu="a CPU", cores=2, vector_isa="AVX2", torch="2", threads=2, repeats=3)
+    rows = [dict(task="convert resnet18", seconds=2.0, cpu_seconds=4.0, peak_rss_mb=1200, macs_ratio=0.5, load_before=0.1),
+            dict(task="latency resnet18, new table", seconds=70.0, cpu_seconds=130.0, peak_rss_mb=1500, macs_ratio=0.37,
+                 time_ratio=0.52, load_before=0.2)]
+    lines = convert_time.markdown(meta, rows).splitlines()
+    assert lines[2] == "| task | seconds | CPU seconds | target | peak RSS (MB) | MACs kept | time kept | load |"
+    assert lines[4] == "| convert resnet18 | 2.00 | 4.00 | <= 3 s | 1200 | 50.0% |  | 0.1 |"
+    assert lines[5] == "| latency resnet18, new table | 70.00 | 130.00 |  | 1500 | 37.0% | 52.0% | 0.2 |"
