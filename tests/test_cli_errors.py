@@ -128,6 +128,10 @@ CASES = [
     (["profile", "mobilenet_v1", "--input", ""], "--input: expected sizes separated by 'x' like 15x15x3, got ''"),
     (["profile", "nope"], "model: expected a built-in name (conv_mobilenet_v1, digits_cnn, digits_separable_cnn, mobilenet_v1; "
                           "each takes an optional :WIDTH), FILE.py:FACTORY or a torch.save file, got 'nope'"),
+    (["profile", "missing.pt"], "model: file 'missing.pt' not found (expected a model saved with torch.save, a built-in "
+                                "name or FILE.py:FACTORY)"),
+    (["convert", "models/net.pth", "--budget", "0.5", *OUT],
+     "model: file 'models/net.pth' not found (expected a model saved with torch.save, a built-in name or FILE.py:FACTORY)"),
     (["bench", "--input", "1x8x16x16", "--filters", "0"], "--filters: expected a positive int, got 0"),
     (["bench", "--input", "1x8x16x16", "--filters", "16", "--rounds", "0"], "--rounds: expected a positive int, got 0"),
     (["bench", "--input", "1x8x16x12", "--filters", "16"], "--input: expected a square input (H == W), got 16x12"),

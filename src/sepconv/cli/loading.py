@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+# file name endings of saved models: a MODEL argument ending so that does not exist is a missing file
+SAVED_SUFFIXES = (".pt", ".pth", ".pt2", ".pkl", ".ckpt", ".bin", ".tar")
+
+
 def load_model(spec: str) -> tuple["nn.Module", Optional[tuple[int, ...]], str]:
     """A built-in name (``mobilenet_v1:0.5``), ``file.py:factory``, or a ``torch.save``'d model.
 
@@ -33,6 +37,9 @@ def load_model(spec: str) -> tuple["nn.Module", Optional[tuple[int, ...]], str]:
         raise UsageError(f"model: {spec!r} is a directory, expected a file saved with torch.save(model, path)")
     if os.path.exists(spec):
         return _from_saved(spec), None, os.path.basename(spec)
+    if os.sep in spec or os.path.splitext(spec)[1].lower() in SAVED_SUFFIXES:  # a path, not a misspelt built-in name
+        raise UsageError(f"model: file {spec!r} not found (expected a model saved with torch.save, a built-in name or "
+                         "FILE.py:FACTORY)")
     raise UsageError(
         f"model: expected a built-in name ({', '.join(sorted(BUILTIN))}; each takes an optional :WIDTH), FILE.py:FACTORY or a torch.save file, got {spec!r}"
     )
