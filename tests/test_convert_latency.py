@@ -363,9 +363,9 @@ def test_a_time_budget_keeps_the_closest_of_the_time_and_the_mac_shaped_allocati
     _, report = convert(net, method=method, budget=0.7, cost="latency", example_input=x)
     head, errors = report.message.split(": output error on example_input ")
     compared = dict(e.rsplit(" ", 1) for e in errors.split("; ")[0].split(", "))
-    assert "by-MACs" in compared and "per-layer" in compared
+    assert "by MACs (same predicted time)" in compared and "per-layer" in compared
     assert head.startswith(f"{method} kept ")
-    assert (set(compared) == {"per-layer", "by-MACs"}) == (method != "auto")
+    assert (set(compared) == {"per-layer", "by MACs (same predicted time)"}) == (method != "auto")
     assert report.output_error == pytest.approx(min(map(float, compared.values())), rel=1e-3)
 
 

@@ -21,6 +21,10 @@ from .surgery import _operate
 from . import timing
 
 
+# the option of the same predicted time allocated by MACs, as report.message names it
+BY_MACS = "by MACs (same predicted time)"
+
+
 def latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], found, probe: Tensor,
                     reference: Tensor, method: str, budget: float, batches, report: ConversionReport,
                     refit: Optional[Callable[[nn.Module, dict], object]] = None) -> dict:
@@ -47,7 +51,7 @@ def latency_choice(model: nn.Module, target: nn.Module, layers: list[_Layer], fo
         # the proxy checked on the example, against the MAC-shaped allocation of the same predicted time
         shaped = macs_within_time(layers, fraction, ms, report.macs_before)
         return best_choice(target, layers, choice, found, probe, reference, args,
-                           extra={"by-MACs": shaped} if shaped is not None else None,
+                           extra={BY_MACS: shaped} if shaped is not None else None,
                            structures=method == "auto", who=method)
 
     def build(choice: dict) -> tuple[nn.Module, float]:

@@ -9,11 +9,13 @@ one with the least output error is kept: ``auto`` is never worse than the best s
 that input. The report's message says which one was kept and the errors compared.
 
 Under a time budget (``cost='latency'``, any method) one more option is run: the allocation by
-MACs with the most MACs whose predicted time fits the budget (``'by-MACs'``). The allocation by
-time spends the budget where the layers' times say it buys the most weight error; where the
-network's output disagrees with that proxy, the MAC-shaped allocation can be closer at the same
-time, and then it is kept: at equal time, ``cost='latency'`` is never further from the original on
-the example than ``cost='macs'`` is predicted to be.
+MACs with the most MACs whose predicted time fits the budget (``'by MACs (same predicted
+time)'``; not the allocation at the budget's fraction of the MACs, which is measured separately
+and reported among ``report.latency``'s trials). The allocation by time spends the budget where
+the layers' times say it buys the most weight error; where the network's output disagrees with
+that proxy, the MAC-shaped allocation can be closer at the same time, and then it is kept: at
+equal time, ``cost='latency'`` is never further from the original on the example than
+``cost='macs'`` is predicted to be.
 
 The trials cost a forward pass each: a factorization is a linear map of the conv's input, so each
 candidate model is the original one with the converted convs' weights replaced by their
@@ -85,7 +87,7 @@ def best_choice(target: nn.Module, layers: list[_Layer], choice: dict, found: Op
     best = min(errors, key=lambda k: (errors[k], k != "per-layer"))
     compared = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
     kept = ("the per-layer allocation" if best == "per-layer" else f"'{best}' everywhere" if best in STRUCTURES
-            else f"the {best} allocation")
+            else f"the allocation {best}" if best.startswith("by ") else f"the {best} allocation")
     return options[best], f"{who} kept {kept}: output error on example_input {compared}"
 
 
