@@ -17,7 +17,7 @@ def cmd_explain(args) -> int:
                   spatial=args.spatial, rank=args.rank))
     if args.table:
         print_wide(compare(shape, args.filters, kernel, args.stride, padding,
-                                 depth_multiplier=args.depth_multiplier, rank=args.rank))
+                           depth_multiplier=args.depth_multiplier, rank=args.rank))
     return 0
 
 
