@@ -29,7 +29,6 @@ with the same layer shapes times nothing.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -187,8 +186,8 @@ def candidate_paths(layer: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
     folded, _ = _fold(layer)
     if x.dim() == 4:
         folded = folded.to(memory_format=torch.channels_last)
-    paths = {"eager": _lower(copy.deepcopy(folded))}
-    fused = _fuse(folded, x, rounds=None) if x.dim() == 4 and x.dtype == torch.float32 else None
+    fused = _fuse(folded, x, rounds=None) if x.dim() == 4 and x.dtype == torch.float32 else None  # on its own copy
+    paths = {"eager": _lower(folded)}
     if fused is not None:
         paths["fused"] = _lower(fused)
     return paths
