@@ -1,6 +1,7 @@
 """optimize_for_inference: equal outputs, inference-only, and the fallback path."""
 
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -242,6 +243,28 @@ def test_fused_kernel_large_channels_and_outputs(fused_ext, isa, cin, cout, size
     with torch.inference_mode():
         out = fused(x)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tiles", ["one", "several"])
+def test_fused_kernel_weights_over_half_of_l2_at_batch_1(fused_ext, isa, tiles):
+    """Weights larger than half of this machine's L2 and fewer images than threads: each thread
+    computes its share of the output channels for the whole image (the depthwise part in every
+    thread), in one tile or, for an image whose depthwise result is twice L2, in several; N not a
+    multiple of a register block."""
+    from sepconv.optimize import FusedSeparableConv2d
+
+    l2 = fused_ext.cache_sizes()[1]
+    cin = 256
+    cout = l2 // 2 // (4 * cin) + 40  # weights just over half of L2
+    side = 7 if tiles == "one" else math.isqrt(2 * l2 // (4 * cin)) + 1
+    torch.manual_seed(0)
+    layer = sepconv.SeparableConv2d(cin, cout, 3, 1, 1).eval()
+    with torch.no_grad():
+        layer.depthwise.bias = nn.Parameter(torch.randn(cin) * 0.1)
+    fused = FusedSeparableConv2d(layer, 1)
+    x = torch.randn(1, cin, side, side + 2)
+    out = _with_threads(2, fused, x)
+    torch.testing.assert_close(out.double(), copy.deepcopy(layer).double()(x.double()).relu(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
