@@ -58,6 +58,26 @@ def test_fold_batchnorms_is_exact_and_leaves_original():
     assert sepconv.profile(folded, x.shape).macs == sepconv.profile(model, x.shape).macs
 
 
+@pytest.mark.parametrize("shape,channels_last", [((2, 16, 7, 5), True), ((1, 8, 1, 9), False), ((8, 3, 4), False)])
+def test_global_average_pool_runs_as_one_window(shape, channels_last):
+    """The eager and fused paths pool an ``AdaptiveAvgPool2d(1)`` as one ``avg_pool2d`` window
+    over the whole map: the same means (float64 reference) for batched, unbatched and
+    channels_last maps; empty maps and other output sizes are left to the adaptive pooling."""
+    from sepconv.optimize import _lower
+    from sepconv.optimize.rewrite import _GlobalAvgPool2d
+
+    model = _lower(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(0 if len(shape) == 3 else 1)))
+    assert isinstance(model[0], _GlobalAvgPool2d)
+    x = torch.randn(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = x.double().mean((-2, -1))
+    torch.testing.assert_close(model(x).double(), want.flatten(0 if len(shape) == 3 else 1), rtol=1e-6, atol=1e-7)
+    assert model[0](torch.randn(2, 3, 0, 4)).shape == (2, 3, 1, 1)  # empty: as PyTorch's adaptive pooling
+    kept = _lower(nn.Sequential(nn.AdaptiveAvgPool2d((2, 1)), nn.AdaptiveMaxPool2d(1)))
+    assert [type(m) for m in kept] == [nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d]
+
+
 def test_converted_model_optimizes(trained_digits_cnn, digits):
     x = digits[1].tensors(64)[0]
     small, _ = convert(trained_digits_cnn, budget=0.3, example_input=x[:1])
