@@ -176,9 +176,8 @@ def test_torchscript_graph_may_leave_stem_and_classifier_to_onednn(ext, monkeypa
     assert dispatch._separable_only(plain) is None  # nothing left to give back
     all_graph, all_archive = dispatch._trace(fused, x)
     for faster, expect_plain in (("separable", True), ("all", False)):
-        monkeypatch.setattr(dispatch, "interleaved",
-                            lambda fns, rounds, warmup=1, faster=faster: {k: float(k != faster) for k in fns})
-        module, archive = dispatch._faster_graph(all_graph, all_archive, fused, x, 1)
+        timer = lambda fns, rounds, warmup=1, faster=faster: {k: float(k != faster) for k in fns}  # noqa: E731
+        module, archive = dispatch._faster_graph(all_graph, all_archive, fused, x, 1, timer)
         assert (module is not all_graph) == expect_plain and (archive != all_archive) == expect_plain
         graph = str(module.graph)
         assert ("sepconv::conv2d_gemm" in graph) != expect_plain and "sepconv::blueprint_pwdw" in graph

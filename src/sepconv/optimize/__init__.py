@@ -37,8 +37,8 @@
 Layout: :mod:`.fused` holds the fused inference modules and :func:`release_buffers`;
 :mod:`.rewrite` the graph rewrites (BatchNorm folding, lowering, in-place activations);
 :mod:`.module` the returned :class:`InferenceModule`; :mod:`.checks` the argument checks and the
-output comparison; :mod:`.dispatch` the candidate paths, their checks and the measured choice
-(:func:`optimize_for_inference`).
+output comparison; :mod:`.graphs` the TorchScript and inductor paths; :mod:`.dispatch` the
+candidate paths, their checks and the measured choice (:func:`optimize_for_inference`).
 """
 
 from .checks import CANDIDATES
