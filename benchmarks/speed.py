@@ -145,13 +145,18 @@ def mobilenet_rows(batches, threads, rounds, use_compile, block=10):
             errors[engine] = float((torch.as_tensor(run(xn)) - reference).abs().max() / reference.abs().max())
             fns[engine] = lambda run=run: run(xn)
         t = interleaved(fns, rounds, block=block)
+        # the dispatch's own timings and rejections: why this path was chosen (a noisy dispatch can pick
+        # a path that runs slower here than another did in its timing)
         row = dict(batch=batch, threads=threads, ms={k: round(v, 3) for k, v in t.items()}, backend=fast.backend,
+                   dispatch_ms={k: round(v, 3) for k, v in fast.timings.items()}, rejected=dict(fast.rejected),
                    compile_seconds=compile_s, max_rel_error=errors)
         for engine, key in (("onnxruntime", "optimized_over_ort"), ("openvino", "optimized_over_openvino")):
             if engine in t:
                 row[key] = t["sepconv optimized"] / t[engine]
         rows.append(row)
-        print(f"  MobileNetV1 b{batch} {threads}t: " + ", ".join(f"{k} {v:.2f} ms" for k, v in t.items()), flush=True)
+        print(f"  MobileNetV1 b{batch} {threads}t: " + ", ".join(f"{k} {v:.2f} ms" for k, v in t.items())
+              + f" (dispatch: {fast.backend} of " + ", ".join(f"{k} {v:.2f}" for k, v in fast.timings.items()) + ")",
+              flush=True)
     return rows
 
 
