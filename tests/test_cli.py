@@ -74,7 +74,7 @@ def test_a_factory_imports_the_modules_next_to_its_file(capsys, tmp_path, monkey
 
 @pytest.mark.parametrize("argv,message", [
     (["explain", "--input", "15x15", "--filters", "3"], "sepconv: error: --input: expected 3 sizes, got 2 in '15x15'"),
-    (["explain", "--input", "15xAx3", "--filters", "3"], "sepconv: error: --input: expected sizes separated by 'x'"),
+    (["explain", "--input", "15xAx3", "--filters", "3"], "sepconv: error: --input: expected sizes separated by 'x' like 15x15x3"),
     (["explain", "--input", "15x15x3", "--filters", "3", "--padding", "full"],
      "sepconv: error: --padding: expected 'valid', 'same' or a non-negative int, got 'full'"),
     (["explain", "--input", "2x2x3", "--filters", "3"], "sepconv: error: input_shape: spatial size 2 (padded 2) is smaller than the dilated kernel 3"),

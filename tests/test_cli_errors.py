@@ -95,7 +95,7 @@ CASES = [
     (["profile", "digits_cnn:2.5"], "model: expected a positive int up to 1024 after ':' in 'digits_cnn:2.5', got '2.5'"),
     (["profile", "net.py:good"], "--input: expected an input size like 1x3x224x224 for this model, got none"),
     (["profile", "mobilenet_v1", "--input=-1x3x8x8"], "--input: expected positive sizes, got '-1x3x8x8'"),
-    (["profile", "mobilenet_v1", "--input", "1x3x8.5x8"], "--input: expected sizes separated by 'x' like 15x15x3, got '1x3x8.5x8'"),
+    (["profile", "mobilenet_v1", "--input", "1x3x8.5x8"], "--input: expected sizes separated by 'x' like 1x3x224x224, got '1x3x8.5x8'"),
     # explain
     (["explain", "--input", "15x15x3", "--filters", "0"], "out_channels: expected a positive int, got 0"),
     (["explain", "--input", "15x15x3", "--filters", "3", "--stride", "0"], "stride: expected 2 positive ints, got 0"),
@@ -125,7 +125,7 @@ CASES = [
      "--threads: expected an int from 1 to 4096, got 99999999999"),
     (["profile", "mobilenet_v1", "--input", "1x3x99999999999x99999999999"],
      "--input: expected sizes up to 2,147,483,647 and at most 1,099,511,627,776 values in all, got '1x3x99999999999x99999999999'"),
-    (["profile", "mobilenet_v1", "--input", ""], "--input: expected sizes separated by 'x' like 15x15x3, got ''"),
+    (["profile", "mobilenet_v1", "--input", ""], "--input: expected sizes separated by 'x' like 1x3x224x224, got ''"),
     (["profile", "nope"], "model: expected a built-in name (conv_mobilenet_v1, digits_cnn, digits_separable_cnn, mobilenet_v1; "
                           "each takes an optional :WIDTH), FILE.py:FACTORY or a torch.save file, got 'nope'"),
     (["profile", "missing.pt"], "model: file 'missing.pt' not found (expected a model saved with torch.save, a built-in "

@@ -8,8 +8,8 @@ from .common import DEMO_FILES, UsageError, _emit, _int_arg, parse_shape, print_
 def cmd_explain(args) -> int:
     from ..cost import compare, explain
 
-    h, w, c = parse_shape(args.input, "--input", dims=(3,))
-    kernel = parse_shape(args.kernel, "--kernel", dims=(1, 2))
+    h, w, c = parse_shape(args.input, "--input", dims=(3,), example="15x15x3")
+    kernel = parse_shape(args.kernel, "--kernel", dims=(1, 2), example="3x3")
     kernel = kernel * 2 if len(kernel) == 1 else kernel
     padding = args.padding if args.padding in ("valid", "same") else _int_arg(args.padding, "--padding")
     shape = (c, h, w)

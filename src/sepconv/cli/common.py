@@ -28,13 +28,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sepconv: error: {message} (see '{self.prog} --help')\n")
 
 
-def parse_shape(text: str, what: str, dims: Optional[Sequence[int]] = None) -> tuple[int, ...]:
-    """``'1x3x224x224'`` -> ``(1, 3, 224, 224)``; checks positive ints and the number of dims."""
+def parse_shape(text: str, what: str, dims: Optional[Sequence[int]] = None, example: str = "1x3x224x224") -> tuple[int, ...]:
+    """``'1x3x224x224'`` -> ``(1, 3, 224, 224)``; checks positive ints and the number of dims
+    (``example``: the form the error message shows)."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise UsageError(f"{what}: expected sizes separated by 'x' like {'x'.join(['15'] * 2 + ['3'])}, got {text!r}") from None
+        raise UsageError(f"{what}: expected sizes separated by 'x' like {example}, got {text!r}") from None
     if any(s < 1 for s in shape):
         raise UsageError(f"{what}: expected positive sizes, got {text!r}")
     if any(s > MAX_SIZE for s in shape) or math.prod(shape) > MAX_ELEMENTS:
