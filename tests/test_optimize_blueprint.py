@@ -158,7 +158,7 @@ def test_torchscript_graph_may_leave_stem_and_classifier_to_onednn(ext, monkeypa
     """'fused+torchscript' is the frozen graph of the fused model, or of the fused model with only
     its separable layers fused (stem and classifier back on oneDNN, which fuses them in the graph),
     whichever measures faster; both compute the original's outputs."""
-    from sepconv.optimize import FusedConv2d, FusedLinear, FusedSeparableConv2d, dispatch
+    from sepconv.optimize import FusedConv2d, FusedLinear, FusedSeparableConv2d, dispatch, graphs
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
@@ -170,18 +170,18 @@ def test_torchscript_graph_may_leave_stem_and_classifier_to_onednn(ext, monkeypa
     fused = dispatch._fuse(dispatch._fold(model)[0], x, 1)
     kinds = {type(m) for m in fused.modules()}
     assert {FusedConv2d, FusedLinear, FusedSeparableConv2d, FusedBlueprintConv2d} <= kinds
-    plain = dispatch._separable_only(fused)
+    plain = graphs._separable_only(fused)
     kinds = {type(m) for m in plain.modules()}
     assert FusedConv2d not in kinds and FusedLinear not in kinds
     assert {FusedSeparableConv2d, FusedBlueprintConv2d} <= kinds
     with torch.inference_mode():
         ref = model(x)
         torch.testing.assert_close(plain(x), ref, rtol=1e-4, atol=1e-5)
-    assert dispatch._separable_only(plain) is None  # nothing left to give back
-    all_graph, all_archive = dispatch._trace(fused, x)
+    assert graphs._separable_only(plain) is None  # nothing left to give back
+    all_graph, all_archive = graphs._trace(fused, x)
     for faster, expect_plain in (("separable", True), ("all", False)):
         timer = lambda fns, rounds, warmup=1, faster=faster: {k: float(k != faster) for k in fns}  # noqa: E731
-        module, archive = dispatch._faster_graph(all_graph, all_archive, fused, x, 1, timer)
+        module, archive = graphs._faster_graph(all_graph, all_archive, fused, x, 1, timer)
         assert (module is not all_graph) == expect_plain and (archive != all_archive) == expect_plain
         graph = str(module.graph)
         assert ("sepconv::conv2d_gemm" in graph) != expect_plain and "sepconv::blueprint_pwdw" in graph

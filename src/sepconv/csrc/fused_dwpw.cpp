@@ -114,8 +114,8 @@ torch::Tensor fused_dwpw(torch::Tensor x, torch::Tensor dw, torch::Tensor dw_bia
   // L2's size: it computes the tile's (cheap) depthwise part itself and streams only its share of
   // the weights, once per tile. Small pixel tiles made every thread stream all the weights several
   // times (512 @14, batch 1: 3 times each): the deep layers of MobileNetV1 at batch 1 (in the
-  // network, Zen 3, 2 threads) took 6.2 ms against 5.6. At batch 8 this split measured slower
-  // (49.7 ms against 47.6: each image's depthwise part computed by every thread)
+  // network, Zen 3, 2 threads) took 6.2 ms that way and 5.6 with this split. At batch 8 this split
+  // measured slower (49.7 ms against 47.6: each image's depthwise part computed by every thread)
   int64_t groups = 1;
   if (threads > 1 && K * N * 4 > l2_bytes() / 2 && B < threads) {
     groups = std::min(threads, (blocks + step - 1) / step);

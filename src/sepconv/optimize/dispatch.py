@@ -13,7 +13,7 @@ from .._timing import interleaved
 from .checks import check_arguments, reason, relative_error, tolerance
 from .densify import densify
 from .fused import _ACTS, FusedBlueprintConv2d, FusedConv2d, FusedLinear, FusedSeparableConv2d
-from .graphs import _compile, _faster_graph, _separable_only, _trace  # noqa: F401 (_separable_only: tests)
+from .graphs import _compile, _faster_graph, _trace
 from .module import InferenceModule
 from .rewrite import _fold, _lower
 
